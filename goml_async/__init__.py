@@ -1,0 +1,116 @@
+"""goml_async: an async-first inference SDK.
+
+One primitive, a stream of tokens, over local and remote language models::
+
+    async for token in model.generate("Once upon a time"):
+        print(token.text, end="")
+
+``import goml_async`` needs none of the optional extras; backends are imported on first use.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from .compat import (
+    Backend,
+    BackendTextModel,
+    HTTPTextModel,
+    InferenceAdapter,
+    LlamaTextModel,
+    StreamingBackend,
+    TokenCallback,
+)
+from .errors import (
+    BackendUnavailable,
+    ConfigError,
+    GenerationError,
+    GenerationTimeout,
+    GomlError,
+    JudgeError,
+    ModelLoadError,
+    NotSupported,
+    StreamInterrupted,
+)
+from .model import BaseTextModel, TextModel
+from .registry import (
+    ModelBackend,
+    bundled_model_path,
+    default_backend,
+    discover_models,
+    get_backend,
+    list_backends,
+    load_default_model,
+    load_model,
+    register_backend,
+    register_lazy_backend,
+)
+from .settings import GomlSettings
+from .stream import StopSequenceCutter, StreamContext, TokenStream
+from .types import (
+    BatchResult,
+    ClassifyResult,
+    DiscoveredModel,
+    FinishReason,
+    GenerateConfig,
+    GenerateMetrics,
+    GenOpts,
+    LoadConfig,
+    Message,
+    ModelInfo,
+    Result,
+    Token,
+)
+
+try:
+    __version__ = version("goml_async")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
+    __version__ = "0.0.0+unknown"
+
+__all__ = [
+    "Backend",
+    "BackendTextModel",
+    "BackendUnavailable",
+    "BaseTextModel",
+    "BatchResult",
+    "ClassifyResult",
+    "ConfigError",
+    "DiscoveredModel",
+    "FinishReason",
+    "GenOpts",
+    "GenerateConfig",
+    "GenerateMetrics",
+    "GenerationError",
+    "GenerationTimeout",
+    "GomlError",
+    "GomlSettings",
+    "HTTPTextModel",
+    "InferenceAdapter",
+    "JudgeError",
+    "LlamaTextModel",
+    "LoadConfig",
+    "Message",
+    "ModelBackend",
+    "ModelInfo",
+    "ModelLoadError",
+    "NotSupported",
+    "Result",
+    "StopSequenceCutter",
+    "StreamContext",
+    "StreamInterrupted",
+    "StreamingBackend",
+    "TextModel",
+    "Token",
+    "TokenCallback",
+    "TokenStream",
+    "__version__",
+    "bundled_model_path",
+    "default_backend",
+    "discover_models",
+    "get_backend",
+    "list_backends",
+    "load_default_model",
+    "load_model",
+    "register_backend",
+    "register_lazy_backend",
+]

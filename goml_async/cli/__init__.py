@@ -1,0 +1,68 @@
+"""The ``goml`` command line.
+
+Every command has ``--help``; bad input exits with status 2 and a one-line ``goml: error: ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from goml_async import __version__
+from goml_async.errors import GomlError
+
+from . import generate, models
+
+__all__ = ["build_parser", "main"]
+
+_EPILOG = """\
+examples:
+  goml generate "What is the capital of France?"       use the bundled default model
+  goml generate --model models/smollm2.gguf "Hello"    a local GGUF on llama.cpp
+  goml generate --model http://127.0.0.1:8080/v1 "Hi"  any OpenAI-compatible server
+  goml models list ~/models                            find MLX model folders
+
+Settings come from GOML_* environment variables (see the docs' settings page).
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``goml`` argument parser with every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="goml",
+        description="goml_async: stream text from local and remote language models.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"goml {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    generate.add_parser(commands)
+    models.add_parser(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``goml``; returns the exit status (0 ok, 1 generation failed, 2 bad input)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        status: int = args.run(args)
+    except GomlError as exc:
+        print(f"goml: error: {exc}", file=sys.stderr)
+        return exc_status(exc)
+    except KeyboardInterrupt:
+        print("goml: interrupted", file=sys.stderr)
+        return 130
+    return status
+
+
+def exc_status(exc: GomlError) -> int:
+    """Exit status for an error: 1 when generation itself failed, 2 for setup and input."""
+    from goml_async.errors import GenerationError
+
+    return 1 if isinstance(exc, GenerationError) else 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

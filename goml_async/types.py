@@ -1,0 +1,403 @@
+"""Value types shared by every backend: tokens, messages, configs, metrics and results.
+
+All types are frozen dataclasses validated on construction: an invalid value raises
+:class:`~goml_async.errors.ConfigError` naming the field.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, fields, replace
+from typing import Any, Literal, TypeAlias
+
+from .errors import ConfigError, GomlError
+
+__all__ = [
+    "BatchResult",
+    "ClassifyResult",
+    "DiscoveredModel",
+    "FinishReason",
+    "GenOpts",
+    "GenerateConfig",
+    "GenerateMetrics",
+    "LoadConfig",
+    "Message",
+    "MessageLike",
+    "ModelInfo",
+    "Result",
+    "Role",
+    "Token",
+    "coerce_messages",
+    "resolve_config",
+]
+
+Role: TypeAlias = Literal["system", "user", "assistant"]
+FinishReason: TypeAlias = Literal["stop", "length", "stop_sequence", "cancelled", "error"]
+_ROLES: frozenset[str] = frozenset(("system", "user", "assistant"))
+
+
+# -- validation helpers ---------------------------------------------------------------------------
+
+
+def _int(name: str, value: object, *, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(name, f"must be an int, got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ConfigError(name, f"must be >= {minimum}, got {value}")
+    return value
+
+
+def _float(name: str, value: object, *, minimum: float, maximum: float = math.inf) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(name, f"must be a number, got {type(value).__name__} {value!r}")
+    number = float(value)
+    if not math.isfinite(number) or not minimum <= number <= maximum:
+        bound = f"between {minimum} and {maximum}" if maximum != math.inf else f">= {minimum}"
+        raise ConfigError(name, f"must be {bound}, got {value!r}")
+    return number
+
+
+def _tuple_of(
+    name: str, value: object, kind: type, *, allow_empty_items: bool = True
+) -> tuple[Any, ...]:
+    if isinstance(value, str | bytes) or not isinstance(value, Iterable):
+        raise ConfigError(
+            name, f"must be a sequence of {kind.__name__}, got {type(value).__name__} {value!r}"
+        )
+    items = tuple(value)
+    for item in items:
+        if isinstance(item, bool) or not isinstance(item, kind):
+            raise ConfigError(
+                name, f"items must be {kind.__name__}, got {type(item).__name__} {item!r}"
+            )
+        if not allow_empty_items and not item:
+            raise ConfigError(
+                name, "empty strings are not allowed (an empty stop would match at once)"
+            )
+    return items
+
+
+# -- tokens and messages --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    """One generated token.
+
+    Attributes:
+        id: the token ID in the model's vocabulary; -1 when the backend does not expose IDs.
+        text: the decoded text of the token (may be empty or a fragment of a character sequence).
+        logprob: the log-probability of the token, when the backend reports it.
+    """
+
+    id: int
+    text: str
+    logprob: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One chat message. ``role`` is ``"system"``, ``"user"`` or ``"assistant"``."""
+
+    role: Role
+    content: str
+
+    def __post_init__(self) -> None:
+        if self.role not in _ROLES:
+            raise ConfigError("role", f"must be one of system, user, assistant; got {self.role!r}")
+        if not isinstance(self.content, str):
+            raise ConfigError("content", f"must be a str, got {type(self.content).__name__}")
+
+    @classmethod
+    def coerce(cls, value: MessageLike) -> Message:
+        """Return ``value`` as a Message; a mapping needs ``role`` and ``content`` keys."""
+        if isinstance(value, Message):
+            return value
+        if isinstance(value, Mapping):
+            missing = [key for key in ("role", "content") if key not in value]
+            if missing:
+                raise ConfigError(
+                    "messages", f"a message dict needs the key(s) {missing}: {value!r}"
+                )
+            return cls(role=value["role"], content=value["content"])
+        raise ConfigError(
+            "messages", f"each message must be a Message or a dict, got {type(value).__name__}"
+        )
+
+    def to_dict(self) -> dict[str, str]:
+        """The message as an OpenAI-style ``{"role": ..., "content": ...}`` dict."""
+        return {"role": self.role, "content": self.content}
+
+
+MessageLike: TypeAlias = Message | Mapping[str, Any]
+
+
+def coerce_messages(messages: Iterable[MessageLike]) -> list[Message]:
+    """Validate a chat conversation: a non-empty sequence of Messages or role/content dicts."""
+    if isinstance(messages, str | bytes | Mapping) or not isinstance(messages, Iterable):
+        raise ConfigError("messages", f"must be a list of messages, got {type(messages).__name__}")
+    result = [Message.coerce(message) for message in messages]
+    if not result:
+        raise ConfigError("messages", "must contain at least one message")
+    return result
+
+
+# -- configs --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class GenerateConfig:
+    """Sampling and stopping options for one generation.
+
+    0 means "off" for ``top_k``, ``top_p`` and ``repeat_penalty``; ``max_tokens=0`` means no
+    client-side cap (the backend's own limit applies). ``stop_sequences`` are cut on the client
+    side: no text from a stop sequence onwards is ever delivered, even when it is split across
+    tokens.
+
+    Example:
+        >>> GenerateConfig(max_tokens=32, stop_sequences=["\\n\\n"]).max_tokens
+        32
+    """
+
+    max_tokens: int = 256
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 0.0
+    repeat_penalty: float = 0.0
+    stop_tokens: Sequence[int] = ()
+    stop_sequences: Sequence[str] = ()
+    seed: int | None = None
+    return_logits: bool = False
+
+    def __post_init__(self) -> None:
+        _int("max_tokens", self.max_tokens, minimum=0)
+        _int("top_k", self.top_k, minimum=0)
+        set_ = object.__setattr__
+        set_(self, "temperature", _float("temperature", self.temperature, minimum=0.0))
+        set_(self, "top_p", _float("top_p", self.top_p, minimum=0.0, maximum=1.0))
+        set_(self, "repeat_penalty", _float("repeat_penalty", self.repeat_penalty, minimum=0.0))
+        set_(self, "stop_tokens", _tuple_of("stop_tokens", self.stop_tokens, int))
+        set_(
+            self,
+            "stop_sequences",
+            _tuple_of("stop_sequences", self.stop_sequences, str, allow_empty_items=False),
+        )
+        if self.seed is not None:
+            _int("seed", self.seed, minimum=0)
+        if not isinstance(self.return_logits, bool):
+            raise ConfigError("return_logits", f"must be a bool, got {self.return_logits!r}")
+
+    def with_options(self, **options: Any) -> GenerateConfig:
+        """A copy with ``options`` applied; an unknown option raises ConfigError naming it."""
+        if not options:
+            return self
+        for name in options:
+            if name not in _CONFIG_FIELDS:
+                close = difflib.get_close_matches(name, _CONFIG_FIELDS, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                known = ", ".join(sorted(_CONFIG_FIELDS))
+                raise ConfigError(name, f"unknown generation option{hint} (known: {known})")
+        return replace(self, **options)
+
+
+_CONFIG_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(GenerateConfig))
+_DEFAULT_CONFIG = GenerateConfig()
+
+
+def resolve_config(config: GenerateConfig | None, options: Mapping[str, Any]) -> GenerateConfig:
+    """Combine a config object and per-call keyword options (the keywords win)."""
+    if config is None:
+        config = _DEFAULT_CONFIG
+    elif not isinstance(config, GenerateConfig):
+        raise ConfigError("config", f"must be a GenerateConfig, got {type(config).__name__}")
+    return config.with_options(**options)
+
+
+@dataclass(frozen=True, slots=True)
+class LoadConfig:
+    """How to load a model.
+
+    Attributes:
+        backend: force a backend by name (``"mlx"``, ``"llama"``, ``"http"``); None picks one.
+        context_len: context window in tokens; 0 keeps the model's default.
+        gpu_layers: layers to offload to the GPU; -1 means all.
+        parallel_slots: concurrent sequences a server may run; 0 keeps the server's default.
+        adapter_path: a LoRA adapter to apply at load time.
+    """
+
+    backend: str | None = None
+    context_len: int = 0
+    gpu_layers: int = -1
+    parallel_slots: int = 0
+    adapter_path: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.backend is not None and (not isinstance(self.backend, str) or not self.backend):
+            raise ConfigError("backend", f"must be a non-empty str or None, got {self.backend!r}")
+        _int("context_len", self.context_len, minimum=0)
+        _int("gpu_layers", self.gpu_layers, minimum=-1)
+        _int("parallel_slots", self.parallel_slots, minimum=0)
+        if self.adapter_path is not None:
+            if not isinstance(self.adapter_path, str | os.PathLike):
+                raise ConfigError("adapter_path", f"must be a path, got {self.adapter_path!r}")
+            object.__setattr__(self, "adapter_path", os.fspath(self.adapter_path))
+
+
+@dataclass(frozen=True, slots=True)
+class GenOpts:
+    """go-ml's option struct for the string-level :class:`~goml_async.compat.Backend` API.
+
+    A zero field means "not set": :meth:`to_config` keeps the model's default for it. ``model``
+    is a per-request model override that HTTP backends honour and local models ignore.
+    """
+
+    temperature: float = 0.0
+    max_tokens: int = 0
+    model: str = ""
+    top_k: int = 0
+    top_p: float = 0.0
+    repeat_penalty: float = 0.0
+    stop_tokens: Sequence[int] = ()
+    stop_sequences: Sequence[str] = ()
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        set_(self, "temperature", _float("temperature", self.temperature, minimum=0.0))
+        _int("max_tokens", self.max_tokens, minimum=0)
+        if not isinstance(self.model, str):
+            raise ConfigError("model", f"must be a str, got {type(self.model).__name__}")
+        _int("top_k", self.top_k, minimum=0)
+        set_(self, "top_p", _float("top_p", self.top_p, minimum=0.0, maximum=1.0))
+        set_(self, "repeat_penalty", _float("repeat_penalty", self.repeat_penalty, minimum=0.0))
+        set_(self, "stop_tokens", _tuple_of("stop_tokens", self.stop_tokens, int))
+        set_(
+            self,
+            "stop_sequences",
+            _tuple_of("stop_sequences", self.stop_sequences, str, allow_empty_items=False),
+        )
+
+    @classmethod
+    def from_config(cls, config: GenerateConfig, *, model: str = "") -> GenOpts:
+        """The GenOpts that carries ``config``'s fields (for string backends)."""
+        return cls(
+            temperature=config.temperature,
+            max_tokens=config.max_tokens,
+            model=model,
+            top_k=config.top_k,
+            top_p=config.top_p,
+            repeat_penalty=config.repeat_penalty,
+            stop_tokens=config.stop_tokens,
+            stop_sequences=config.stop_sequences,
+        )
+
+    @classmethod
+    def default(cls) -> GenOpts:
+        """go-ml's ``DefaultGenOpts()``: temperature 0.1 and nothing else set."""
+        return cls(temperature=0.1)
+
+    def to_config(self, base: GenerateConfig | None = None) -> GenerateConfig:
+        """Map onto a GenerateConfig, starting from ``base`` (default: GenerateConfig()).
+
+        Only non-zero fields are applied, as go-ml's adapter does; ``model`` is not part of a
+        GenerateConfig.
+        """
+        changes: dict[str, Any] = {}
+        if self.temperature:
+            changes["temperature"] = self.temperature
+        if self.max_tokens:
+            changes["max_tokens"] = self.max_tokens
+        if self.top_k:
+            changes["top_k"] = self.top_k
+        if self.top_p:
+            changes["top_p"] = self.top_p
+        if self.repeat_penalty:
+            changes["repeat_penalty"] = self.repeat_penalty
+        if self.stop_tokens:
+            changes["stop_tokens"] = self.stop_tokens
+        if self.stop_sequences:
+            changes["stop_sequences"] = self.stop_sequences
+        return resolve_config(base, changes)
+
+
+# -- results and metrics --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class GenerateMetrics:
+    """Measurements of one finished generation.
+
+    Token counts come from the backend where it reports them; ``time_to_first_token`` is
+    measured on the client. Rates are tokens per second; memory is in bytes.
+    """
+
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    prefill_seconds: float = 0.0
+    decode_seconds: float = 0.0
+    total_seconds: float = 0.0
+    time_to_first_token: float = 0.0
+    prefill_tokens_per_sec: float = 0.0
+    decode_tokens_per_sec: float = 0.0
+    peak_memory_bytes: int = 0
+    active_memory_bytes: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """Static facts about a loaded model; 0 means unknown (``quant_bits=0``: unquantised)."""
+
+    architecture: str = ""
+    vocab_size: int = 0
+    num_layers: int = 0
+    hidden_size: int = 0
+    quant_bits: int = 0
+    quant_group: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ClassifyResult:
+    """The token sampled at the last prompt position; ``logits`` when ``return_logits`` is set."""
+
+    token: Token
+    logits: Sequence[float] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    """One prompt's outcome in a batch: its tokens, or the error that stopped it."""
+
+    tokens: Sequence[Token] = ()
+    error: GomlError | None = None
+
+    @property
+    def text(self) -> str:
+        """The generated text."""
+        return "".join(token.text for token in self.tokens)
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """A whole completion: the text, its metrics and why it ended."""
+
+    text: str
+    metrics: GenerateMetrics | None = None
+    finish_reason: FinishReason | None = None
+
+    @property
+    def content(self) -> str:
+        """Alias of :attr:`text` (go-ml's ``Result.Content``)."""
+        return self.text
+
+
+@dataclass(frozen=True, slots=True)
+class DiscoveredModel:
+    """A model folder found by :func:`~goml_async.registry.discover_models`."""
+
+    path: str
+    model_type: str = ""
+    quant_bits: int = 0
+    quant_group: int = 0
+    num_files: int = 0
