@@ -197,10 +197,12 @@ class BaseTextModel(ABC):
         checked = _check_prompts(prompts)
         resolved = self._resolve(config, options)
         results: list[BatchResult] = [BatchResult() for _ in checked]
-        limiter = anyio.CapacityLimiter(max(1, self.batch_concurrency))
+        pending = iter(enumerate(checked))
 
-        async def run_one(index: int, prompt: str) -> None:
-            async with limiter:
+        async def worker() -> None:
+            # Workers take prompts from one shared iterator, so prompts start in input order
+            # whatever the scheduler does, and at most batch_concurrency run at once.
+            for index, prompt in pending:
                 tokens: list[Token] = []
                 try:
                     async with self.generate(prompt, resolved) as stream:
@@ -212,8 +214,8 @@ class BaseTextModel(ABC):
                     results[index] = BatchResult(tokens=tuple(tokens))
 
         async with anyio.create_task_group() as group:
-            for index, prompt in enumerate(checked):
-                group.start_soon(run_one, index, prompt)
+            for _ in range(min(max(1, self.batch_concurrency), len(checked))):
+                group.start_soon(worker)
         return results
 
     def info(self) -> ModelInfo:

@@ -107,8 +107,8 @@ class ScriptedModel(BaseTextModel):
                     raise self._failure(index)
                 if self._delay:
                     await anyio.sleep(self._delay)
-                yield Token(id=index, text=text)
                 produced += 1
+                yield Token(id=index, text=text)
             if self._fail_after == len(texts):
                 raise self._failure(len(texts))
         finally:

@@ -1,0 +1,381 @@
+"""TokenStream and the sans-I/O stop-sequence cutter."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+
+import anyio
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from goml_async import (
+    GenerateConfig,
+    GenerateMetrics,
+    GenerationError,
+    NotSupported,
+    StopSequenceCutter,
+    StreamContext,
+    Token,
+    TokenStream,
+)
+
+
+class Source:
+    """A token source that records how it ended."""
+
+    def __init__(
+        self,
+        texts: Sequence[str],
+        *,
+        delay: float = 0.0,
+        fail_with: BaseException | None = None,
+        metrics: GenerateMetrics | None = None,
+        finish_reason: str | None = None,
+    ) -> None:
+        self.texts = list(texts)
+        self.delay = delay
+        self.fail_with = fail_with
+        self.metrics = metrics
+        self.finish_reason = finish_reason
+        self.produced = 0
+        self.closed = False
+        self.exhausted = False
+        self.contexts: list[StreamContext] = []
+
+    async def __call__(self, context: StreamContext) -> AsyncIterator[Token]:
+        self.contexts.append(context)
+        try:
+            for index, text in enumerate(self.texts):
+                if self.delay:
+                    await anyio.sleep(self.delay)
+                yield Token(id=index, text=text)
+                self.produced += 1
+            if self.fail_with is not None:
+                raise self.fail_with
+            if self.metrics is not None:
+                context.metrics = self.metrics
+            if self.finish_reason is not None:
+                context.finish_reason = self.finish_reason  # type: ignore[assignment]
+            self.exhausted = True
+        finally:
+            self.closed = True
+
+
+def texts_of(tokens: Sequence[Token]) -> list[str]:
+    return [token.text for token in tokens]
+
+
+async def drain(stream: TokenStream) -> list[Token]:
+    return [token async for token in stream]
+
+
+# -- StopSequenceCutter (no loop needed) ----------------------------------------------------------
+
+
+def feed_all(cutter: StopSequenceCutter, texts: Sequence[str]) -> tuple[str, bool]:
+    delivered = []
+    for index, text in enumerate(texts):
+        released, hit = cutter.feed(Token(index, text))
+        delivered += texts_of(released)
+        if hit:
+            return "".join(delivered), True
+    return "".join(delivered + texts_of(cutter.flush())), False
+
+
+def test_cutter_catches_a_stop_split_across_two_tokens() -> None:
+    text, hit = feed_all(StopSequenceCutter(["\nUser:"]), ["Hello", " there\nUs", "er: next"])
+    assert (text, hit) == ("Hello there", True)
+
+
+def test_cutter_holds_back_only_what_could_start_a_stop() -> None:
+    cutter = StopSequenceCutter(["END"])
+    released, hit = cutter.feed(Token(0, "abcE"))
+    assert (released, hit) == ([], False)  # the whole token is held: its tail could start "END"
+    released, hit = cutter.feed(Token(1, "xyz"))
+    assert texts_of(released) == ["abcE", "xyz"]
+    assert not hit
+    assert cutter.held_text == ""
+
+
+def test_cutter_truncates_the_token_that_straddles_the_stop() -> None:
+    cutter = StopSequenceCutter(["STOP"])
+    released, hit = cutter.feed(Token(7, "abSTOPcd", logprob=-0.5))
+    assert hit
+    assert released == [Token(7, "ab", logprob=-0.5)]
+
+
+def test_cutter_uses_the_earliest_of_several_stops() -> None:
+    text, hit = feed_all(StopSequenceCutter(["zz", "b"]), ["a", "bzz"])
+    assert (text, hit) == ("a", True)
+
+
+def test_cutter_flushes_an_unfinished_stop_prefix() -> None:
+    text, hit = feed_all(StopSequenceCutter(["###"]), ["answer #", "#"])
+    assert (text, hit) == ("answer ##", False)
+
+
+def test_cutter_rejects_empty_stops() -> None:
+    with pytest.raises(ValueError, match="non-empty"):
+        StopSequenceCutter([""])
+
+
+@given(
+    text=st.text(alphabet="ab\nXY", max_size=40),
+    stops=st.lists(st.text(alphabet="ab\nXY", min_size=1, max_size=4), min_size=1, max_size=3),
+    cuts=st.lists(st.integers(min_value=0, max_value=40), max_size=12),
+)
+def test_cutter_delivers_exactly_the_text_before_the_first_stop(
+    text: str, stops: list[str], cuts: list[int]
+) -> None:
+    bounds = sorted({0, len(text), *(min(cut, len(text)) for cut in cuts)})
+    pieces = [text[start:end] for start, end in zip(bounds, bounds[1:], strict=False)]
+    delivered, hit = feed_all(StopSequenceCutter(stops), pieces)
+    positions = [index for stop in stops if (index := text.find(stop)) != -1]
+    expected = text[: min(positions)] if positions else text
+    assert delivered == expected
+    assert hit == bool(positions)
+
+
+# -- TokenStream ----------------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_stream_delivers_every_token_and_records_the_outcome() -> None:
+    source = Source(["The", " capital", " is", " Paris"])
+    finished: list[TokenStream] = []
+    stream = TokenStream(source, on_finish=finished.append)
+    assert texts_of(await drain(stream)) == ["The", " capital", " is", " Paris"]
+    assert stream.text == "The capital is Paris"
+    assert stream.finish_reason == "stop"
+    assert stream.error is None
+    assert stream.metrics is not None
+    assert stream.metrics.generated_tokens == 4
+    assert stream.metrics.total_seconds >= stream.metrics.time_to_first_token > 0
+    assert finished == [stream]
+    assert source.exhausted and source.closed
+
+
+@pytest.mark.anyio
+async def test_stream_gives_the_source_its_config() -> None:
+    source = Source(["x"])
+    config = GenerateConfig(max_tokens=9, temperature=0.7, seed=3)
+    await TokenStream(source, config=config).collect()
+    assert source.contexts[0].config is config
+
+
+@pytest.mark.anyio
+async def test_collect_returns_a_result() -> None:
+    result = await TokenStream(Source(["a", "b"])).collect()
+    assert (result.text, result.finish_reason) == ("ab", "stop")
+    assert result.metrics is not None
+    assert result.metrics.generated_tokens == 2
+
+
+@pytest.mark.anyio
+async def test_empty_output_is_a_normal_stop() -> None:
+    stream = TokenStream(Source([]))
+    assert await drain(stream) == []
+    assert (stream.text, stream.finish_reason, stream.error) == ("", "stop", None)
+
+
+@pytest.mark.anyio
+async def test_max_tokens_stops_and_closes_the_source() -> None:
+    source = Source(["a", "b", "c", "d"])
+    stream = TokenStream(source, config=GenerateConfig(max_tokens=2))
+    assert texts_of(await drain(stream)) == ["a", "b"]
+    assert stream.finish_reason == "length"
+    assert source.closed and not source.exhausted
+    assert source.produced == 1  # closed while suspended at its second yield
+
+
+@pytest.mark.anyio
+async def test_max_tokens_zero_means_no_client_cap() -> None:
+    stream = TokenStream(Source(["a"] * 300), config=GenerateConfig(max_tokens=0))
+    assert len(await drain(stream)) == 300
+    assert stream.finish_reason == "stop"
+
+
+@pytest.mark.anyio
+async def test_a_source_that_ends_exactly_at_the_cap_reports_length() -> None:
+    stream = TokenStream(Source(["a", "b"]), config=GenerateConfig(max_tokens=2))
+    await drain(stream)
+    assert stream.finish_reason == "length"
+
+
+@pytest.mark.anyio
+async def test_backend_finish_reason_wins() -> None:
+    stream = TokenStream(Source(["a"], finish_reason="length"))
+    await drain(stream)
+    assert stream.finish_reason == "length"
+
+
+@pytest.mark.anyio
+async def test_stop_token_ids_end_the_stream_without_the_stop_token() -> None:
+    source = Source(["a", "b", "<eos>", "c"])
+    stream = TokenStream(source, config=GenerateConfig(stop_tokens=[2]))
+    assert texts_of(await drain(stream)) == ["a", "b"]
+    assert stream.finish_reason == "stop"
+    assert source.closed and not source.exhausted
+
+
+@pytest.mark.anyio
+async def test_stop_sequence_split_across_tokens_is_cut_and_nothing_after_it_is_delivered() -> None:
+    source = Source(["Paris", ".", "\n\nUs", "er:", " what", " next"])
+    stream = TokenStream(source, config=GenerateConfig(stop_sequences=["\n\nUser:"]))
+    delivered = await drain(stream)
+    assert "".join(texts_of(delivered)) == "Paris."
+    assert stream.text == "Paris."
+    assert stream.finish_reason == "stop_sequence"
+    assert source.closed and not source.exhausted
+    assert source.produced == 3  # the source was closed as soon as the stop completed
+
+
+@pytest.mark.anyio
+async def test_stop_sequence_inside_one_token_truncates_it() -> None:
+    stream = TokenStream(Source(["42 ### tail"]), config=GenerateConfig(stop_sequences=["###"]))
+    assert texts_of(await drain(stream)) == ["42 "]
+    assert stream.finish_reason == "stop_sequence"
+
+
+@pytest.mark.anyio
+async def test_held_back_stop_prefix_is_released_when_the_source_ends() -> None:
+    stream = TokenStream(Source(["a", "b#"]), config=GenerateConfig(stop_sequences=["##"]))
+    assert "".join(texts_of(await drain(stream))) == "ab#"
+    assert stream.finish_reason == "stop"
+
+
+@pytest.mark.anyio
+async def test_stop_sequences_and_max_tokens_together() -> None:
+    config = GenerateConfig(max_tokens=2, stop_sequences=["zz"])
+    stream = TokenStream(Source(["a", "bz", "z"]), config=config)
+    assert "".join(texts_of(await drain(stream))) == "abz"  # held "z" is released at the cap
+    assert stream.finish_reason == "length"
+
+
+@pytest.mark.anyio
+async def test_aclose_after_break_closes_the_source() -> None:
+    source = Source(["a", "b", "c"])
+    finished: list[TokenStream] = []
+    stream = TokenStream(source, on_finish=finished.append)
+    async for _token in stream:
+        break
+    assert not source.closed
+    await stream.aclose()
+    assert source.closed and not source.exhausted
+    assert stream.finish_reason == "cancelled"
+    assert stream.text == "a"
+    await stream.aclose()  # idempotent
+    assert finished == [stream]
+    assert await drain(stream) == []
+
+
+@pytest.mark.anyio
+async def test_leaving_async_with_closes_the_source() -> None:
+    source = Source(["a", "b", "c"])
+    async with TokenStream(source) as stream:
+        async for token in stream:
+            assert token.text == "a"
+            break
+    assert source.closed
+    assert stream.finish_reason == "cancelled"
+
+
+@pytest.mark.anyio
+async def test_closing_an_unstarted_stream_never_starts_the_source() -> None:
+    source = Source(["a"])
+    stream = TokenStream(source)
+    await stream.aclose()
+    assert source.contexts == []
+    assert stream.finish_reason == "cancelled"
+
+
+@pytest.mark.anyio
+async def test_cancellation_propagates_and_closes_the_source() -> None:
+    source = Source(["a", "b", "c"], delay=0.2)
+    stream = TokenStream(source)
+    delivered: list[Token] = []
+    with anyio.move_on_after(0.3) as scope:
+        async for token in stream:
+            delivered.append(token)
+    assert scope.cancelled_caught
+    assert texts_of(delivered) == ["a"]
+    assert source.closed and not source.exhausted
+    assert stream.finish_reason == "cancelled"
+    assert stream.error is None
+
+
+@pytest.mark.anyio
+async def test_source_error_after_partial_output_keeps_the_partial_text() -> None:
+    source = Source(["par", "tial"], fail_with=GenerationError("backend died"))
+    stream = TokenStream(source)
+    delivered = []
+    with pytest.raises(GenerationError, match="backend died") as caught:
+        async for token in stream:
+            delivered.append(token.text)
+    assert delivered == ["par", "tial"]
+    assert caught.value.partial_text == "partial"
+    assert caught.value.tokens_generated == 2
+    assert stream.finish_reason == "error"
+    assert stream.error is caught.value
+    assert source.closed
+
+
+@pytest.mark.anyio
+async def test_foreign_errors_become_generation_errors_with_the_cause() -> None:
+    cause = OSError("pipe broke")
+    stream = TokenStream(Source(["x"], fail_with=cause))
+    with pytest.raises(GenerationError, match="OSError: pipe broke") as caught:
+        await stream.collect()
+    assert caught.value.__cause__ is cause
+    assert caught.value.partial_text == "x"
+
+
+@pytest.mark.anyio
+async def test_other_goml_errors_pass_through_unchanged() -> None:
+    error = NotSupported("no chat template")
+    stream = TokenStream(Source([], fail_with=error))
+    with pytest.raises(NotSupported) as caught:
+        await stream.collect()
+    assert caught.value is error
+    assert stream.finish_reason == "error"
+
+
+@pytest.mark.anyio
+async def test_partial_text_on_error_includes_a_held_back_stop_prefix() -> None:
+    source = Source(["answer:", " 4", "#"], fail_with=GenerationError("lost"))
+    stream = TokenStream(source, config=GenerateConfig(stop_sequences=["##"]))
+    with pytest.raises(GenerationError) as caught:
+        await stream.collect()
+    assert stream.text == "answer: 4"
+    assert caught.value.partial_text == "answer: 4#"
+
+
+@pytest.mark.anyio
+async def test_backend_metrics_are_kept_and_client_timing_fills_the_gaps() -> None:
+    reported = GenerateMetrics(prompt_tokens=11, generated_tokens=3, decode_tokens_per_sec=99.0)
+    stream = TokenStream(Source(["a", "b", "c"], delay=0.01, metrics=reported))
+    await drain(stream)
+    metrics = stream.metrics
+    assert metrics is not None
+    assert (metrics.prompt_tokens, metrics.generated_tokens) == (11, 3)
+    assert metrics.decode_tokens_per_sec == 99.0
+    assert metrics.time_to_first_token >= 0.009
+    assert metrics.total_seconds >= 0.029
+
+
+@pytest.mark.anyio
+async def test_a_plain_async_iterable_is_a_source_too() -> None:
+    async def tokens() -> AsyncIterator[Token]:
+        for index, text in enumerate(["x", "y"]):
+            yield Token(index, text)
+
+    assert (await TokenStream(tokens()).collect()).text == "xy"
+
+
+@pytest.mark.anyio
+async def test_repr_shows_the_state() -> None:
+    stream = TokenStream(Source(["hello"]))
+    assert "new" in repr(stream)
+    await drain(stream)
+    assert "stop" in repr(stream) and "hello" in repr(stream)
