@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from goml_async import (
@@ -78,7 +79,7 @@ async def test_an_async_callback_is_awaited() -> None:
     seen: list[str] = []
 
     async def callback(text: str) -> None:
-        await anyio.sleep(0)
+        await anyio.lowlevel.checkpoint()
         seen.append(text)
 
     await adapter.generate_stream("p", GenOpts(), callback)

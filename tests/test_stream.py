@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import AsyncIterator, Sequence
 
 import anyio
@@ -129,7 +130,7 @@ def test_cutter_delivers_exactly_the_text_before_the_first_stop(
     text: str, stops: list[str], cuts: list[int]
 ) -> None:
     bounds = sorted({0, len(text), *(min(cut, len(text)) for cut in cuts)})
-    pieces = [text[start:end] for start, end in zip(bounds, bounds[1:], strict=False)]
+    pieces = [text[start:end] for start, end in itertools.pairwise(bounds)]
     delivered, hit = feed_all(StopSequenceCutter(stops), pieces)
     positions = [index for stop in stops if (index := text.find(stop)) != -1]
     expected = text[: min(positions)] if positions else text

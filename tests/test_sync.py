@@ -9,6 +9,7 @@ import textwrap
 import threading
 
 import anyio
+import anyio.lowlevel
 import pytest
 import trio
 
@@ -123,7 +124,7 @@ def test_calling_the_facade_from_its_own_loop_is_an_error_not_a_deadlock() -> No
 
 def test_run_executes_any_coroutine_function() -> None:
     async def add(a: int, b: int) -> int:
-        await anyio.sleep(0)
+        await anyio.lowlevel.checkpoint()
         return a + b
 
     assert goml_sync.run(add, 2, 3) == 5
