@@ -45,6 +45,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import anyio
+from rich.console import Console
+from rich.table import Table
+
 from goml_async import (
     GenerateConfig,
     GenerateMetrics,
@@ -55,8 +58,6 @@ from goml_async import (
     TokenStream,
 )
 from goml_async.model import BaseTextModel
-from rich.console import Console
-from rich.table import Table
 
 TARGET_NS = 2000.0
 STOP = "\n\nUser:"
@@ -75,14 +76,8 @@ INTRO = (
     "Every benchmark prints a ratio against a peer measured in the same run. "
     "Regenerate with `nox -s bench`."
 )
-COLUMNS = (
-    "case",
-    "best ns/token",
-    "median ns/token",
-    "overhead ns/token (best)",
-    "overhead ns/token (median)",
-    "ratio (best)",
-)
+# ns/token: best and median of the repeats, overhead = case - baseline, ratio = case / baseline.
+COLUMNS = ("case", "best", "median", "overhead (best)", "overhead (median)", "ratio (best)")
 
 Source = Callable[[], AsyncIterator[Token]]
 
@@ -211,12 +206,12 @@ class Case:
 
 
 CASES = (
-    Case("baseline (bare async generator)", case_baseline, gated=False),
+    Case("baseline: bare async generator", case_baseline, gated=False),
     Case("TokenStream", case_token_stream, gated=True),
-    Case("TokenStream + stop sequence", case_token_stream_stop, gated=True),
+    Case("TokenStream + stop", case_token_stream_stop, gated=True),
     Case("model.generate", case_model_generate, gated=True),
-    Case("InferenceAdapter.generate_stream", case_adapter_generate_stream, gated=True),
-    Case("InferenceAdapter.generate", case_adapter_generate, gated=True),
+    Case("adapter.generate_stream", case_adapter_generate_stream, gated=True),
+    Case("adapter.generate", case_adapter_generate, gated=True),
 )
 
 
@@ -357,9 +352,9 @@ def command_line() -> str:
 
 
 def rich_table(backend: str, count: int, repeat: int, rows: list[CaseResult]) -> Table:
-    table = Table(title=f"{backend}: {count:,} tokens, best/median of {repeat}")
+    table = Table(title=f"{backend}: ns/token over {count:,} tokens, best/median of {repeat} runs")
     for index, column in enumerate(COLUMNS):
-        table.add_column(column, justify="left" if index == 0 else "right")
+        table.add_column(column, justify="left" if index == 0 else "right", no_wrap=True)
     for row in rows:
         table.add_row(*row.cells())
     return table
@@ -381,7 +376,7 @@ def markdown_section(results: dict[str, list[CaseResult]], count: int, repeat: i
         f"- Machine: {machine_line()}",
         f"- Date: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}",
         f"- Command: `{command_line()}`",
-        f"- {count:,} tokens per run; best and median of {repeat} runs; overhead = case - "
+        f"- {count:,} tokens per run; best and median of {repeat} run(s); overhead = case - "
         "baseline (ns/token); ratio = case / baseline.",
     ]
     for backend, rows in results.items():
@@ -438,7 +433,8 @@ def backends(choice: str, console: Console) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    console = Console()
+    # Rich falls back to 80 columns when piped (nox, CI logs); the table needs a little more.
+    console = Console(width=None if sys.stdout.isatty() else 120)
     console.print(f"Machine: {machine_line()}")
     results: dict[str, list[CaseResult]] = {}
     for backend in backends(args.backend, console):

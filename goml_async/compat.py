@@ -21,7 +21,7 @@ from typing import Any, Protocol, Self, TypeAlias, runtime_checkable
 from .errors import ConfigError
 from .model import BaseTextModel, TextModel
 from .stream import StreamContext, TokenStream
-from .types import GenerateConfig, GenerateMetrics, GenOpts, Message, MessageLike, Result, Token
+from .types import GenerateMetrics, GenOpts, Message, MessageLike, Result, Token
 
 __all__ = [
     "Backend",
@@ -102,7 +102,7 @@ async def _pump(stream: TokenStream, callback: TokenCallback) -> Result:
         async for token in stream:
             if token.text:
                 outcome = callback(token.text)
-                if inspect.isawaitable(outcome):
+                if outcome is not None and inspect.isawaitable(outcome):
                     await outcome
     return Result(text=stream.text, metrics=stream.metrics, finish_reason=stream.finish_reason)
 
@@ -149,20 +149,21 @@ class InferenceAdapter:
         return not self._closed
 
     @staticmethod
-    def _config(opts: GenOpts | None) -> GenerateConfig:
+    def _options(opts: GenOpts | None) -> dict[str, Any]:
+        """Only the fields ``opts`` sets, so the model's own defaults fill in the rest."""
         if opts is None:
-            return GenerateConfig()
+            return {}
         if not isinstance(opts, GenOpts):
             raise ConfigError("opts", f"must be a GenOpts or None, got {type(opts).__name__}")
-        return opts.to_config()
+        return opts.to_options()
 
     async def generate(self, prompt: str, opts: GenOpts | None = None) -> Result:
         """Complete ``prompt``; ``opts=None`` keeps the model's defaults."""
-        return await self._model.generate(prompt, self._config(opts)).collect()
+        return await self._model.generate(prompt, **self._options(opts)).collect()
 
     async def chat(self, messages: Sequence[MessageLike], opts: GenOpts | None = None) -> Result:
         """Reply to ``messages``."""
-        return await self._model.chat(messages, self._config(opts)).collect()
+        return await self._model.chat(messages, **self._options(opts)).collect()
 
     async def generate_stream(
         self, prompt: str, opts: GenOpts | None, callback: TokenCallback
@@ -174,7 +175,7 @@ class InferenceAdapter:
             stacklevel=2,
         )
         _check_callback(callback)
-        return await _pump(self._model.generate(prompt, self._config(opts)), callback)
+        return await _pump(self._model.generate(prompt, **self._options(opts)), callback)
 
     async def chat_stream(
         self, messages: Sequence[MessageLike], opts: GenOpts | None, callback: TokenCallback
@@ -186,7 +187,7 @@ class InferenceAdapter:
             stacklevel=2,
         )
         _check_callback(callback)
-        return await _pump(self._model.chat(messages, self._config(opts)), callback)
+        return await _pump(self._model.chat(messages, **self._options(opts)), callback)
 
     async def aclose(self) -> None:
         """Close the wrapped model. Idempotent."""

@@ -61,12 +61,14 @@ class StopSequenceCutter:
     the stop is truncated). Everything released is safe to deliver.
     """
 
-    __slots__ = ("_held", "_held_text", "_stops")
+    __slots__ = ("_held", "_held_text", "_prefixes", "_stops")
 
     def __init__(self, stops: Sequence[str]) -> None:
         if not stops or any(not stop for stop in stops):
             raise ValueError("stop sequences must be non-empty strings")
         self._stops = tuple(stops)
+        # Every proper prefix of every stop: text that ends with none of them holds nothing back.
+        self._prefixes = tuple({stop[:n] for stop in self._stops for n in range(1, len(stop))})
         self._held: list[Token] = []
         self._held_text = ""
 
@@ -86,6 +88,9 @@ class StopSequenceCutter:
                 cut = index
         if cut != -1:
             return self._release(cut, truncate=True), True
+        if not self._prefixes or not text.endswith(self._prefixes):
+            released, self._held, self._held_text = self._held, [], ""
+            return released, False
         hold = 0
         for stop in self._stops:
             for size in range(min(len(stop) - 1, len(text)), hold, -1):

@@ -304,6 +304,14 @@ class GenOpts:
         Only non-zero fields are applied, as go-ml's adapter does; ``model`` is not part of a
         GenerateConfig.
         """
+        return resolve_config(base, self.to_options())
+
+    def to_options(self) -> dict[str, Any]:
+        """The non-zero fields as GenerateConfig keyword options (``model`` left out).
+
+        Passing these to ``TextModel.generate(prompt, **options)`` keeps the model's own
+        defaults for every field that is not set.
+        """
         changes: dict[str, Any] = {}
         if self.temperature:
             changes["temperature"] = self.temperature
@@ -319,7 +327,7 @@ class GenOpts:
             changes["stop_tokens"] = self.stop_tokens
         if self.stop_sequences:
             changes["stop_sequences"] = self.stop_sequences
-        return resolve_config(base, changes)
+        return changes
 
 
 # -- results and metrics --------------------------------------------------------------------------

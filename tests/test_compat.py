@@ -385,3 +385,22 @@ async def test_round_trip_adapter_over_backend_text_model() -> None:
     result = await adapter.generate("x", GenOpts(max_tokens=3))
     assert result.text == "round trip"
     assert inner.seen[0][1] == GenOpts(max_tokens=3)
+
+
+class DefaultsModel(ScriptedModel):
+    """A model whose own defaults differ from GenerateConfig()'s."""
+
+    def __init__(self) -> None:
+        super().__init__(["a", "b", "c", "d"])
+        self._default_config = GenerateConfig(max_tokens=2, temperature=0.3)
+
+
+async def test_unset_genopts_fields_keep_the_model_defaults() -> None:
+    model = DefaultsModel()
+    adapter = InferenceAdapter(model)
+    assert (await adapter.generate("x")).text == "ab"
+    assert (await adapter.generate("x", GenOpts(max_tokens=3))).text == "abc"
+    assert [config for _, config in model.calls] == [
+        GenerateConfig(max_tokens=2, temperature=0.3),
+        GenerateConfig(max_tokens=3, temperature=0.3),
+    ]
