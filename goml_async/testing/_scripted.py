@@ -1,4 +1,4 @@
-"""Test aids. :class:`ScriptedModel` is an in-memory TextModel for tests and docs.
+"""ScriptedModel: an in-memory TextModel for tests and docs.
 
 It is never registered as a backend and never chosen by default: it only says what it is told.
 """
@@ -10,10 +10,10 @@ from typing import Any, TypeAlias
 
 import anyio
 
-from .errors import ConfigError, GenerationError
-from .model import BaseTextModel
-from .stream import StreamContext
-from .types import ClassifyResult, GenerateConfig, GenerateMetrics, Message, Token
+from ..errors import ConfigError, GenerationError
+from ..model import BaseTextModel
+from ..stream import StreamContext
+from ..types import ClassifyResult, GenerateConfig, GenerateMetrics, Message, Token
 
 __all__ = ["Reply", "ScriptedModel"]
 
