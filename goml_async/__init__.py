@@ -46,7 +46,7 @@ from .registry import (
     register_lazy_backend,
 )
 from .settings import GomlSettings
-from .stream import StopSequenceCutter, StreamContext, TokenStream
+from .stream import StopSequenceCutter, StreamContext, TokenSource, TokenStream
 from .types import (
     BatchResult,
     ClassifyResult,
@@ -106,6 +106,7 @@ __all__ = [
     "TextModel",
     "Token",
     "TokenCallback",
+    "TokenSource",
     "TokenStream",
     "__version__",
     "bundled_model_path",

@@ -76,8 +76,8 @@ _backends: dict[str, ModelBackend | _LazyBackend] = {}
 
 def register_backend(backend: ModelBackend) -> None:
     """Register a backend object; a later one with the same name replaces the earlier."""
-    if not isinstance(backend, ModelBackend):
-        raise ConfigError("backend", f"must implement ModelBackend, got {type(backend).__name__}")
+    if isinstance(backend, type) or not isinstance(backend, ModelBackend):
+        raise ConfigError("backend", f"must be a ModelBackend instance, got {backend!r}")
     _check_name(backend.name)
     with _lock:
         _backends[backend.name] = backend
@@ -145,7 +145,21 @@ def get_backend(name: str) -> ModelBackend:
             backend=name,
             install_hint=entry.install_hint,
         ) from exc
-    backend = found if isinstance(found, ModelBackend) else found()
+    # A class satisfies the runtime Protocol check too, so classes are always instantiated.
+    if isinstance(found, type) or not isinstance(found, ModelBackend):
+        if not callable(found):
+            raise BackendUnavailable(
+                f"{entry.target} is not a ModelBackend or a factory of one", backend=name
+            )
+        try:
+            found = found()
+        except Exception as exc:
+            raise BackendUnavailable(
+                f"the {name!r} backend factory {entry.target} failed: {exc}",
+                backend=name,
+                install_hint=entry.install_hint,
+            ) from exc
+    backend = found
     if not isinstance(backend, ModelBackend):
         raise BackendUnavailable(f"{entry.target} is not a ModelBackend", backend=name)
     with _lock:
@@ -318,4 +332,5 @@ def discover_models(base_dir: str | Path) -> list[DiscoveredModel]:
     if not base.is_dir():
         raise ConfigError("base_dir", f"not a directory: {str(base_dir)!r}")
     candidates = [base, *sorted(child for child in base.iterdir() if child.is_dir())]
-    return [found for folder in candidates if (found := _discovered(folder)) is not None]
+    found = [model for folder in candidates if (model := _discovered(folder)) is not None]
+    return sorted(found, key=lambda model: model.path)

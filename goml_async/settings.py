@@ -74,9 +74,14 @@ class GomlSettings(BaseSettings):
         except ValidationError as exc:
             first = exc.errors()[0]
             field = ".".join(str(part) for part in first["loc"]) or "settings"
-            raise ConfigError(
-                field, f"{first['msg']} (got {first.get('input')!r}; env var GOML_{field.upper()})"
-            ) from exc
+            if field not in type(self).model_fields:
+                raise ConfigError(field, f"unknown setting: {first['msg']}") from None
+            # Secrets are never echoed, and the chained ValidationError would repeat them.
+            secret = field == "api_key"
+            shown = "<hidden>" if secret else repr(first.get("input"))
+            problem = f"{first['msg']} (got {shown}; env var GOML_{field.upper()})"
+            error = ConfigError(field, problem)
+            raise error from (None if secret else exc)
 
     @field_validator("suites")
     @classmethod

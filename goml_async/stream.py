@@ -14,6 +14,7 @@ once for every backend:
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
@@ -23,7 +24,7 @@ from typing import Any, NoReturn, Self, TypeAlias
 
 import anyio
 
-from .errors import GenerationError, GomlError
+from .errors import GenerationError, GenerationTimeout, GomlError
 from .types import FinishReason, GenerateConfig, GenerateMetrics, Result, Token
 
 __all__ = ["StopSequenceCutter", "StreamContext", "TokenSource", "TokenStream"]
@@ -163,6 +164,7 @@ class TokenStream:
         "_source",
         "_started_at",
         "_stop_ids",
+        "_total_deadline",
     )
 
     def __init__(
@@ -193,6 +195,7 @@ class TokenStream:
         self._parts: list[str] = []
         self._count = 0
         self._started_at = 0.0
+        self._total_deadline = math.inf
         self._first_token_at = 0.0
         self._finish_reason: FinishReason | None = None
         self._metrics: GenerateMetrics | None = None
@@ -242,9 +245,10 @@ class TokenStream:
             self._exhausted()
         iterator = self._iterator if self._iterator is not None else self._start()
         cap = self._config.max_tokens
+        timed = self._config.has_deadlines
         while True:
             try:
-                token = await iterator.__anext__()
+                token = await (self._next_in_time(iterator) if timed else iterator.__anext__())
             except StopAsyncIteration:
                 self._end_of_source()
                 return self._deliver(self._ready.popleft())
@@ -274,8 +278,30 @@ class TokenStream:
             if self._finish_reason is not None:
                 self._exhausted()
 
+    async def _next_in_time(self, iterator: AsyncIterator[Token]) -> Token:
+        """The next token, or GenerationTimeout when the nearest deadline passes first."""
+        config = self._config
+        deadline, kind, seconds = self._total_deadline, "total", config.total_timeout or 0.0
+        gap = config.first_token_timeout if self._count == 0 else config.idle_timeout
+        if gap is not None and anyio.current_time() + gap < deadline:
+            deadline, seconds = anyio.current_time() + gap, gap
+            kind = "first_token" if self._count == 0 else "idle"
+        with anyio.CancelScope(deadline=deadline):
+            return await iterator.__anext__()
+        # Only reached when this scope's deadline cancelled the wait; the source has been
+        # cancelled at its await point and has run its cleanup.
+        what = {"first_token": "no first token", "idle": "no token", "total": "not finished"}
+        raise GenerationTimeout(
+            f"{what[kind]} within the {kind} deadline of {seconds:g} s "
+            f"({self._count} token(s) received)",
+            deadline=kind,
+            seconds=seconds,
+        )
+
     def _start(self) -> AsyncIterator[Token]:
         self._started_at = time.perf_counter()
+        if self._config.total_timeout is not None:
+            self._total_deadline = anyio.current_time() + self._config.total_timeout
         source = self._source
         iterator = (
             source.__aiter__() if isinstance(source, AsyncIterable) else source(self._context)

@@ -157,6 +157,11 @@ class GenerateConfig:
     side: no text from a stop sequence onwards is ever delivered, even when it is split across
     tokens.
 
+    The three deadlines, in seconds (None = none): ``first_token_timeout`` from the start of the
+    stream to its first token (connecting and retries included), ``idle_timeout`` between two
+    tokens, ``total_timeout`` for the whole stream. Each raises
+    :class:`~goml_async.errors.GenerationTimeout` carrying the partial text.
+
     Example:
         >>> GenerateConfig(max_tokens=32, stop_sequences=["\\n\\n"]).max_tokens
         32
@@ -171,9 +176,19 @@ class GenerateConfig:
     stop_sequences: Sequence[str] = ()
     seed: int | None = None
     return_logits: bool = False
+    first_token_timeout: float | None = None
+    idle_timeout: float | None = None
+    total_timeout: float | None = None
 
     def __post_init__(self) -> None:
         _int("max_tokens", self.max_tokens, minimum=0)
+        for name in ("first_token_timeout", "idle_timeout", "total_timeout"):
+            value = getattr(self, name)
+            if value is not None:
+                seconds = _float(name, value, minimum=0.0)
+                if seconds <= 0:
+                    raise ConfigError(name, f"must be > 0 seconds or None, got {value!r}")
+                object.__setattr__(self, name, seconds)
         _int("top_k", self.top_k, minimum=0)
         set_ = object.__setattr__
         set_(self, "temperature", _float("temperature", self.temperature, minimum=0.0))
@@ -189,6 +204,15 @@ class GenerateConfig:
             _int("seed", self.seed, minimum=0)
         if not isinstance(self.return_logits, bool):
             raise ConfigError("return_logits", f"must be a bool, got {self.return_logits!r}")
+
+    @property
+    def has_deadlines(self) -> bool:
+        """True when any of the three deadlines is set."""
+        return (
+            self.first_token_timeout is not None
+            or self.idle_timeout is not None
+            or self.total_timeout is not None
+        )
 
     def with_options(self, **options: Any) -> GenerateConfig:
         """A copy with ``options`` applied; an unknown option raises ConfigError naming it."""

@@ -50,14 +50,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         status: int = args.run(args)
     except GomlError as exc:
         print(f"goml: error: {exc}", file=sys.stderr)
-        return exc_status(exc)
+        return _exit_status(exc)
     except KeyboardInterrupt:
         print("goml: interrupted", file=sys.stderr)
         return 130
     return status
 
 
-def exc_status(exc: GomlError) -> int:
+def _exit_status(exc: GomlError) -> int:
     """Exit status for an error: 1 when generation itself failed, 2 for setup and input."""
     from goml_async.errors import GenerationError
 

@@ -13,6 +13,8 @@ from goml_async.errors import ConfigError
 from goml_async.registry import load_default_model, load_model
 from goml_async.types import GenerateConfig, Message
 
+__all__ = ["add_parser", "run"]
+
 _HELP = "stream a completion of PROMPT to stdout"
 _DESCRIPTION = """\
 Stream a completion of PROMPT to stdout, token by token.
@@ -21,6 +23,13 @@ With no --model, the bundled default model (SmolLM2-135M-Instruct) is used. --mo
 .gguf file (llama.cpp), an MLX model folder, or the base URL of an OpenAI-compatible server.
 PROMPT "-" reads the prompt from stdin. Without --raw the prompt is sent as a chat message.
 """
+_EPILOG = """\
+examples:
+  goml generate "What is the capital of France?"
+  goml generate --model models/smollm2.gguf --max-tokens 64 "Write a haiku"
+  goml generate --model http://127.0.0.1:8080/v1 --stop "\\n\\n" "List three colours:"
+  echo "Hi" | goml generate -
+"""
 
 
 def add_parser(commands: Any) -> None:
@@ -28,6 +37,7 @@ def add_parser(commands: Any) -> None:
         "generate",
         help=_HELP,
         description=_DESCRIPTION,
+        epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("prompt", metavar="PROMPT", help='the prompt, or "-" for stdin')

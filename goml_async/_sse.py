@@ -1,0 +1,217 @@
+"""A sans-I/O Server-Sent Events decoder.
+
+The decoder follows the WHATWG ``text/event-stream`` parsing rules
+(https://html.spec.whatwg.org/multipage/server-sent-events.html#event-stream-interpretation)
+and never touches a socket: the HTTP shell feeds it raw bytes as they arrive and gets complete
+events back. Chunks may be split anywhere, including inside a UTF-8 character or between the CR
+and LF of a CRLF line ending.
+
+Example:
+    >>> decoder = SSEDecoder()
+    >>> decoder.feed(b'data: {"n": 1}\\n\\nda')
+    [ServerSentEvent(event='message', data='{"n": 1}', id=None, retry=None)]
+    >>> decoder.feed(b"ta: [DONE]\\n")
+    []
+    >>> decoder.flush()
+    [ServerSentEvent(event='message', data='[DONE]', id=None, retry=None)]
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["SSEDecoder", "ServerSentEvent"]
+
+# The C-level decoder, called directly: codecs' incremental decoder classes wrap this very
+# function in Python-level methods, which costs a few hundred ns per chunk on the hot path.
+_utf8_decode = codecs.utf_8_decode
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSentEvent:
+    """One dispatched event.
+
+    Attributes:
+        event: the event type; ``"message"`` when the stream named none.
+        data: the data lines of the event joined with ``"\\n"``.
+        id: the last event ID seen on the stream so far (per spec it carries over to later
+            events), or ``None`` if the stream never sent one.
+        retry: the reconnection time in milliseconds announced in this event's block, if any.
+    """
+
+    event: str = "message"
+    data: str = ""
+    id: str | None = None
+    retry: int | None = None
+
+    def json(self) -> Any:
+        """Parse ``data`` as JSON.
+
+        Returns:
+            The decoded JSON value.
+
+        Raises:
+            json.JSONDecodeError: ``data`` is not valid JSON; the caller translates it.
+        """
+        return json.loads(self.data)
+
+
+class SSEDecoder:
+    """Incremental ``text/event-stream`` decoder: bytes in, :class:`ServerSentEvent` out.
+
+    Call :meth:`feed` with each chunk read from the network and :meth:`flush` once at the end
+    of the stream. The decoder can be reused after :meth:`flush`.
+
+    Implements the WHATWG rules: CRLF, LF and lone CR line endings; a leading UTF-8 BOM is
+    skipped; lines starting with ``":"`` are comments (keep-alive pings) and ignored; a field
+    without a colon has an empty value; one space after the colon is stripped; ``data`` lines
+    are joined with ``"\\n"``; a blank line dispatches the event only if it had ``data``; the
+    event type resets after every blank line; ``retry`` is honoured only if all ASCII digits;
+    an ``id`` containing NUL is ignored. Invalid UTF-8 is replaced with U+FFFD.
+
+    Two deliberate deviations from the spec, both for callers that talk to LLM servers:
+
+    * :meth:`flush` dispatches an event whose data is pending when the stream ends without a
+      final blank line (the spec discards it), because some servers end with
+      ``data: [DONE]\\n`` and close the connection.
+    * ``retry`` is reported on the event of the block it appeared in (the spec only updates the
+      connection's reconnection time); a ``retry``-only block dispatches nothing.
+    """
+
+    __slots__ = (
+        "_bom_pending",
+        "_buffer",
+        "_data",
+        "_event",
+        "_last_id",
+        "_pending_bytes",
+        "_retry",
+        "_skip_lf",
+    )
+
+    def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        # Incomplete trailing bytes of a UTF-8 character, kept for the next chunk.
+        self._pending_bytes = b""
+        # Text after the last line ending: an incomplete line.
+        self._buffer = ""
+        # True until the first non-empty text, so a BOM split across chunks is still found.
+        self._bom_pending = True
+        # The previous chunk ended with CR: an LF starting the next text belongs to that CRLF.
+        self._skip_lf = False
+        self._data: list[str] = []
+        self._event = ""
+        self._last_id: str | None = None
+        self._retry: int | None = None
+
+    def feed(self, chunk: bytes) -> list[ServerSentEvent]:
+        """Decode one chunk of the stream.
+
+        Args:
+            chunk: the next bytes read from the response body, split anywhere.
+
+        Returns:
+            The events completed by this chunk, in order (often empty).
+        """
+        if self._pending_bytes:
+            chunk = self._pending_bytes + chunk
+            self._pending_bytes = b""
+        text, used = _utf8_decode(chunk, "replace", False)
+        if used != len(chunk):
+            self._pending_bytes = chunk[used:]
+        if not text:
+            # Only part of a multi-byte character: the BOM and CR state wait for real text.
+            return []
+        if self._bom_pending:
+            self._bom_pending = False
+            if text[0] == "\ufeff":
+                text = text[1:]
+        if self._skip_lf:
+            self._skip_lf = False
+            if text[0] == "\n":
+                text = text[1:]
+        if self._buffer:
+            text = self._buffer + text
+        if "\r" in text:
+            # A trailing CR ends its line now (so the event is not held back until more data
+            # arrives); remember it so an LF at the start of the next chunk is not a 2nd line.
+            self._skip_lf = text[-1] == "\r"
+            text = text.replace("\r\n", "\n").replace("\r", "\n")
+        lines = text.split("\n")
+        self._buffer = lines.pop()
+        return self._process(lines)
+
+    def flush(self) -> list[ServerSentEvent]:
+        """Signal the end of the stream and return any event still pending.
+
+        Unlike the spec, an unterminated last line is processed, and an event with data but
+        no final blank line is dispatched (see the class docstring). The decoder is reset
+        afterwards, so it can decode a new stream.
+
+        Returns:
+            The remaining events (at most one from the unterminated block).
+        """
+        lines: list[str] = []
+        if self._pending_bytes:
+            # Truncated UTF-8 at the very end becomes U+FFFD, like anywhere else.
+            text = self._pending_bytes.decode("utf-8", "replace")
+            if self._bom_pending and text and text[0] == "\ufeff":
+                text = text[1:]
+            self._buffer += text
+        if self._buffer:
+            lines.append(self._buffer)
+        lines.append("")
+        events = self._process(lines)
+        self._reset()
+        return events
+
+    def _process(self, lines: list[str]) -> list[ServerSentEvent]:
+        """Interpret complete lines (without their endings) and return dispatched events."""
+        events: list[ServerSentEvent] = []
+        data = self._data
+        for line in lines:
+            if not line:
+                if data:
+                    events.append(
+                        ServerSentEvent(
+                            self._event or "message", "\n".join(data), self._last_id, self._retry
+                        )
+                    )
+                    data = self._data = []
+                self._event = ""
+                self._retry = None
+            elif line.startswith("data: "):
+                # The hot path: almost every line an LLM server sends is ``data: {json}``.
+                data.append(line[6:])
+            else:
+                self._field(line)
+        return events
+
+    def _field(self, line: str) -> None:
+        """Apply one non-blank line that is not a plain ``data: `` line."""
+        colon = line.find(":")
+        if colon == 0:
+            return  # a comment, typically a keep-alive ping
+        if colon < 0:
+            name, value = line, ""
+        else:
+            name = line[:colon]
+            value = line[colon + 1 :]
+            if value[:1] == " ":
+                value = value[1:]
+        if name == "data":
+            self._data.append(value)
+        elif name == "event":
+            self._event = value
+        elif name == "id" and "\0" not in value:
+            self._last_id = value
+        # str.isdigit() alone would accept non-ASCII digits such as "²" or "٣"; the length cap
+        # keeps int() below CPython's 4300-digit limit, which would raise ValueError.
+        elif name == "retry" and value.isascii() and value.isdigit() and len(value) < 4300:
+            self._retry = int(value)
+        # Any other field name is ignored, as the spec requires.
