@@ -14,6 +14,7 @@ from goml_async import (
     GenerateConfig,
     GenerateMetrics,
     GenerationError,
+    GenerationTimeout,
     NotSupported,
     StopSequenceCutter,
     StreamContext,
@@ -380,3 +381,84 @@ async def test_repr_shows_the_state() -> None:
     assert "new" in repr(stream)
     await drain(stream)
     assert "stop" in repr(stream) and "hello" in repr(stream)
+
+
+# -- deadlines ------------------------------------------------------------------------------------
+
+
+def paced(delays: Sequence[float], closed: list[bool]) -> AsyncIterator[Token]:
+    """Tokens "t0", "t1", ... each after its own delay; records that cleanup ran."""
+
+    async def source() -> AsyncIterator[Token]:
+        try:
+            for index, delay in enumerate(delays):
+                await anyio.sleep(delay)
+                yield Token(index, f"t{index}")
+        finally:
+            closed.append(True)
+
+    return source()
+
+
+@pytest.mark.anyio
+async def test_first_token_deadline() -> None:
+    closed: list[bool] = []
+    config = GenerateConfig(first_token_timeout=0.1, idle_timeout=5)
+    stream = TokenStream(paced([10, 0], closed), config=config)
+    started = anyio.current_time()
+    with pytest.raises(GenerationTimeout, match=r"first_token deadline of 0\.1 s") as caught:
+        await stream.collect()
+    assert anyio.current_time() - started < 2
+    assert caught.value.deadline == "first_token"
+    assert caught.value.seconds == 0.1
+    assert caught.value.partial_text == ""
+    assert stream.finish_reason == "error"
+    assert closed == [True]
+
+
+@pytest.mark.anyio
+async def test_idle_deadline_keeps_the_partial_text() -> None:
+    closed: list[bool] = []
+    config = GenerateConfig(first_token_timeout=5, idle_timeout=0.2)
+    stream = TokenStream(paced([0, 0.01, 10], closed), config=config)
+    with pytest.raises(GenerationTimeout) as caught:
+        await stream.collect()
+    assert caught.value.deadline == "idle"
+    assert caught.value.partial_text == "t0t1"
+    assert caught.value.tokens_generated == 2
+    assert stream.text == "t0t1"
+    assert closed == [True]
+
+
+@pytest.mark.anyio
+async def test_total_deadline_bounds_a_steady_stream() -> None:
+    closed: list[bool] = []
+    config = GenerateConfig(idle_timeout=1, total_timeout=0.5)
+    stream = TokenStream(paced([0.1] * 50, closed), config=config)
+    started = anyio.current_time()
+    with pytest.raises(GenerationTimeout) as caught:
+        await stream.collect()
+    assert 0.45 <= anyio.current_time() - started < 2
+    assert caught.value.deadline == "total"
+    assert 1 <= caught.value.tokens_generated < 50
+    assert caught.value.partial_text == stream.text != ""
+    assert closed == [True]
+
+
+@pytest.mark.anyio
+async def test_deadlines_that_are_met_change_nothing() -> None:
+    closed: list[bool] = []
+    config = GenerateConfig(first_token_timeout=2, idle_timeout=2, total_timeout=5)
+    result = await TokenStream(paced([0.01, 0.01, 0.01], closed), config=config).collect()
+    assert (result.text, result.finish_reason) == ("t0t1t2", "stop")
+
+
+@pytest.mark.anyio
+async def test_an_outer_cancellation_is_not_mistaken_for_a_deadline() -> None:
+    closed: list[bool] = []
+    stream = TokenStream(paced([10], closed), config=GenerateConfig(first_token_timeout=5))
+    with anyio.move_on_after(0.1) as scope:
+        await stream.collect()
+    assert scope.cancelled_caught
+    assert stream.finish_reason == "cancelled"
+    assert closed == [True]

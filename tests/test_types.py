@@ -571,3 +571,18 @@ def test_dataclasses_are_frozen(instance: Any) -> None:
 def test_dataclasses_use_slots(instance: Any) -> None:
     assert hasattr(type(instance), "__slots__")
     assert not hasattr(instance, "__dict__")
+
+
+@pytest.mark.parametrize("field", ["first_token_timeout", "idle_timeout", "total_timeout"])
+@pytest.mark.parametrize("value", [0, -1.0, float("nan"), float("inf"), "5", True])
+def test_deadlines_must_be_positive_seconds(field: str, value: object) -> None:
+    with pytest.raises(ConfigError) as info:
+        GenerateConfig(**{field: value})  # type: ignore[arg-type]
+    assert info.value.field == field
+
+
+@pytest.mark.parametrize("field", ["first_token_timeout", "idle_timeout", "total_timeout"])
+def test_any_deadline_turns_timing_on(field: str) -> None:
+    config = GenerateConfig(**{field: 2})  # type: ignore[arg-type]
+    assert config.has_deadlines
+    assert getattr(config, field) == 2.0
