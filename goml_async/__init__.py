@@ -22,6 +22,8 @@ from .compat import (
     TokenCallback,
 )
 from .errors import (
+    APIConnectionError,
+    APIStatusError,
     BackendUnavailable,
     ConfigError,
     GenerationError,
@@ -70,6 +72,8 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree wi
     __version__ = "0.0.0+unknown"
 
 __all__ = [
+    "APIConnectionError",
+    "APIStatusError",
     "Backend",
     "BackendTextModel",
     "BackendUnavailable",

@@ -59,6 +59,29 @@ class ServerSentEvent:
         return json.loads(self.data)
 
 
+# The generated __init__ of a frozen dataclass sets each field through object.__setattr__:
+# about 0.45 us, some 40% of feed()'s time per event on the hot path. Writing the same slots
+# through their member descriptors does exactly that at about half the cost.
+# tests/test_sse.py checks that this stays in step with the dataclass's fields.
+_new = object.__new__
+_slots = vars(ServerSentEvent)
+_set_event = _slots["event"].__set__
+_set_data = _slots["data"].__set__
+_set_id = _slots["id"].__set__
+_set_retry = _slots["retry"].__set__
+del _slots
+
+
+def _make_event(event: str, data: str, id: str | None, retry: int | None) -> ServerSentEvent:
+    """Build a :class:`ServerSentEvent` as its constructor would, only faster."""
+    sse: ServerSentEvent = _new(ServerSentEvent)
+    _set_event(sse, event)
+    _set_data(sse, data)
+    _set_id(sse, id)
+    _set_retry(sse, retry)
+    return sse
+
+
 class SSEDecoder:
     """Incremental ``text/event-stream`` decoder: bytes in, :class:`ServerSentEvent` out.
 
@@ -178,7 +201,7 @@ class SSEDecoder:
             if not line:
                 if data:
                     events.append(
-                        ServerSentEvent(
+                        _make_event(
                             self._event or "message", "\n".join(data), self._last_id, self._retry
                         )
                     )

@@ -13,13 +13,17 @@ GomlError
 ├── JudgeError             an LLM judge reply that is not valid for its scale: keeps the raw reply
 └── GenerationError        generation failed: carries the partial text and token count
     ├── GenerationTimeout  a first-token, idle or total deadline passed
-    └── StreamInterrupted  the stream broke after the first token (never replayed)
+    ├── StreamInterrupted  the stream broke after the first token (never replayed)
+    ├── APIStatusError     the server answered with an error status (after any retries)
+    └── APIConnectionError the server could not be reached (after any retries)
 ```
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "APIConnectionError",
+    "APIStatusError",
     "BackendUnavailable",
     "ConfigError",
     "GenerationError",
@@ -120,3 +124,21 @@ class GenerationTimeout(GenerationError):
 
 class StreamInterrupted(GenerationError):
     """The connection failed after the first token; the output so far is kept, never replayed."""
+
+
+class APIStatusError(GenerationError):
+    """An HTTP server answered with an error status.
+
+    Attributes:
+        status_code: the HTTP status.
+        body: the response body as text (the server's error message, usually JSON).
+    """
+
+    def __init__(self, message: str, *, status_code: int, body: str = "") -> None:
+        self.status_code = status_code
+        self.body = body
+        super().__init__(message)
+
+
+class APIConnectionError(GenerationError):
+    """An HTTP server could not be reached, or dropped the connection before the first token."""

@@ -16,7 +16,7 @@ from typing import Any, Protocol, Self, runtime_checkable
 import anyio
 
 from .errors import ConfigError, GenerationError, GomlError, NotSupported
-from .stream import StreamContext, TokenStream
+from .stream import StreamContext, TokenSource, TokenStream
 from .types import (
     BatchResult,
     ClassifyResult,
@@ -162,11 +162,8 @@ class BaseTextModel(ABC):
         """
         if not isinstance(prompt, str):
             raise ConfigError("prompt", f"must be a str, got {type(prompt).__name__}")
-        resolved = self._resolve(config, options)
-        return TokenStream(
-            lambda context: self._stream_prompt(prompt, context),
-            config=resolved,
-            on_finish=self._record,
+        return self._open_stream(
+            lambda context: self._stream_prompt(prompt, context), config, options
         )
 
     def chat(
@@ -174,11 +171,8 @@ class BaseTextModel(ABC):
     ) -> TokenStream:
         """Stream the assistant's reply to ``messages`` (Messages or role/content dicts)."""
         conversation = coerce_messages(messages)
-        resolved = self._resolve(config, options)
-        return TokenStream(
-            lambda context: self._stream_chat(conversation, context),
-            config=resolved,
-            on_finish=self._record,
+        return self._open_stream(
+            lambda context: self._stream_chat(conversation, context), config, options
         )
 
     async def classify(
@@ -248,6 +242,12 @@ class BaseTextModel(ABC):
         await self.aclose()
 
     # -- helpers ----------------------------------------------------------------------------------
+
+    def _open_stream(
+        self, source: TokenSource, config: GenerateConfig | None, options: dict[str, Any]
+    ) -> TokenStream:
+        """A TokenStream over ``source`` that reports to this model when it finishes."""
+        return TokenStream(source, config=self._resolve(config, options), on_finish=self._record)
 
     def _resolve(self, config: GenerateConfig | None, options: dict[str, Any]) -> GenerateConfig:
         if self._closed:

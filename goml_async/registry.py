@@ -334,3 +334,11 @@ def discover_models(base_dir: str | Path) -> list[DiscoveredModel]:
     candidates = [base, *sorted(child for child in base.iterdir() if child.is_dir())]
     found = [model for folder in candidates if (model := _discovered(folder)) is not None]
     return sorted(found, key=lambda model: model.path)
+
+
+def _register_builtin_backends() -> None:
+    """The backends that ship with goml_async, imported only when first used."""
+    register_lazy_backend("http", "goml_async.backends.http:HTTPModelBackend", requires=("httpx",))
+
+
+_register_builtin_backends()

@@ -1,0 +1,509 @@
+"""The HTTP backend: any OpenAI-compatible server, streamed over SSE.
+
+:class:`HTTPModel` is a TextModel over ``/v1/chat/completions`` and ``/v1/completions`` with
+``stream: true``. It retries only before the first token (connection errors and 408, 409, 429,
+5xx; Retry-After honoured up to a cap; exponential backoff with jitter); a failure after the
+first token raises :class:`~goml_async.errors.StreamInterrupted` with the partial text, and is
+never replayed. Leaving a stream early closes its HTTP response at once.
+
+:class:`HTTPBackend` is go-ml's string-level backend on top of it (chat endpoint, whole replies).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterable, Mapping
+from typing import Any, Literal
+
+import anyio
+import httpx
+from anyio.lowlevel import RunVar
+from pydantic import SecretStr
+
+from .._retry import RetryPolicy, parse_retry_after
+from .._sse import SSEDecoder
+from ..compat import InferenceAdapter
+from ..errors import (
+    APIConnectionError,
+    APIStatusError,
+    ConfigError,
+    GenerationError,
+    ModelLoadError,
+    StreamInterrupted,
+)
+from ..model import BaseTextModel
+from ..settings import GomlSettings
+from ..stream import StreamContext, TokenStream
+from ..types import (
+    GenerateConfig,
+    LoadConfig,
+    Message,
+    MessageLike,
+    ModelInfo,
+    Token,
+    coerce_messages,
+)
+from . import _openai
+
+__all__ = ["HTTPBackend", "HTTPModel", "HTTPModelBackend", "normalize_base_url"]
+
+Endpoint = Literal["completions", "chat"]
+
+
+def normalize_base_url(url: str) -> str:
+    """A base URL as OpenAI clients take it: ``http://host:port/v1`` (``/v1`` when no path)."""
+    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+        raise ConfigError("base_url", f"must be an http:// or https:// URL, got {url!r}")
+    parsed = httpx.URL(url)
+    if not parsed.host:
+        raise ConfigError("base_url", f"has no host: {url!r}")
+    path = parsed.path.rstrip("/")
+    return str(parsed.copy_with(path=path or "/v1", query=None, fragment=None)).rstrip("/")
+
+
+class HTTPModel(BaseTextModel):
+    """A TextModel served by an OpenAI-compatible HTTP server.
+
+    Args:
+        base_url: e.g. ``http://127.0.0.1:8080/v1`` (``/v1`` is added when there is no path).
+        model: the model name to request ("" lets a single-model server choose).
+        api_key: sent as a bearer token; defaults to ``GOML_API_KEY`` or ``OPENAI_API_KEY``.
+            Never shown in reprs or logs.
+        headers: extra headers on every request.
+        max_retries: retries before the first token (ignored when ``retry`` is given).
+        retry: the full retry policy.
+        first_token_timeout, idle_timeout, total_timeout: default deadlines in seconds for
+            every call (each call may override them).
+        connect_timeout: seconds to open a connection.
+        max_concurrency: streams open at once per event loop; more wait their turn.
+        generate_endpoint: ``"completions"`` sends ``generate(prompt)`` as a raw completion;
+            ``"chat"`` sends it as one user message (for chat-only servers).
+        extra_body: fields added to every request body (server-specific options).
+        default_config: the model's default GenerateConfig.
+        settings: where the API key default comes from (default: GomlSettings()).
+        transport: an httpx transport, for custom networking.
+
+    Example:
+        ```python
+        async with HTTPModel("http://127.0.0.1:8080/v1", idle_timeout=30) as model:
+            async for token in model.chat([{"role": "user", "content": "Hi!"}]):
+                print(token.text, end="")
+        ```
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str = "",
+        *,
+        api_key: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        max_retries: int = 2,
+        retry: RetryPolicy | None = None,
+        first_token_timeout: float | None = None,
+        idle_timeout: float | None = None,
+        total_timeout: float | None = None,
+        connect_timeout: float = 10.0,
+        max_concurrency: int = 64,
+        generate_endpoint: Endpoint = "completions",
+        extra_body: Mapping[str, Any] | None = None,
+        default_config: GenerateConfig | None = None,
+        settings: GomlSettings | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        if not isinstance(model, str):
+            raise ConfigError("model", f"must be a str, got {type(model).__name__}")
+        if generate_endpoint not in ("completions", "chat"):
+            raise ConfigError(
+                "generate_endpoint", f"must be 'completions' or 'chat', got {generate_endpoint!r}"
+            )
+        if (
+            isinstance(max_concurrency, bool)
+            or not isinstance(max_concurrency, int)
+            or max_concurrency < 1
+        ):
+            raise ConfigError("max_concurrency", f"must be an int >= 1, got {max_concurrency!r}")
+        if not isinstance(connect_timeout, int | float) or connect_timeout <= 0:
+            raise ConfigError("connect_timeout", f"must be > 0 seconds, got {connect_timeout!r}")
+        base = (default_config or GenerateConfig()).with_options(
+            **{
+                name: value
+                for name, value in (
+                    ("first_token_timeout", first_token_timeout),
+                    ("idle_timeout", idle_timeout),
+                    ("total_timeout", total_timeout),
+                )
+                if value is not None
+            }
+        )
+        super().__init__(model_type="http", default_config=base)
+        self._base_url = normalize_base_url(base_url)
+        self._model_name = model
+        if api_key is None:
+            secret = (settings or GomlSettings()).api_key
+        else:
+            if not isinstance(api_key, str):
+                raise ConfigError("api_key", "must be a str")
+            secret = SecretStr(api_key)
+        self._api_key = secret
+        self._headers = {str(key): str(value) for key, value in (headers or {}).items()}
+        self._retry = retry if retry is not None else RetryPolicy(max_retries=max_retries)
+        self._connect_timeout = float(connect_timeout)
+        self._max_concurrency = max_concurrency
+        self._generate_endpoint: Endpoint = generate_endpoint
+        self._extra_body = dict(extra_body or {})
+        self._transport = transport
+        self._info = ModelInfo(architecture="http")
+        # One client and one limiter per event loop: both are bound to the loop they run on.
+        self._client_var: RunVar[httpx.AsyncClient] = RunVar(f"goml-http-client-{id(self)}")
+        self._limiter_var: RunVar[anyio.CapacityLimiter] = RunVar(f"goml-http-limit-{id(self)}")
+        self._clients: list[httpx.AsyncClient] = []
+
+    # -- properties -------------------------------------------------------------------------------
+
+    @property
+    def base_url(self) -> str:
+        """The normalised base URL (ends in ``/v1`` or the path given)."""
+        return self._base_url
+
+    @property
+    def model_name(self) -> str:
+        """The model name sent with each request."""
+        return self._model_name
+
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        """The retry policy in force."""
+        return self._retry
+
+    def info(self) -> ModelInfo:
+        """What the server said about the model (see :meth:`refresh_info`)."""
+        return self._info
+
+    def concurrency_statistics(self) -> anyio.CapacityLimiterStatistics:
+        """The current event loop's limiter: streams running and waiting. Call it in async code."""
+        return self._limiter().statistics()
+
+    # -- per-loop resources -----------------------------------------------------------------------
+
+    def _client(self) -> httpx.AsyncClient:
+        try:
+            return self._client_var.get()
+        except LookupError:
+            pass
+        headers = {"Accept": "text/event-stream", **self._headers}
+        if self._api_key is not None:
+            headers["Authorization"] = f"Bearer {self._api_key.get_secret_value()}"
+        client = httpx.AsyncClient(
+            headers=headers,
+            # Reads have no timeout here: the stream's deadlines govern waiting for tokens.
+            timeout=httpx.Timeout(None, connect=self._connect_timeout, pool=None),
+            limits=httpx.Limits(
+                max_connections=self._max_concurrency,
+                max_keepalive_connections=self._max_concurrency,
+            ),
+            transport=self._transport,
+        )
+        self._client_var.set(client)
+        self._clients.append(client)
+        return client
+
+    def _limiter(self) -> anyio.CapacityLimiter:
+        try:
+            return self._limiter_var.get()
+        except LookupError:
+            limiter = anyio.CapacityLimiter(self._max_concurrency)
+            self._limiter_var.set(limiter)
+            return limiter
+
+    async def _aclose(self) -> None:
+        try:
+            current = self._client_var.get()
+        except LookupError:
+            current = None
+        clients, self._clients = self._clients, []
+        if current is not None:
+            await current.aclose()
+        # Clients of other event loops (for example the sync facade's) cannot be awaited from
+        # here; they are dropped with their loop.
+        del clients
+
+    # -- requests ---------------------------------------------------------------------------------
+
+    def generate(
+        self,
+        prompt: str,
+        config: GenerateConfig | None = None,
+        *,
+        model: str | None = None,
+        extra_body: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> TokenStream:
+        """Stream a completion; ``model`` and ``extra_body`` override the model's for this call."""
+        if not isinstance(prompt, str):
+            raise ConfigError("prompt", f"must be a str, got {type(prompt).__name__}")
+        if self._generate_endpoint == "chat":
+            return self.chat(
+                [Message("user", prompt)], config, model=model, extra_body=extra_body, **options
+            )
+        return self._open_stream(
+            lambda context: self._request(
+                "/completions",
+                _openai.completion_body(
+                    self._pick_model(model), prompt, context.config, self._merged(extra_body)
+                ),
+                context,
+            ),
+            config,
+            options,
+        )
+
+    def chat(
+        self,
+        messages: Iterable[MessageLike],
+        config: GenerateConfig | None = None,
+        *,
+        model: str | None = None,
+        extra_body: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> TokenStream:
+        """Stream a chat reply; ``model`` and ``extra_body`` override the model's for this call."""
+        conversation = coerce_messages(messages)
+        return self._open_stream(
+            lambda context: self._request(
+                "/chat/completions",
+                _openai.chat_body(
+                    self._pick_model(model), conversation, context.config, self._merged(extra_body)
+                ),
+                context,
+            ),
+            config,
+            options,
+        )
+
+    def _stream_prompt(self, prompt: str, context: StreamContext) -> AsyncIterator[Token]:
+        body = _openai.completion_body(self._model_name, prompt, context.config, self._extra_body)
+        return self._request("/completions", body, context)
+
+    def _stream_chat(self, messages: list[Message], context: StreamContext) -> AsyncIterator[Token]:
+        body = _openai.chat_body(self._model_name, messages, context.config, self._extra_body)
+        return self._request("/chat/completions", body, context)
+
+    def _pick_model(self, model: str | None) -> str:
+        if model is None:
+            return self._model_name
+        if not isinstance(model, str):
+            raise ConfigError("model", f"must be a str, got {type(model).__name__}")
+        return model
+
+    def _merged(self, extra_body: Mapping[str, Any] | None) -> dict[str, Any]:
+        return {**self._extra_body, **extra_body} if extra_body else self._extra_body
+
+    async def _request(
+        self, path: str, body: dict[str, Any], context: StreamContext
+    ) -> AsyncIterator[Token]:
+        """POST, retrying until the first token; then stream tokens until [DONE]."""
+        client = self._client()
+        url = self._base_url + path
+        payload = json.dumps(body).encode()
+        async with self._limiter():
+            attempt = 0
+            while True:
+                delivered = 0
+                reply = _openai.StreamState()
+                response: httpx.Response | None = None
+                try:
+                    request = client.build_request(
+                        "POST", url, content=payload, headers={"Content-Type": "application/json"}
+                    )
+                    response = await client.send(request, stream=True)
+                    if response.status_code != 200:
+                        error, retry_after = await self._status_failure(response)
+                        if not self._retry.should_retry(attempt, response.status_code):
+                            raise error
+                    else:
+                        async for token in self._tokens(response, reply):
+                            delivered += 1
+                            yield token
+                        if not reply.done:
+                            raise httpx.RemoteProtocolError("the stream ended before [DONE]")
+                        self._report(reply, context)
+                        return
+                except GenerationError as exc:
+                    if delivered and not isinstance(exc, StreamInterrupted):
+                        raise StreamInterrupted(
+                            f"the stream from {url} broke after {delivered} token(s): {exc}",
+                            tokens_generated=delivered,
+                        ) from exc
+                    raise
+                except httpx.TransportError as exc:
+                    if delivered:
+                        raise StreamInterrupted(
+                            f"the connection to {url} failed after {delivered} token(s): {exc!r}",
+                            tokens_generated=delivered,
+                        ) from exc
+                    if not self._retry.should_retry(attempt, None):
+                        raise APIConnectionError(
+                            f"cannot stream from {url} after {attempt + 1} attempt(s): {exc!r}"
+                        ) from exc
+                    retry_after = None
+                finally:
+                    if response is not None:
+                        with anyio.CancelScope(shield=True):
+                            await response.aclose()
+                await anyio.sleep(self._retry.delay(attempt, retry_after))
+                attempt += 1
+
+    async def _status_failure(
+        self, response: httpx.Response
+    ) -> tuple[APIStatusError, float | None]:
+        """The error for a non-200 answer, and the server's Retry-After in seconds."""
+        body = (await response.aread()).decode("utf-8", errors="replace")
+        try:
+            detail = _openai.error_message(json.loads(body))
+        except (json.JSONDecodeError, TypeError):
+            detail = _openai.error_message(body)
+        error = APIStatusError(
+            f"{response.request.url} answered {response.status_code} "
+            f"{response.reason_phrase}: {detail}",
+            status_code=response.status_code,
+            body=body,
+        )
+        return error, parse_retry_after(response.headers)
+
+    async def _tokens(
+        self, response: httpx.Response, reply: _openai.StreamState
+    ) -> AsyncIterator[Token]:
+        decoder = SSEDecoder()
+        async for chunk in response.aiter_bytes():
+            for event in decoder.feed(chunk):
+                token = _openai.parse_event(event.data, reply)
+                if token is not None:
+                    yield token
+                if reply.done:
+                    return
+        for event in decoder.flush():
+            token = _openai.parse_event(event.data, reply)
+            if token is not None:
+                yield token
+
+    def _report(self, reply: _openai.StreamState, context: StreamContext) -> None:
+        context.finish_reason = _openai.finish_reason(reply.finish_reason)
+        metrics = _openai.metrics_from(reply.usage, reply.timings)
+        if metrics is not None:
+            context.metrics = metrics
+
+    # -- server facts -----------------------------------------------------------------------------
+
+    async def refresh_info(self) -> ModelInfo:
+        """Ask ``GET /models`` about the model and keep what it says for :meth:`info`.
+
+        llama.cpp reports the vocabulary and embedding sizes in ``meta``; other servers report
+        less, and a server without ``/models`` leaves the info as it was.
+
+        Raises:
+            APIConnectionError: the server cannot be reached.
+        """
+        try:
+            response = await self._client().get(self._base_url + "/models")
+        except httpx.TransportError as exc:
+            raise APIConnectionError(f"cannot reach {self._base_url}/models: {exc!r}") from exc
+        if response.status_code != 200:
+            return self._info
+        try:
+            listing = response.json()
+        except json.JSONDecodeError:
+            return self._info
+        entries = listing.get("data") if isinstance(listing, dict) else None
+        entries = entries if isinstance(entries, list) else []
+        chosen = next(
+            (e for e in entries if isinstance(e, dict) and e.get("id") == self._model_name),
+            entries[0] if entries and isinstance(entries[0], dict) else {},
+        )
+        found_meta = chosen.get("meta")
+        meta: dict[str, Any] = found_meta if isinstance(found_meta, dict) else {}
+        self._info = ModelInfo(
+            architecture=str(meta.get("general.architecture") or "http"),
+            vocab_size=int(meta.get("n_vocab") or 0),
+            hidden_size=int(meta.get("n_embd") or 0),
+        )
+        return self._info
+
+    def __repr__(self) -> str:
+        state = " closed" if self.closed else ""
+        name = f" model={self._model_name!r}" if self._model_name else ""
+        return f"<HTTPModel {self._base_url}{name}{state}>"
+
+
+class HTTPBackend(InferenceAdapter):
+    """go-ml's string-level HTTP backend over :class:`HTTPModel`.
+
+    Replies come whole as :class:`~goml_async.types.Result`, requested through the chat
+    endpoint like go-ml's (``generate(prompt)`` is one user message). Unlike go-ml it streams
+    under the hood, sends every sampling field, and supports API keys. Ollama works as a plain
+    HTTPBackend at its OpenAI-compatible URL (``http://localhost:11434/v1``).
+
+    Args:
+        base_url: the server's base URL.
+        model: the model name to request.
+        api_key: bearer token (default from ``GOML_API_KEY``/``OPENAI_API_KEY``).
+        max_tokens: default max_tokens (go-ml's ``WithHTTPMaxTokens``); 0 keeps 256.
+        **options: any other :class:`HTTPModel` keyword.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str = "",
+        api_key: str | None = None,
+        *,
+        max_tokens: int = 0,
+        **options: Any,
+    ) -> None:
+        default = options.pop("default_config", None) or GenerateConfig()
+        if max_tokens:
+            default = default.with_options(max_tokens=max_tokens)
+        http_model = HTTPModel(
+            base_url,
+            model,
+            api_key=api_key,
+            generate_endpoint="chat",
+            default_config=default,
+            **options,
+        )
+        super().__init__(http_model, "http")
+        self._http_model = http_model
+
+    @property
+    def base_url(self) -> str:
+        """The server's normalised base URL."""
+        return self._http_model.base_url
+
+    @property
+    def model_name(self) -> str:
+        """The model name sent with each request."""
+        return self._http_model.model_name
+
+
+class HTTPModelBackend:
+    """The ``"http"`` entry of the backend registry: loads an :class:`HTTPModel` from a URL."""
+
+    name = "http"
+
+    def available(self) -> bool:
+        """Always: the HTTP backend needs only core dependencies."""
+        return True
+
+    async def load_model(self, path: str, config: LoadConfig, **options: Any) -> HTTPModel:
+        """An HTTPModel for the URL ``path``, after checking that the server answers.
+
+        Raises:
+            ModelLoadError: the server cannot be reached.
+        """
+        model = HTTPModel(path, **options)
+        try:
+            await model.refresh_info()
+        except APIConnectionError as exc:
+            await model.aclose()
+            raise ModelLoadError(path, f"the server does not answer ({exc})") from exc
+        return model
