@@ -12,8 +12,9 @@ never replayed. Leaving a stream early closes its HTTP response at once.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterable, Mapping
-from typing import Any, Literal
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping
+from contextlib import aclosing
+from typing import Any, Literal, cast
 
 import anyio
 import httpx
@@ -322,9 +323,26 @@ class HTTPModel(BaseTextModel):
                         if not self._retry.should_retry(attempt, response.status_code):
                             raise error
                     else:
-                        async for token in self._tokens(response, reply):
-                            delivered += 1
-                            yield token
+                        decoder = SSEDecoder()
+                        # The body is read to its end even after [DONE] (which servers send
+                        # last), so the connection goes back to the pool for reuse.
+                        byte_stream = cast("AsyncGenerator[bytes]", response.aiter_bytes())
+                        async with aclosing(byte_stream) as chunks:
+                            async for chunk in chunks:
+                                if reply.done:
+                                    continue
+                                for event in decoder.feed(chunk):
+                                    token = _openai.parse_event(event.data, reply)
+                                    if token is not None:
+                                        delivered += 1
+                                        yield token
+                                    if reply.done:
+                                        break
+                        for event in decoder.flush() if not reply.done else ():
+                            token = _openai.parse_event(event.data, reply)
+                            if token is not None:
+                                delivered += 1
+                                yield token
                         if not reply.done:
                             raise httpx.RemoteProtocolError("the stream ended before [DONE]")
                         self._report(reply, context)
@@ -370,22 +388,6 @@ class HTTPModel(BaseTextModel):
             body=body,
         )
         return error, parse_retry_after(response.headers)
-
-    async def _tokens(
-        self, response: httpx.Response, reply: _openai.StreamState
-    ) -> AsyncIterator[Token]:
-        decoder = SSEDecoder()
-        async for chunk in response.aiter_bytes():
-            for event in decoder.feed(chunk):
-                token = _openai.parse_event(event.data, reply)
-                if token is not None:
-                    yield token
-                if reply.done:
-                    return
-        for event in decoder.flush():
-            token = _openai.parse_event(event.data, reply)
-            if token is not None:
-                yield token
 
     def _report(self, reply: _openai.StreamState, context: StreamContext) -> None:
         context.finish_reason = _openai.finish_reason(reply.finish_reason)

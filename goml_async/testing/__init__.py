@@ -6,5 +6,6 @@ Nothing here is ever registered as a backend or chosen by default.
 from __future__ import annotations
 
 from ._scripted import Reply, ScriptedModel
+from .openai_server import FakeOpenAIServer, RecordedRequest, Script
 
-__all__ = ["Reply", "ScriptedModel"]
+__all__ = ["FakeOpenAIServer", "RecordedRequest", "Reply", "Script", "ScriptedModel"]
