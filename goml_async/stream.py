@@ -254,6 +254,14 @@ class TokenStream:
                 return self._deliver(self._ready.popleft())
             except BaseException as exc:
                 raise self._fail(exc)  # noqa: B904 - the cause is kept on the raised error
+            if cap and self._count >= cap:
+                # The cap was reached and the source did not stop by itself: cut it off here.
+                # (Backends that honour max_tokens natively end first, after their final
+                # usage and timings, which is why the stream waits for them.)
+                await self._stop_early("length")
+                if self._ready:
+                    return self._deliver(self._ready.popleft())
+                self._exhausted()
             self._count += 1
             if self._count == 1:
                 self._first_token_at = time.perf_counter()
@@ -263,16 +271,11 @@ class TokenStream:
                     return self._deliver(self._ready.popleft())
                 self._exhausted()
             if self._cutter is None:
-                self._deliver(token)
-                if cap and self._count >= cap:
-                    await self._stop_early("length")
-                return token
+                return self._deliver(token)
             released, hit = self._cutter.feed(token)
             self._ready.extend(released)
             if hit:
                 await self._stop_early("stop_sequence")
-            elif cap and self._count >= cap:
-                await self._stop_early("length")
             if self._ready:
                 return self._deliver(self._ready.popleft())
             if self._finish_reason is not None:

@@ -182,13 +182,26 @@ async def test_empty_output_is_a_normal_stop() -> None:
 
 
 @pytest.mark.anyio
-async def test_max_tokens_stops_and_closes_the_source() -> None:
+async def test_max_tokens_cuts_off_a_source_that_ignores_it() -> None:
     source = Source(["a", "b", "c", "d"])
     stream = TokenStream(source, config=GenerateConfig(max_tokens=2))
     assert texts_of(await drain(stream)) == ["a", "b"]
     assert stream.finish_reason == "length"
     assert source.closed and not source.exhausted
-    assert source.produced == 1  # closed while suspended at its second yield
+    assert source.produced == 2  # closed at its third yield, whose token was never delivered
+    assert stream.metrics is not None
+    assert stream.metrics.generated_tokens == 2
+
+
+@pytest.mark.anyio
+async def test_a_source_that_honours_max_tokens_finishes_with_its_own_report() -> None:
+    reported = GenerateMetrics(prompt_tokens=5, generated_tokens=2)
+    source = Source(["a", "b"], metrics=reported, finish_reason="length")
+    stream = TokenStream(source, config=GenerateConfig(max_tokens=2))
+    assert texts_of(await drain(stream)) == ["a", "b"]
+    assert source.exhausted  # the stream waited for the end, with its usage report
+    assert stream.metrics is not None
+    assert stream.metrics.prompt_tokens == 5
 
 
 @pytest.mark.anyio

@@ -101,8 +101,12 @@ class ScriptedModel(BaseTextModel):
         self._open += 1
         self.max_concurrency = max(self.max_concurrency, self._open)
         produced = 0
+        cap = context.config.max_tokens
         try:
             for index, text in enumerate(texts):
+                if cap and index == cap:
+                    context.finish_reason = "length"  # honoured here, as real backends do
+                    break
                 if index == self._fail_after:
                     raise self._failure(index)
                 if self._delay:
