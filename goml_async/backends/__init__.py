@@ -5,3 +5,5 @@ imports xllamacpp, mlx or any other extra.
 """
 
 from __future__ import annotations
+
+__all__: list[str] = []

@@ -73,8 +73,9 @@ class HTTPModel(BaseTextModel):
         headers: extra headers on every request.
         max_retries: retries before the first token (ignored when ``retry`` is given).
         retry: the full retry policy.
-        first_token_timeout, idle_timeout, total_timeout: default deadlines in seconds for
-            every call (each call may override them).
+        first_token_timeout: default first-token deadline in seconds (each call may override).
+        idle_timeout: default deadline between two tokens.
+        total_timeout: default deadline for a whole stream.
         connect_timeout: seconds to open a connection.
         max_concurrency: streams open at once per event loop; more wait their turn.
         generate_endpoint: ``"completions"`` sends ``generate(prompt)`` as a raw completion;
@@ -329,9 +330,7 @@ class HTTPModel(BaseTextModel):
                         byte_stream = cast("AsyncGenerator[bytes]", response.aiter_bytes())
                         async with aclosing(byte_stream) as chunks:
                             async for chunk in chunks:
-                                if reply.done:
-                                    continue
-                                for event in decoder.feed(chunk):
+                                for event in () if reply.done else decoder.feed(chunk):
                                     token = _openai.parse_event(event.data, reply)
                                     if token is not None:
                                         delivered += 1

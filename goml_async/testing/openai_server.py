@@ -71,7 +71,8 @@ class FakeOpenAIServer:
         >>> with FakeOpenAIServer(Script(tokens=["Hi", "!"])) as server:
         ...     body = {"model": "m", "messages": [{"role": "user", "content": "hello"}]}
         ...     reply = httpx.post(f"{server.base_url}/chat/completions", json=body).json()
-        >>> reply["choices"][0]["message"]["content"]
+        >>> message = reply["choices"].pop()["message"]
+        >>> message.get("content")
         'Hi!'
     """
 

@@ -1,0 +1,459 @@
+"""LlamaServer: launch, watch and stop one llama.cpp HTTP server process.
+
+The server is the ``llama-server`` binary (an explicit ``binary=``, then ``GOML_LLAMA_SERVER``,
+then ``llama-server`` on PATH) or, where there is none, the xllamacpp launcher
+(``python -m goml_async.backends.llama_launcher``), which takes the same flags.
+
+Example:
+    ```python
+    async with LlamaServer("model.gguf", LoadConfig(context_len=2048)) as server:
+        print(server.base_url)  # http://127.0.0.1:<free port>; OpenAI API under /v1
+    ```
+
+What it guarantees:
+
+* Bad input fails before anything starts: a missing or non-GGUF model (:class:`ModelLoadError`),
+  a missing or non-executable binary (:class:`BackendUnavailable`), a port in use
+  (:class:`ConfigError`).
+* Readiness is ``GET /health`` answering 200 (503 means "loading": keep waiting). If the process
+  exits first, or is not ready within ``startup_timeout``, the error has its last log lines.
+* stdout and stderr are read continuously by two daemon threads into a bounded tail
+  (:meth:`LlamaServer.log_tail`), so the pipes never fill. Threads, not tasks: the server object
+  may be started in one task and closed in another (the sync facade does exactly that), which a
+  task group held across calls cannot allow.
+* The process runs in its own process group. :meth:`LlamaServer.aclose` (idempotent, safe while
+  being cancelled) sends SIGTERM to the group, then SIGKILL after a grace period. A
+  ``weakref.finalize`` hook SIGKILLs the group if the object is dropped or the interpreter exits
+  first, so Ctrl-C never leaves a server behind.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import weakref
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+import anyio
+import httpx
+
+from ..errors import BackendUnavailable, ConfigError, GomlError, ModelLoadError
+from ..settings import GomlSettings
+from ..types import LoadConfig
+from ._llama_process import (
+    LogTail,
+    check_binary,
+    check_model,
+    describe_exit,
+    kill_group,
+    reserve_port,
+    wait_exit,
+)
+from .llama_launcher import INSTALL_HINT
+
+__all__ = [
+    "ALL_GPU_LAYERS",
+    "INSTALL_HINT",
+    "LOG_TAIL_LINES",
+    "LlamaServer",
+    "launcher_command",
+    "llama_server_args",
+]
+
+#: ``-ngl`` value for ``LoadConfig.gpu_layers == -1`` ("all"): every llama-server version reads
+#: 999 as "every layer" (newer ones also take ``all``, older ones do not).
+ALL_GPU_LAYERS = 999
+#: Log lines kept from the server's stdout and stderr together.
+LOG_TAIL_LINES = 200
+
+_LAUNCHER_MODULE = "goml_async.backends.llama_launcher"
+_POLL_INTERVAL = 0.05  # seconds between /health polls and exit checks during startup
+_TERM_GRACE = 5.0  # seconds between SIGTERM and SIGKILL
+_ERROR_LINES = 20  # log lines quoted in error messages
+_DRAIN_SECONDS = 1.0  # how long to wait for the last log lines of an exited process
+# What llama-server and the launcher print when the model (not the server) is the problem.
+_MODEL_FAILURE_MARKERS = (
+    "failed to load model",
+    "error loading model",
+    "model loading error",
+    "failed to read magic",
+    "gguf_init_from_file",
+)
+
+logger = logging.getLogger(__name__)
+
+
+def launcher_command() -> list[str]:
+    """The argv prefix that runs the xllamacpp launcher with this interpreter."""
+    return [sys.executable, "-m", _LAUNCHER_MODULE]
+
+
+def llama_server_args(
+    model_path: str | os.PathLike[str],
+    config: LoadConfig | None = None,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    threads: int | None = None,
+    extra_args: Sequence[str] = (),
+) -> list[str]:
+    """llama-server's flags for a model and a LoadConfig (without the binary).
+
+    ``context_len`` -> ``-c`` (when > 0), ``gpu_layers`` -> ``-ngl`` (when >= 0; -1, "all",
+    becomes ``-ngl 999``), ``parallel_slots`` -> ``--parallel`` (when > 0), ``adapter_path`` ->
+    ``--lora``; ``threads`` -> ``-t``. ``extra_args`` follow verbatim, so they can override.
+
+    Example:
+        >>> llama_server_args("m.gguf", LoadConfig(context_len=512), port=8080)
+        ['-m', 'm.gguf', '--host', '127.0.0.1', '--port', '8080', '-c', '512', '-ngl', '999']
+    """
+    config = config or LoadConfig()
+    args = ["-m", os.fspath(model_path), "--host", host, "--port", str(port)]
+    if config.context_len > 0:
+        args += ["-c", str(config.context_len)]
+    gpu_layers = ALL_GPU_LAYERS if config.gpu_layers < 0 else config.gpu_layers
+    args += ["-ngl", str(gpu_layers)]
+    if config.parallel_slots > 0:
+        args += ["--parallel", str(config.parallel_slots)]
+    if config.adapter_path:
+        args += ["--lora", config.adapter_path]
+    if threads is not None:
+        args += ["-t", str(threads)]
+    return [*args, *extra_args]
+
+
+def _launcher_or_raise(why: str) -> list[str]:
+    if importlib.util.find_spec("xllamacpp") is None:
+        raise BackendUnavailable(
+            f"{why}the xllamacpp launcher is not installed",
+            backend="llama",
+            install_hint=INSTALL_HINT,
+        )
+    return launcher_command()
+
+
+def _resolve_command(
+    binary: str | os.PathLike[str] | None, use_launcher: bool | None, settings: GomlSettings
+) -> tuple[list[str], bool]:
+    if use_launcher:
+        if binary is not None:
+            raise ConfigError("use_launcher", "use_launcher=True and binary= exclude each other")
+        return _launcher_or_raise(""), True
+    if binary is not None:
+        return [check_binary(binary, "binary=")], False
+    if settings.llama_server is not None:
+        return [check_binary(settings.llama_server, "GOML_LLAMA_SERVER")], False
+    found = shutil.which("llama-server")
+    if found:
+        return [found], False
+    if use_launcher is False:
+        raise BackendUnavailable(
+            "no llama-server binary found: pass binary=, set GOML_LLAMA_SERVER or put "
+            "llama-server on PATH",
+            backend="llama",
+        )
+    return _launcher_or_raise(
+        "no llama-server binary found (pass binary=, set GOML_LLAMA_SERVER or put "
+        "llama-server on PATH) and "
+    ), True
+
+
+class LlamaServer:
+    """One llama.cpp HTTP server process, owned by this object.
+
+    Args:
+        model_path: the GGUF model file.
+        config: context length, GPU layers, parallel slots and LoRA adapter (see
+            :func:`llama_server_args` for the flags).
+        binary: the llama-server executable (a path, or a name on PATH). Default: ``settings.
+            llama_server`` (``GOML_LLAMA_SERVER``), then ``llama-server`` on PATH, then the
+            xllamacpp launcher.
+        use_launcher: True forces the xllamacpp launcher; False forbids it (a binary must be
+            found); None (default) uses it only when no binary is found.
+        host: the address to listen on.
+        port: the port; 0 picks a free one when the server starts.
+        threads: CPU threads (``-t``); None keeps llama.cpp's default.
+        extra_args: more llama-server flags, passed verbatim after the ones above.
+        startup_timeout: seconds to wait for ``/health``; None takes
+            ``settings.llama_startup_timeout`` (``GOML_LLAMA_STARTUP_TIMEOUT``, default 120).
+        settings: where defaults come from; None reads the environment.
+
+    Raises:
+        BackendUnavailable: no usable binary (named in the message) and no launcher.
+        ConfigError: an invalid argument.
+    """
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike[str],
+        config: LoadConfig | None = None,
+        *,
+        binary: str | os.PathLike[str] | None = None,
+        use_launcher: bool | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        threads: int | None = None,
+        extra_args: Sequence[str] = (),
+        startup_timeout: float | None = None,
+        settings: GomlSettings | None = None,
+    ) -> None:
+        if config is not None and not isinstance(config, LoadConfig):
+            raise ConfigError("config", f"must be a LoadConfig, got {type(config).__name__}")
+        if not isinstance(host, str) or not host:
+            raise ConfigError("host", f"must be a non-empty str, got {host!r}")
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+            raise ConfigError("port", f"must be an int in 0..65535, got {port!r}")
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)):
+            raise ConfigError("threads", f"must be an int or None, got {threads!r}")
+        if threads is not None and threads < 1:
+            raise ConfigError("threads", f"must be >= 1, got {threads}")
+        if isinstance(extra_args, str | bytes) or not all(isinstance(a, str) for a in extra_args):
+            raise ConfigError("extra_args", f"must be a sequence of str, got {extra_args!r}")
+        settings = settings or GomlSettings()
+        timeout = settings.llama_startup_timeout if startup_timeout is None else startup_timeout
+        if not timeout > 0:
+            raise ConfigError("startup_timeout", f"must be > 0, got {startup_timeout!r}")
+        self._model_path = Path(model_path).expanduser()
+        self._config = config or LoadConfig()
+        self._host = host
+        self._port = port
+        self._threads = threads
+        self._extra_args = tuple(extra_args)
+        self._startup_timeout = float(timeout)
+        self._prefix, self._uses_launcher = _resolve_command(binary, use_launcher, settings)
+        self._process: subprocess.Popen[bytes] | None = None
+        self._finalizer: weakref.finalize[[int, int], LlamaServer] | None = None
+        self._logs = LogTail(LOG_TAIL_LINES)
+        self._started = False
+        self._closed = False
+        self._close_done: anyio.Event | None = None
+
+    # -- what it is ---------------------------------------------------------------------------
+
+    @property
+    def model_path(self) -> Path:
+        """The GGUF file being served."""
+        return self._model_path
+
+    @property
+    def host(self) -> str:
+        """The address the server listens on."""
+        return self._host
+
+    @property
+    def port(self) -> int:
+        """The port; 0 until a server asked to pick a free port has started."""
+        return self._port
+
+    @property
+    def base_url(self) -> str:
+        """``http://host:port`` (no ``/v1``; the OpenAI API lives under ``base_url + "/v1"``)."""
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        return f"http://{host}:{self._port}"
+
+    @property
+    def command(self) -> list[str]:
+        """The full argv the server runs with (``--port 0`` before a free port is picked)."""
+        return [
+            *self._prefix,
+            *llama_server_args(
+                self._model_path,
+                self._config,
+                host=self._host,
+                port=self._port,
+                threads=self._threads,
+                extra_args=self._extra_args,
+            ),
+        ]
+
+    @property
+    def uses_launcher(self) -> bool:
+        """Whether the server is the xllamacpp launcher rather than a llama-server binary."""
+        return self._uses_launcher
+
+    @property
+    def pid(self) -> int | None:
+        """The server's process id (also its process group id); None before start."""
+        return None if self._process is None else self._process.pid
+
+    @property
+    def returncode(self) -> int | None:
+        """The exit code once the process has exited (negative: killed by that signal)."""
+        return None if self._process is None else self._process.poll()
+
+    def log_tail(self, n: int = _ERROR_LINES) -> list[str]:
+        """The last ``n`` lines the server wrote to stdout and stderr (at most 200 are kept)."""
+        return self._logs.lines(n)
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "running" if self._process else "not started"
+        return f"<LlamaServer {str(self._model_path)!r} at {self.base_url} pid={self.pid} {state}>"
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        return await self.start()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def start(self) -> Self:
+        """Validate the input, launch the server and wait until ``/health`` says it is ready.
+
+        Raises:
+            ModelLoadError: the model is missing or not GGUF, or the server failed to load it.
+            ConfigError: the port is in use.
+            BackendUnavailable: the server exited, or was not ready within startup_timeout
+                (the message has its last log lines).
+        """
+        if self._started:
+            raise GomlError(f"{self!r} was already started; create a new LlamaServer")
+        self._started = True
+        try:
+            await anyio.to_thread.run_sync(check_model, self._model_path, self._config)
+            self._port = await anyio.to_thread.run_sync(reserve_port, self._host, self._port)
+            self._spawn()
+            await self._wait_ready()
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self.aclose()
+            raise
+        return self
+
+    def _spawn(self) -> None:
+        command = self.command
+        logger.debug("starting %s", command)
+        try:
+            process = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,  # its own process group: killpg reaches every child
+            )
+        except OSError as exc:
+            raise BackendUnavailable(
+                f"cannot run llama-server {command[0]!r}: {exc.strerror or exc}", backend="llama"
+            ) from exc
+        self._process = process
+        self._finalizer = weakref.finalize(self, kill_group, process.pid, signal.SIGKILL)
+        self._logs.follow(process)
+
+    async def _wait_ready(self) -> None:
+        url = f"{self.base_url}/health"
+        last = "no answer yet"
+        # trust_env=False: a proxy from the environment must never see loopback health checks.
+        async with httpx.AsyncClient(timeout=1.0, trust_env=False) as client:
+            with anyio.move_on_after(self._startup_timeout):
+                while True:
+                    await self._raise_if_exited()
+                    try:
+                        response = await client.get(url)
+                    except httpx.TransportError as exc:
+                        last = f"{type(exc).__name__}"
+                    else:
+                        if response.status_code == 200:
+                            return
+                        last = f"HTTP {response.status_code} {response.text[:200]!r}"
+                    await anyio.sleep(_POLL_INTERVAL)
+        await self._raise_if_exited()
+        raise BackendUnavailable(
+            f"llama-server for {str(self._model_path)!r} was not ready at {url} within "
+            f"{self._startup_timeout:g} s (last answer: {last}){self._quoted_logs()}",
+            backend="llama",
+        )
+
+    async def _raise_if_exited(self) -> None:
+        code = self.returncode
+        if code is None:
+            return
+        await self._drain_logs()
+        lines = self.log_tail(_ERROR_LINES)
+        logs = self._quoted_logs()
+        if any(marker in line.lower() for line in lines for marker in _MODEL_FAILURE_MARKERS):
+            raise ModelLoadError(
+                str(self._model_path), f"llama-server exited with {describe_exit(code)}{logs}"
+            )
+        raise BackendUnavailable(
+            f"llama-server {self.command[0]!r} exited with {describe_exit(code)} before it "
+            f"was ready{logs}",
+            backend="llama",
+        )
+
+    def _quoted_logs(self) -> str:
+        lines = self.log_tail(_ERROR_LINES)
+        if not lines:
+            return "; it wrote no log lines"
+        return f"; last {len(lines)} log lines:\n" + "\n".join(f"    {line}" for line in lines)
+
+    async def _drain_logs(self) -> None:
+        """Give the pump threads a moment to read what the exited process wrote last."""
+        await self._logs.drain(_DRAIN_SECONDS)
+
+    def check_alive(self) -> None:
+        """Raise if the server process has exited; call it when a request to it fails.
+
+        Raises:
+            BackendUnavailable: "llama-server crashed (exit code N)" with the last log lines,
+                or the server was never started or already closed.
+        """
+        if self._process is None:
+            raise BackendUnavailable("llama-server was not started", backend="llama")
+        if self._closed:
+            raise BackendUnavailable("llama-server was closed (aclose)", backend="llama")
+        code = self._process.poll()
+        if code is None:
+            return
+        self._logs.join(0.2)  # the process is gone, so the pipes reach EOF at once
+        raise BackendUnavailable(
+            f"llama-server crashed ({describe_exit(code)}){self._quoted_logs()}",
+            backend="llama",
+        )
+
+    async def aclose(self) -> None:
+        """Stop the server: SIGTERM to its process group, SIGKILL after 5 s. Idempotent.
+
+        Safe to call from a task that is being cancelled: the shutdown is shielded.
+        """
+        if self._closed:
+            if self._close_done is not None:
+                await self._close_done.wait()
+            return
+        self._closed = True
+        process = self._process
+        if process is None:
+            return
+        self._close_done = anyio.Event()
+        try:
+            with anyio.CancelScope(shield=True):
+                await self._stop(process)
+        finally:
+            self._close_done.set()
+
+    async def _stop(self, process: subprocess.Popen[bytes]) -> None:
+        if process.poll() is None:
+            kill_group(process.pid, signal.SIGTERM)
+            if not await wait_exit(process, _TERM_GRACE):
+                logger.warning("llama-server pid %d ignored SIGTERM; killing it", process.pid)
+                kill_group(process.pid, signal.SIGKILL)
+                await wait_exit(process, _TERM_GRACE)
+        # The leader is gone; anything it started in its group goes with it.
+        kill_group(process.pid, signal.SIGKILL)
+        if self._finalizer is not None:
+            self._finalizer.detach()
+        await self._drain_logs()
+        code = process.returncode
+        logger.debug("llama-server pid %d stopped (%s)", process.pid, describe_exit(code))
