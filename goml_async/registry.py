@@ -251,8 +251,10 @@ async def load_model(path_or_url: str, backend: str | None = None, **options: An
         name = await anyio.to_thread.run_sync(_infer_backend, path)
     chosen = get_backend(name)
     if not chosen.available():
+        why = getattr(chosen, "unavailable_reason", lambda: None)()
         raise BackendUnavailable(
-            f"the {name!r} backend is not available on this machine", backend=name
+            f"the {name!r} backend is not available on this machine" + (f": {why}" if why else ""),
+            backend=name,
         )
     return await chosen.load_model(path, config, **options)
 
@@ -290,7 +292,14 @@ async def load_default_model(backend: str | None = None, **options: Any) -> Text
             f"and the registered backends are: {', '.join(list_backends()) or 'none'}",
             backend=name,
         )
-    get_backend(name)
+    chosen = get_backend(name)
+    if not chosen.available():
+        why = getattr(chosen, "unavailable_reason", lambda: None)()
+        raise BackendUnavailable(
+            f"no backend installed: the bundled default model needs the {name!r} backend, "
+            f"which cannot run here{': ' + why if why else ''}",
+            backend=name,
+        )
     path = await anyio.to_thread.run_sync(bundled_model_path)
     return await load_model(str(path), backend=name, **options)
 
@@ -339,6 +348,8 @@ def discover_models(base_dir: str | Path) -> list[DiscoveredModel]:
 def _register_builtin_backends() -> None:
     """The backends that ship with goml_async, imported only when first used."""
     register_lazy_backend("http", "goml_async.backends.http:HTTPModelBackend", requires=("httpx",))
+    # Available where a llama-server binary or the xllamacpp launcher is (checked on use).
+    register_lazy_backend("llama", "goml_async.backends.llama:LlamaModelBackend")
 
 
 _register_builtin_backends()

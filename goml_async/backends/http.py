@@ -354,11 +354,15 @@ class HTTPModel(BaseTextModel):
                         ) from exc
                     raise
                 except httpx.TransportError as exc:
+                    gone = await self._server_failure()
                     if delivered:
                         raise StreamInterrupted(
-                            f"the connection to {url} failed after {delivered} token(s): {exc!r}",
+                            f"the connection to {url} failed after {delivered} token(s): "
+                            f"{gone or repr(exc)}",
                             tokens_generated=delivered,
                         ) from exc
+                    if gone:
+                        raise APIConnectionError(gone) from exc
                     if not self._retry.should_retry(attempt, None):
                         raise APIConnectionError(
                             f"cannot stream from {url} after {attempt + 1} attempt(s): {exc!r}"
@@ -370,6 +374,10 @@ class HTTPModel(BaseTextModel):
                             await response.aclose()
                 await anyio.sleep(self._retry.delay(attempt, retry_after))
                 attempt += 1
+
+    async def _server_failure(self) -> str | None:
+        """Why the server is gone, when this model can tell (a managed server that exited)."""
+        return None
 
     async def _status_failure(
         self, response: httpx.Response

@@ -64,6 +64,7 @@ __all__ = [
     "INSTALL_HINT",
     "LOG_TAIL_LINES",
     "LlamaServer",
+    "cached_llama_server",
     "launcher_command",
     "llama_server_args",
 ]
@@ -130,6 +131,20 @@ def llama_server_args(
     return [*args, *extra_args]
 
 
+def cached_llama_server(settings: GomlSettings | None = None) -> Path | None:
+    """The newest llama-server built by ``scripts/build-llama-server`` into the cache, if any.
+
+    It lives at ``<cache_dir>/llama-server/<version>/llama-server`` (``GOML_CACHE_DIR``,
+    default ``~/.cache/goml_async``).
+    """
+    root = (settings or GomlSettings()).cache_dir / "llama-server"
+    candidates = sorted(
+        (path for path in root.glob("*/llama-server") if os.access(path, os.X_OK)),
+        key=lambda path: path.stat().st_mtime,
+    )
+    return candidates[-1] if candidates else None
+
+
 def _launcher_or_raise(why: str) -> list[str]:
     if importlib.util.find_spec("xllamacpp") is None:
         raise BackendUnavailable(
@@ -151,9 +166,9 @@ def _resolve_command(
         return [check_binary(binary, "binary=")], False
     if settings.llama_server is not None:
         return [check_binary(settings.llama_server, "GOML_LLAMA_SERVER")], False
-    found = shutil.which("llama-server")
+    found = shutil.which("llama-server") or cached_llama_server(settings)
     if found:
-        return [found], False
+        return [str(found)], False
     if use_launcher is False:
         raise BackendUnavailable(
             "no llama-server binary found: pass binary=, set GOML_LLAMA_SERVER or put "
@@ -175,7 +190,7 @@ class LlamaServer:
             :func:`llama_server_args` for the flags).
         binary: the llama-server executable (a path, or a name on PATH). Default: ``settings.
             llama_server`` (``GOML_LLAMA_SERVER``), then ``llama-server`` on PATH, then the
-            xllamacpp launcher.
+            binary cached by ``scripts/build-llama-server``, then the xllamacpp launcher.
         use_launcher: True forces the xllamacpp launcher; False forbids it (a binary must be
             found); None (default) uses it only when no binary is found.
         host: the address to listen on.

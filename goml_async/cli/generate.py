@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
+import time
 from typing import Any
 
 import anyio
@@ -13,7 +15,10 @@ from goml_async.errors import ConfigError
 from goml_async.registry import load_default_model, load_model
 from goml_async.types import GenerateConfig, Message
 
-__all__ = ["add_parser", "run"]
+__all__ = ["DEFAULT_SYSTEM", "add_parser", "run"]
+
+#: Small chat models answer far better with a system message than with their template's default.
+DEFAULT_SYSTEM = "You are a helpful assistant."
 
 _HELP = "stream a completion of PROMPT to stdout"
 _DESCRIPTION = """\
@@ -43,7 +48,11 @@ def add_parser(commands: Any) -> None:
     parser.add_argument("prompt", metavar="PROMPT", help='the prompt, or "-" for stdin')
     parser.add_argument("-m", "--model", help="model path or URL (default: the bundled model)")
     parser.add_argument("--backend", help="force a backend: mlx, llama or http")
-    parser.add_argument("--system", help="a system message to put before the prompt")
+    parser.add_argument(
+        "--system",
+        default=DEFAULT_SYSTEM,
+        help=f'the system message (default: "{DEFAULT_SYSTEM}"; "" for none)',
+    )
     parser.add_argument("--raw", action="store_true", help="send PROMPT as raw text, not chat")
     parser.add_argument("-n", "--max-tokens", type=int, default=256, help="default: 256")
     parser.add_argument("-t", "--temperature", type=float, default=0.0, help="0 = greedy")
@@ -60,7 +69,7 @@ def add_parser(commands: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
-    if args.raw and args.system:
+    if args.raw and args.system not in ("", DEFAULT_SYSTEM):
         raise ConfigError("--system", "cannot be combined with --raw")
     config = GenerateConfig(
         max_tokens=args.max_tokens,
@@ -76,12 +85,19 @@ def run(args: argparse.Namespace) -> int:
 
 async def _generate(args: argparse.Namespace, prompt: str, config: GenerateConfig) -> int:
     err = Console(stderr=True)
-    label = args.model or "the bundled default model"
-    with err.status(f"loading {label} ...", spinner="dots"):
+    label = args.model or "the bundled default model (SmolLM2-135M-Instruct)"
+    started = time.perf_counter()
+    # A spinner on a terminal; one plain line otherwise (logs, CI), so the wait is explained.
+    progress = err.status(f"loading {label} ...", spinner="dots") if err.is_terminal else None
+    if progress is None:
+        err.print(f"loading {label} ...", highlight=False)
+    with progress or contextlib.nullcontext():
         if args.model:
             model = await load_model(args.model, backend=args.backend)
         else:
             model = await load_default_model(backend=args.backend)
+    if progress is not None:
+        err.print(f"[dim]loaded {label} in {time.perf_counter() - started:.1f} s[/dim]")
     async with model:
         if args.raw:
             stream = model.generate(prompt, config)

@@ -1,0 +1,235 @@
+"""The llama.cpp backend: a managed ``llama-server`` streamed through the HTTP backend.
+
+:class:`LlamaModel` owns a :class:`~goml_async.backends.llama_server.LlamaServer` and talks to it
+as an :class:`~goml_async.backends.http.HTTPModel` (SSE, deadlines, cancellation that frees the
+server's slot). :meth:`LlamaModel.info` reads the GGUF's own metadata. A server that crashes
+mid-stream is reported with its exit code and last log lines.
+
+Example:
+    ```python
+    from goml_async import load_model
+
+    async with await load_model("SmolLM2-135M-Instruct.Q4_1.gguf", context_len=2048) as model:
+        async for token in model.chat([{"role": "user", "content": "Hi!"}]):
+            print(token.text, end="")
+    ```
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import replace
+from types import TracebackType
+from typing import Any, Self
+
+import anyio
+
+from ..compat import InferenceAdapter
+from ..errors import BackendUnavailable
+from ..settings import GomlSettings
+from ..types import GenOpts, LoadConfig, MessageLike, ModelInfo, Result
+from .gguf_meta import gguf_model_info, read_gguf_metadata
+from .http import HTTPModel
+from .llama_launcher import INSTALL_HINT
+from .llama_server import LlamaServer, cached_llama_server
+
+__all__ = ["LlamaBackend", "LlamaModel", "LlamaModelBackend", "start_llama_model"]
+
+#: LlamaServer keywords accepted by load_model and start_llama_model (the rest go to HTTPModel).
+_SERVER_OPTIONS = frozenset(
+    {"binary", "use_launcher", "host", "port", "threads", "extra_args", "startup_timeout"}
+)
+
+
+class LlamaModel(HTTPModel):
+    """A TextModel on a llama-server process that it owns (``aclose`` stops the server).
+
+    Build it with :func:`start_llama_model` or ``load_model("model.gguf")``.
+    """
+
+    def __init__(self, server: LlamaServer, info: ModelInfo, **http_options: Any) -> None:
+        http_options.setdefault("generate_endpoint", "completions")
+        super().__init__(server.base_url + "/v1", **http_options)
+        self._model_type = "llama"
+        self._server = server
+        self._info = info
+
+    @property
+    def server(self) -> LlamaServer:
+        """The llama-server process behind this model."""
+        return self._server
+
+    def info(self) -> ModelInfo:
+        """Architecture, layers, sizes and quantisation, from the GGUF file itself."""
+        return self._info
+
+    async def _server_failure(self) -> str | None:
+        # A dropped connection usually means the process died: give it a moment to be reaped
+        # so the error can carry the exit code and the server's last words.
+        for _ in range(10):
+            try:
+                self._server.check_alive()
+            except BackendUnavailable as crash:
+                return str(crash)
+            await anyio.sleep(0.05)
+        return None
+
+    async def _aclose(self) -> None:
+        try:
+            await super()._aclose()
+        finally:
+            await self._server.aclose()
+
+    def __repr__(self) -> str:
+        state = " closed" if self.closed else ""
+        return f"<LlamaModel {self._server.model_path.name} at {self.base_url}{state}>"
+
+
+async def start_llama_model(
+    model_path: str | os.PathLike[str], config: LoadConfig | None = None, **options: Any
+) -> LlamaModel:
+    """Start llama-server on ``model_path`` and return the model that owns it.
+
+    ``options`` holds LlamaServer keywords (``binary``, ``use_launcher``, ``host``, ``port``,
+    ``threads``, ``extra_args``, ``startup_timeout``) and HTTPModel keywords (deadlines,
+    ``max_concurrency``, ``max_retries``, ...).
+
+    Raises:
+        ModelLoadError: the file is missing, not GGUF, or llama-server could not load it.
+        BackendUnavailable: no llama-server binary and no xllamacpp launcher.
+    """
+    server_options = {k: options.pop(k) for k in list(options) if k in _SERVER_OPTIONS}
+    meta = await anyio.to_thread.run_sync(read_gguf_metadata, model_path)
+    server = LlamaServer(model_path, config, **server_options)
+    await server.start()
+    try:
+        return LlamaModel(server, gguf_model_info(meta), **options)
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await server.aclose()
+        raise
+
+
+class LlamaModelBackend:
+    """The ``"llama"`` entry of the backend registry."""
+
+    name = "llama"
+
+    def __init__(self, settings: GomlSettings | None = None) -> None:
+        self._settings = settings
+
+    def unavailable_reason(self) -> str | None:
+        """Why this backend cannot run here, or None when it can."""
+        settings = self._settings or GomlSettings()
+        if settings.llama_server is not None or shutil.which("llama-server"):
+            return None
+        if cached_llama_server(settings) is not None:
+            return None
+        if importlib.util.find_spec("xllamacpp") is not None:
+            return None
+        return (
+            "no llama-server binary (set GOML_LLAMA_SERVER or put llama-server on PATH) and "
+            f"no xllamacpp launcher (install it with: {INSTALL_HINT})"
+        )
+
+    def available(self) -> bool:
+        """A llama-server binary or the xllamacpp launcher is present."""
+        return self.unavailable_reason() is None
+
+    async def load_model(self, path: str, config: LoadConfig, **options: Any) -> LlamaModel:
+        """Start a llama-server for the GGUF at ``path``."""
+        return await start_llama_model(path, config, **options)
+
+
+class LlamaBackend:
+    """go-ml's string-level llama backend: a managed llama-server, whole replies.
+
+    ``async with LlamaBackend("model.gguf") as backend`` starts the server (go-ml's ``Start``)
+    and stops it on exit (``Stop``); :meth:`available` is true while it runs. Unlike go-ml it
+    picks a free port, streams, and reports a crash with the server's exit code and logs.
+
+    Args:
+        model_path: the GGUF model.
+        lora_path: a LoRA adapter (``--lora``).
+        config: further LoadConfig fields.
+        **options: LlamaServer and HTTPModel keywords (see :func:`start_llama_model`).
+    """
+
+    name = "llama"
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike[str],
+        *,
+        lora_path: str | os.PathLike[str] | None = None,
+        config: LoadConfig | None = None,
+        **options: Any,
+    ) -> None:
+        config = config or LoadConfig()
+        if lora_path is not None:
+            config = replace(config, adapter_path=os.fspath(lora_path))
+        self._model_path = model_path
+        self._config = config
+        # go-ml's Generate is a chat with one user message, as for HTTPBackend.
+        self._options = {"generate_endpoint": "chat", **options}
+        self._adapter: InferenceAdapter | None = None
+
+    @property
+    def model(self) -> LlamaModel:
+        """The running LlamaModel (for classify, batch_generate, info and metrics)."""
+        model = self._running().model
+        assert isinstance(model, LlamaModel)
+        return model
+
+    def _running(self) -> InferenceAdapter:
+        if self._adapter is None or not self._adapter.available():
+            raise BackendUnavailable(
+                "llama-server not available: start() it first", backend="llama"
+            )
+        return self._adapter
+
+    async def start(self) -> Self:
+        """Start llama-server (idempotent)."""
+        if self._adapter is None:
+            model = await start_llama_model(self._model_path, self._config, **self._options)
+            self._adapter = InferenceAdapter(model, "llama")
+        return self
+
+    def available(self) -> bool:
+        """True while the server runs."""
+        if self._adapter is None or not self._adapter.available():
+            return False
+        model = self._adapter.model
+        assert isinstance(model, LlamaModel)
+        try:
+            model.server.check_alive()
+        except BackendUnavailable:
+            return False
+        return True
+
+    async def generate(self, prompt: str, opts: GenOpts | None = None) -> Result:
+        """Complete ``prompt``."""
+        return await self._running().generate(prompt, opts)
+
+    async def chat(self, messages: Sequence[MessageLike], opts: GenOpts | None = None) -> Result:
+        """Reply to ``messages``."""
+        return await self._running().chat(messages, opts)
+
+    async def aclose(self) -> None:
+        """Stop the server (go-ml's ``Stop``). Idempotent."""
+        if self._adapter is not None:
+            await self._adapter.aclose()
+
+    async def __aenter__(self) -> Self:
+        return await self.start()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
