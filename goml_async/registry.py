@@ -30,6 +30,7 @@ __all__ = [
     "ModelBackend",
     "bundled_model_path",
     "default_backend",
+    "discover_gguf_models",
     "discover_models",
     "get_backend",
     "list_backends",
@@ -323,6 +324,7 @@ def _discovered(folder: Path) -> DiscoveredModel | None:
         quant_bits=_as_int(quant.get("bits")),
         quant_group=_as_int(quant.get("group_size")),
         num_files=len(files),
+        size_bytes=sum(file.stat().st_size for file in files),
     )
 
 
@@ -353,3 +355,36 @@ def _register_builtin_backends() -> None:
 
 
 _register_builtin_backends()
+
+
+def discover_gguf_models(base_dir: str | Path) -> list[DiscoveredModel]:
+    """Find GGUF model files in ``base_dir`` and its immediate subfolders, sorted by path.
+
+    Each file's own metadata gives the architecture and quantisation; files that are not valid
+    GGUF are left out. Synchronous, like :func:`discover_models`.
+    """
+    from .backends.gguf_meta import gguf_model_info, read_gguf_metadata
+
+    base = Path(base_dir).expanduser()
+    if not base.is_dir():
+        raise ConfigError("base_dir", f"not a directory: {str(base_dir)!r}")
+    files = [*base.glob("*.gguf"), *base.glob("*/*.gguf")]
+    found = []
+    for file in sorted(path.resolve() for path in files if path.is_file()):
+        try:
+            meta = read_gguf_metadata(file)
+        except ModelLoadError:
+            continue
+        info = gguf_model_info(meta)
+        found.append(
+            DiscoveredModel(
+                path=str(file),
+                model_type=info.architecture,
+                quant_bits=info.quant_bits,
+                quant_group=info.quant_group,
+                num_files=1,
+                size_bytes=meta.size_bytes,
+                format="gguf",
+            )
+        )
+    return found

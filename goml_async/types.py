@@ -426,10 +426,16 @@ class Result:
 
 @dataclass(frozen=True, slots=True)
 class DiscoveredModel:
-    """A model folder found by :func:`~goml_async.registry.discover_models`."""
+    """A model found by :func:`~goml_async.registry.discover_models` (an MLX folder) or
+    :func:`~goml_async.registry.discover_gguf_models` (a GGUF file).
+
+    ``size_bytes`` is the weights' size on disk; ``format`` is ``"mlx"`` or ``"gguf"``.
+    """
 
     path: str
     model_type: str = ""
     quant_bits: int = 0
     quant_group: int = 0
     num_files: int = 0
+    size_bytes: int = 0
+    format: str = "mlx"

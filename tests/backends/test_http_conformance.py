@@ -276,7 +276,7 @@ async def test_idle_deadline_on_a_stall_closes_the_response(fake: FakeOpenAIServ
             await model.generate("x").collect()
     assert caught.value.deadline == "idle"
     assert caught.value.partial_text == "The capital"
-    assert fake.wait_for(lambda: fake.streams_aborted == aborted + 1, timeout=2)
+    assert fake.wait_for(lambda: fake.streams_aborted > aborted, timeout=3)
 
 
 async def test_first_token_deadline_spans_the_retries(fake: FakeOpenAIServer) -> None:
@@ -316,7 +316,7 @@ async def test_breaking_out_closes_the_response_at_once(fake: FakeOpenAIServer) 
             async for _token in stream:
                 break
         assert stream.finish_reason == "cancelled"
-        assert fake.wait_for(lambda: fake.streams_aborted == aborted + 1, timeout=1)
+        assert fake.wait_for(lambda: fake.streams_aborted > aborted, timeout=3)
         assert checked_out(model) == 0
 
 
@@ -326,7 +326,7 @@ async def test_cancelling_the_task_closes_the_response(fake: FakeOpenAIServer) -
     async with make(fake) as model:
         with anyio.move_on_after(0.45):
             await model.generate("x").collect()
-        assert fake.wait_for(lambda: fake.streams_aborted == aborted + 1, timeout=1)
+        assert fake.wait_for(lambda: fake.streams_aborted > aborted, timeout=3)
         assert checked_out(model) == 0
         assert model.concurrency_statistics().borrowed_tokens == 0
 

@@ -29,7 +29,8 @@ from goml_async.types import LoadConfig
 
 pytestmark = pytest.mark.anyio  # applies to the async tests only
 
-NO_ENV = GomlSettings(llama_server=None)
+# No GOML_LLAMA_SERVER and an empty cache: only PATH and the launcher remain.
+NO_ENV = GomlSettings(llama_server=None, cache_dir=Path("/nonexistent/goml-test-cache"))
 
 
 def gone(pid: int) -> bool:
