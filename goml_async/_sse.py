@@ -141,6 +141,18 @@ class SSEDecoder:
         Returns:
             The events completed by this chunk, in order (often empty).
         """
+        return self._process(self._lines(chunk))
+
+    def feed_data(self, chunk: bytes) -> list[str]:
+        """Like :meth:`feed`, but return only each completed event's ``data``.
+
+        The fast path for consumers that read nothing else (OpenAI-style streams): no event
+        objects are built. Every other field is still parsed, so the two methods can be mixed.
+        """
+        return self._process_data(self._lines(chunk))
+
+    def _lines(self, chunk: bytes) -> list[str]:
+        """Decode a chunk into the complete lines it finishes (without their endings)."""
         if self._pending_bytes:
             chunk = self._pending_bytes + chunk
             self._pending_bytes = b""
@@ -167,7 +179,7 @@ class SSEDecoder:
             text = text.replace("\r\n", "\n").replace("\r", "\n")
         lines = text.split("\n")
         self._buffer = lines.pop()
-        return self._process(lines)
+        return lines
 
     def flush(self) -> list[ServerSentEvent]:
         """Signal the end of the stream and return any event still pending.
@@ -179,6 +191,18 @@ class SSEDecoder:
         Returns:
             The remaining events (at most one from the unterminated block).
         """
+        events = self._process(self._final_lines())
+        self._reset()
+        return events
+
+    def flush_data(self) -> list[str]:
+        """Like :meth:`flush`, but return only the pending event's ``data``."""
+        data = self._process_data(self._final_lines())
+        self._reset()
+        return data
+
+    def _final_lines(self) -> list[str]:
+        """The unterminated last line (if any) and a blank line that ends the last block."""
         lines: list[str] = []
         if self._pending_bytes:
             # Truncated UTF-8 at the very end becomes U+FFFD, like anywhere else.
@@ -189,9 +213,7 @@ class SSEDecoder:
         if self._buffer:
             lines.append(self._buffer)
         lines.append("")
-        events = self._process(lines)
-        self._reset()
-        return events
+        return lines
 
     def _process(self, lines: list[str]) -> list[ServerSentEvent]:
         """Interpret complete lines (without their endings) and return dispatched events."""
@@ -214,6 +236,23 @@ class SSEDecoder:
             else:
                 self._field(line)
         return events
+
+    def _process_data(self, lines: list[str]) -> list[str]:
+        """:meth:`_process` for data-only consumers: the same rules, no event objects."""
+        completed: list[str] = []
+        data = self._data
+        for line in lines:
+            if not line:
+                if data:
+                    completed.append(data[0] if len(data) == 1 else "\n".join(data))
+                    data = self._data = []
+                self._event = ""
+                self._retry = None
+            elif line.startswith("data: "):
+                data.append(line[6:])
+            else:
+                self._field(line)
+        return completed
 
     def _field(self, line: str) -> None:
         """Apply one non-blank line that is not a plain ``data: `` line."""

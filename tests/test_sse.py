@@ -435,3 +435,23 @@ def test_roundtrip_bytewise_equals_whole(stream: tuple[bytes, list[ServerSentEve
 def test_arbitrary_bytes_decode_the_same_however_chunked(raw: bytes, data: st.DataObject) -> None:
     # Garbage in never raises, and chunk boundaries never change the result.
     assert decode(data.draw(_chunked(raw))) == decode([raw])
+
+
+def test_feed_data_matches_feed_for_every_rule() -> None:
+    stream = (
+        b"\xef\xbb\xbf: ping\r\n"
+        b'event: delta\r\ndata: {"a":\r\ndata: 1}\r\n\r\n'
+        b"id: 7\nretry: 10\n\n"  # no data: dispatches nothing
+        b"data\n\n"  # a field without a colon: an event whose data is empty (as the spec says)
+        b"data: caf\xc3"  # split inside a UTF-8 character
+        b"\xa9\rdata: [DONE]"  # lone CR, then an unterminated last line
+    )
+    for size in (1, 2, 5, len(stream)):
+        pieces = [stream[i : i + size] for i in range(0, len(stream), size)]
+        events_decoder, data_decoder = SSEDecoder(), SSEDecoder()
+        events = [e for piece in pieces for e in events_decoder.feed(piece)]
+        events += events_decoder.flush()
+        data = [d for piece in pieces for d in data_decoder.feed_data(piece)]
+        data += data_decoder.flush_data()
+        assert data == [event.data for event in events]
+        assert data == ['{"a":\n1}', "", "café\n[DONE]"]

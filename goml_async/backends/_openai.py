@@ -7,6 +7,7 @@ network or an event loop.
 from __future__ import annotations
 
 import json
+import json.scanner
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -145,6 +146,9 @@ def stream_error(payload: Mapping[str, Any]) -> GenerationError:
     return GenerationError(message)
 
 
+_scan: Any = json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[arg-type]
+
+
 @dataclass(slots=True)
 class StreamState:
     """What one streamed reply said besides its tokens."""
@@ -168,9 +172,16 @@ def parse_event(data: str, state: StreamState) -> Token | None:
         state.done = True
         return None
     try:
-        payload = json.loads(data)
-    except json.JSONDecodeError as exc:
-        raise GenerationError(f"the server sent malformed JSON: {data[:200]!r}") from exc
+        # The C scanner directly: json.loads adds a Python-level layer that costs about a
+        # quarter of the per-token time. Anything it does not fully consume goes the long way.
+        payload, end = _scan(data, 0)
+        if end != len(data):
+            payload = json.loads(data)
+    except (StopIteration, ValueError):
+        try:
+            payload = json.loads(data)
+        except json.JSONDecodeError as exc:
+            raise GenerationError(f"the server sent malformed JSON: {data[:200]!r}") from exc
     if not isinstance(payload, dict):
         raise GenerationError(f"the server sent a non-object chunk: {data[:200]!r}")
     if "error" in payload:

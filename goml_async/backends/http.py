@@ -45,6 +45,7 @@ from ..types import (
     coerce_messages,
 )
 from . import _openai
+from ._pool import ShardedTransport
 
 __all__ = ["HTTPBackend", "HTTPModel", "HTTPModelBackend", "normalize_base_url"]
 
@@ -200,11 +201,8 @@ class HTTPModel(BaseTextModel):
             headers=headers,
             # Reads have no timeout here: the stream's deadlines govern waiting for tokens.
             timeout=httpx.Timeout(None, connect=self._connect_timeout, pool=None),
-            limits=httpx.Limits(
-                max_connections=self._max_concurrency,
-                max_keepalive_connections=self._max_concurrency,
-            ),
-            transport=self._transport,
+            # Small pools behind one transport: see _pool.py for the burst stall they avoid.
+            transport=self._transport or ShardedTransport(self._max_concurrency),
         )
         self._client_var.set(client)
         self._clients.append(client)
@@ -330,15 +328,15 @@ class HTTPModel(BaseTextModel):
                         byte_stream = cast("AsyncGenerator[bytes]", response.aiter_bytes())
                         async with aclosing(byte_stream) as chunks:
                             async for chunk in chunks:
-                                for event in () if reply.done else decoder.feed(chunk):
-                                    token = _openai.parse_event(event.data, reply)
+                                for data in () if reply.done else decoder.feed_data(chunk):
+                                    token = _openai.parse_event(data, reply)
                                     if token is not None:
                                         delivered += 1
                                         yield token
                                     if reply.done:
                                         break
-                        for event in decoder.flush() if not reply.done else ():
-                            token = _openai.parse_event(event.data, reply)
+                        for data in decoder.flush_data() if not reply.done else ():
+                            token = _openai.parse_event(data, reply)
                             if token is not None:
                                 delivered += 1
                                 yield token

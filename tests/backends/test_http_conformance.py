@@ -28,6 +28,7 @@ from goml_async import (
     load_model,
 )
 from goml_async._retry import RetryPolicy
+from goml_async.backends._pool import ShardedTransport
 from goml_async.backends.http import HTTPBackend, HTTPModel
 from goml_async.testing import FakeOpenAIServer, Script
 
@@ -303,9 +304,16 @@ async def test_total_deadline(fake: FakeOpenAIServer) -> None:
 
 
 def checked_out(model: HTTPModel) -> int:
-    """Connections of the model's client that are not idle (httpcore's pool, read-only)."""
-    pool = model._client()._transport._pool  # type: ignore[attr-defined]
-    return sum(1 for connection in pool.connections if not connection.is_idle())
+    """Connections of the model's client that are not idle (httpcore's pools, read-only)."""
+    transport = model._client()._transport
+    assert isinstance(transport, ShardedTransport)
+    assert transport.active == 0  # every response body was closed
+    return sum(
+        1
+        for shard in transport.shards
+        for connection in shard._pool.connections
+        if not connection.is_idle()
+    )
 
 
 async def test_breaking_out_closes_the_response_at_once(fake: FakeOpenAIServer) -> None:
@@ -481,3 +489,27 @@ def test_config_deadlines_default_from_the_model() -> None:
     assert stream.config == GenerateConfig(idle_timeout=5, first_token_timeout=9)
     assert model.generate("x", idle_timeout=1).config.idle_timeout == 1
     assert isinstance(httpx.URL(model.base_url), httpx.URL)
+
+
+async def test_concurrent_streams_spread_over_small_pools(fake: FakeOpenAIServer) -> None:
+    fake.script = Script(tokens=["a", "b", "c"], token_delay=0.02)
+    async with make(fake, max_concurrency=64) as model:
+        async with anyio.create_task_group() as group:
+            for _ in range(64):
+                group.start_soon(lambda: model.generate("x").collect())
+        transport = model._client()._transport
+        assert isinstance(transport, ShardedTransport)
+        sizes = [len(shard._pool.connections) for shard in transport.shards]
+        assert len(sizes) == 4  # 64 connections in pools of 16
+        assert all(size > 0 for size in sizes)
+        assert sum(sizes) <= 64
+        assert transport.active == 0
+
+
+def test_shard_sizes_add_up() -> None:
+    transport = ShardedTransport(100, shard_size=16)
+    limits = [shard._pool._max_connections for shard in transport.shards]
+    assert len(limits) == 7
+    assert sum(limits) == 100
+    assert max(limits) <= 16
+    assert ShardedTransport(1).shards[0]._pool._max_connections == 1
