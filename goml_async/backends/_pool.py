@@ -44,15 +44,29 @@ class ShardedTransport(httpx.AsyncBaseTransport):
     Args:
         max_connections: connections in all (and kept alive) across the shards.
         shard_size: the most connections one pool holds.
+        keepalive_expiry: seconds an idle connection is kept. Below the 5 s that servers such
+            as llama-server announce, so the client never reuses a connection the server is
+            closing at that moment.
         **options: keyword arguments for each ``httpx.AsyncHTTPTransport`` (not ``limits``).
     """
 
-    def __init__(self, max_connections: int, *, shard_size: int = 16, **options: Any) -> None:
+    def __init__(
+        self,
+        max_connections: int,
+        *,
+        shard_size: int = 16,
+        keepalive_expiry: float = 4.0,
+        **options: Any,
+    ) -> None:
         count = max(1, math.ceil(max_connections / shard_size))
         base, extra = divmod(max_connections, count)
         self._shards = [
             httpx.AsyncHTTPTransport(
-                limits=httpx.Limits(max_connections=size, max_keepalive_connections=size),
+                limits=httpx.Limits(
+                    max_connections=size,
+                    max_keepalive_connections=size,
+                    keepalive_expiry=keepalive_expiry,
+                ),
                 **options,
             )
             for size in (base + (1 if index < extra else 0) for index in range(count))

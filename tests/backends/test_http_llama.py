@@ -134,7 +134,8 @@ async def test_an_idle_deadline_cancels_generation_on_the_server(llama_url: str)
     async with HTTPModel(llama_url, idle_timeout=0.001) as model:
         with pytest.raises(GenerationTimeout):
             await model.generate("Tell me about Paris.", max_tokens=300).collect()
-    assert await slots_idle_within(llama_url, 1.0)
+    # The server notices the closed response when it next sends a token.
+    assert await slots_idle_within(llama_url, 3.0)
 
 
 async def test_the_string_backend_against_llama_cpp(llama_url: str) -> None:
