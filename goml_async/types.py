@@ -270,6 +270,18 @@ class LoadConfig:
             object.__setattr__(self, "adapter_path", os.fspath(self.adapter_path))
 
 
+#: The GenOpts fields that map one to one onto GenerateConfig fields (``model`` does not).
+_GENOPTS_SAMPLING = (
+    "temperature",
+    "max_tokens",
+    "top_k",
+    "top_p",
+    "repeat_penalty",
+    "stop_tokens",
+    "stop_sequences",
+)
+
+
 @dataclass(frozen=True, slots=True)
 class GenOpts:
     """go-ml's option struct for the string-level :class:`~goml_async.compat.Backend` API.
@@ -336,22 +348,7 @@ class GenOpts:
         Passing these to ``TextModel.generate(prompt, **options)`` keeps the model's own
         defaults for every field that is not set.
         """
-        changes: dict[str, Any] = {}
-        if self.temperature:
-            changes["temperature"] = self.temperature
-        if self.max_tokens:
-            changes["max_tokens"] = self.max_tokens
-        if self.top_k:
-            changes["top_k"] = self.top_k
-        if self.top_p:
-            changes["top_p"] = self.top_p
-        if self.repeat_penalty:
-            changes["repeat_penalty"] = self.repeat_penalty
-        if self.stop_tokens:
-            changes["stop_tokens"] = self.stop_tokens
-        if self.stop_sequences:
-            changes["stop_sequences"] = self.stop_sequences
-        return changes
+        return {name: value for name in _GENOPTS_SAMPLING if (value := getattr(self, name))}
 
 
 # -- results and metrics --------------------------------------------------------------------------
