@@ -1,8 +1,10 @@
-"""``goml models``: find local models."""
+"""``goml models``: find local models and convert GGUF files to MLX folders."""
 
 from __future__ import annotations
 
 import argparse
+import sys
+import time
 from typing import Any
 
 from rich.console import Console
@@ -10,14 +12,14 @@ from rich.table import Table
 
 from goml_async.registry import discover_gguf_models, discover_models
 
-__all__ = ["add_parser", "run_list"]
+__all__ = ["add_parser", "run_convert", "run_list"]
 
 
 def add_parser(commands: Any) -> None:
     parser: argparse.ArgumentParser = commands.add_parser(
         "models",
         help="find local models",
-        description="Work with local model folders.",
+        description="Work with local models: list them, convert GGUF files to MLX folders.",
     )
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     listing = actions.add_parser(
@@ -33,6 +35,31 @@ def add_parser(commands: Any) -> None:
     listing.formatter_class = argparse.RawDescriptionHelpFormatter
     listing.add_argument("directory", metavar="DIR", help="folder to search")
     listing.set_defaults(run=run_list)
+
+    convert = actions.add_parser(
+        "convert",
+        help="convert a llama GGUF file into an MLX model folder",
+        description=(
+            "Convert the llama-architecture GGUF file SOURCE into the MLX model folder DEST:\n"
+            "config.json, float32 model.safetensors (quantised weights are dequantised; float32\n"
+            "is the fast format on CPU), tokenizer.json, and tokenizer_config.json with the\n"
+            "GGUF's chat template. Load the folder with `goml generate --model DEST` or\n"
+            "mlx_lm.load(DEST). DEST appears only once the conversion is complete.\n\n"
+            "Needs gguf, numpy and tokenizers: pip install 'goml_async[mlx,llama]'"
+        ),
+    )
+    convert.epilog = (
+        "examples:\n"
+        "  goml models convert smollm2.Q4_1.gguf models/smollm2-mlx\n"
+        "  goml models convert model.gguf models/model-mlx --overwrite"
+    )
+    convert.formatter_class = argparse.RawDescriptionHelpFormatter
+    convert.add_argument("source", metavar="SOURCE", help="the .gguf file to convert")
+    convert.add_argument("dest", metavar="DEST", help="the model folder to create")
+    convert.add_argument(
+        "--overwrite", action="store_true", help="replace DEST when it already exists"
+    )
+    convert.set_defaults(run=run_convert)
 
 
 def run_list(args: argparse.Namespace) -> int:
@@ -63,6 +90,30 @@ def run_list(args: argparse.Namespace) -> int:
     for row in rows:
         table.add_row(*row)
     console.print(table)
+    return 0
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    from goml_async.backends.mlx_convert import convert_gguf_to_mlx
+
+    interactive = sys.stderr.isatty()
+
+    def progress(done: int, total: int) -> None:
+        # Printed once the checks have passed, so a bad argument gets only the error line.
+        if done == 1:
+            print(f"converting {args.source} -> {args.dest}", file=sys.stderr, flush=True)
+        if interactive:  # one line, redrawn; a log gets only the start and end lines
+            print(f"\r  {done}/{total} tensors", end="", file=sys.stderr, flush=True)
+
+    started = time.perf_counter()
+    folder = convert_gguf_to_mlx(
+        args.source, args.dest, overwrite=args.overwrite, progress=progress
+    )
+    elapsed = time.perf_counter() - started
+    if interactive:
+        print(file=sys.stderr)
+    print(f"converted in {elapsed:.1f} s", file=sys.stderr)
+    print(folder)
     return 0
 
 

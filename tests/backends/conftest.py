@@ -303,3 +303,30 @@ def fake_servers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         path.chmod(0o755)
         servers[mode] = path
     return servers
+
+
+@pytest.fixture(scope="session")
+def tiny_mlx(tiny_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``tiny_gguf`` converted to an MLX folder, once per session.
+
+    Same weights (float32 ``model.safetensors``, Q/K back in Hugging Face layout) and the same
+    tokenizer (``tokenizer.json``, ``tokenizer_config.json`` with the chat template) as
+    ``tiny_gguf``, so the MLX and llama backends can be compared token for token.
+    """
+    pytest.importorskip("tokenizers")
+    from goml_async.backends.mlx_convert import convert_gguf_to_mlx
+
+    return convert_gguf_to_mlx(tiny_gguf, tmp_path_factory.mktemp("tiny-mlx") / "tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def smollm2_mlx(bundled_gguf: Path) -> Path:
+    """The bundled SmolLM2-135M-Instruct as an MLX folder (float32, about 540 MB).
+
+    This is :func:`~goml_async.backends.mlx_convert.default_mlx_model`: converted once per
+    machine into the real user cache (``GOML_CACHE_DIR``) and reused by later sessions.
+    """
+    pytest.importorskip("tokenizers")
+    from goml_async.backends.mlx_convert import default_mlx_model
+
+    return default_mlx_model()
