@@ -101,8 +101,10 @@ def _permute(w: Any, heads: int) -> Any:
     )
 
 
-def _requantized(source: Path, dest: Path, qtype: Any) -> Path:
-    """A copy of the GGUF at ``source`` with its 2-D tensors stored as ``qtype``."""
+def _copy_gguf(
+    source: Path, dest: Path, qtype: Any = None, extra: dict[str, Any] | None = None
+) -> Path:
+    """A copy of the GGUF at ``source``: 2-D tensors stored as ``qtype``, ``extra`` added."""
     reader = gguf.GGUFReader(source)
     writer = gguf.GGUFWriter(str(dest), "llama")
     for name, field in reader.fields.items():
@@ -110,8 +112,8 @@ def _requantized(source: Path, dest: Path, qtype: Any) -> Path:
             continue
         sub_type = field.types[1] if len(field.types) > 1 else None
         writer.add_key_value(name, field.contents(), field.types[0], sub_type)
-    for name, values in _gguf_tensors(source).items():
-        if values.ndim == 2:
+    for name, values in {**_gguf_tensors(source), **(extra or {})}.items():
+        if values.ndim == 2 and qtype is not None:
             data = gguf.quants.quantize(values, qtype)
             writer.add_tensor(name, data, raw_shape=data.shape, raw_dtype=qtype)
         else:
@@ -232,7 +234,7 @@ def test_quantised_tensors_are_dequantised(
     tiny_gguf: Path, tiny_mlx: Path, tmp_path: Path, qtype: str, tolerance: float
 ) -> None:
     kind = gguf.GGMLQuantizationType[qtype]
-    source = _requantized(tiny_gguf, tmp_path / f"tiny-{qtype}.gguf", kind)
+    source = _copy_gguf(tiny_gguf, tmp_path / f"tiny-{qtype}.gguf", kind)
     assert {t.tensor_type for t in gguf.GGUFReader(source).tensors if len(t.shape) == 2} == {kind}
     folder = convert_gguf_to_mlx(source, tmp_path / "mlx")
     weights, exact = _weights(folder), _weights(tiny_mlx)
@@ -393,6 +395,14 @@ def test_sentencepiece_tokenizer_is_refused(tiny_gguf: Path, tmp_path: Path) -> 
     source.write_bytes(bytes(data))
     with pytest.raises(ModelLoadError, match="tokenizer model 'spm!' is not supported"):
         convert_gguf_to_mlx(source, tmp_path / "out")
+
+
+def test_unknown_tensor(tiny_gguf: Path, tmp_path: Path) -> None:
+    extra = {"rope_freqs.weight": np.ones(8, dtype=np.float32)}
+    source = _copy_gguf(tiny_gguf, tmp_path / "extra.gguf", extra=extra)
+    with pytest.raises(ModelLoadError, match=r"'rope_freqs\.weight' has no MLX llama counterpart"):
+        convert_gguf_to_mlx(source, tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["extra.gguf"]
 
 
 def test_dest_exists_without_overwrite(tiny_gguf: Path, tmp_path: Path) -> None:
