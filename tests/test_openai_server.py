@@ -129,7 +129,9 @@ async def test_chat_stream_sends_role_tokens_finish_and_done(server: FakeOpenAIS
     assert all("usage" not in e for e in events)
     timings = events[-1]["timings"]
     assert timings["prompt_n"] == 5 and timings["predicted_n"] == 4  # words of the messages
-    assert server.streams_started == server.streams_completed == 1
+    # The server counts a stream as completed just after its last write: wait for it.
+    assert server.wait_for(lambda: server.streams_completed == 1, timeout=2)
+    assert server.streams_started == 1
     assert server.streams_aborted == 0
 
 
@@ -245,7 +247,7 @@ async def test_error_after_sends_an_error_payload_then_done(server: FakeOpenAISe
         "[DONE]",
     ]
     assert contents([json.loads(p) for p in payloads[:-2]]) == ["Hello", ","]
-    assert server.streams_completed == 1
+    assert server.wait_for(lambda: server.streams_completed == 1, timeout=2)
 
 
 async def test_malformed_after_inserts_a_broken_event(server: FakeOpenAIServer) -> None:
@@ -317,7 +319,7 @@ async def test_keep_alive_serves_50_requests_on_one_connection(server: FakeOpenA
             response = await client.post("/chat/completions", json=body)
             assert response.status_code == 200
     assert server.connections_opened == 1
-    assert server.streams_completed == 25
+    assert server.wait_for(lambda: server.streams_completed == 25, timeout=2)
     assert len(server.requests) == 50
 
 
