@@ -54,6 +54,8 @@ class Consumer(Generic[T]):
         while not self._demand.acquire(timeout=0.05):
             if self.cancelled.is_set():
                 raise ConsumerGone
+        if self.cancelled.is_set():  # woken by close(), not by a request: compute nothing
+            raise ConsumerGone
 
     def close(self) -> None:
         """Close the send end. Call it on the event loop, once the reader is done."""
