@@ -51,9 +51,6 @@ import gc
 import importlib.metadata
 import importlib.util
 import json
-import os
-import platform
-import shlex
 import statistics
 import sys
 import time
@@ -65,8 +62,10 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
+import _report
 import anyio
 import httpx
+from _report import command_line, cpu_count, positive_int
 from rich.console import Console
 from rich.table import Table
 
@@ -89,8 +88,6 @@ BYTES = "httpx bytes only"
 # The timed bursts of the concurrent scenario, in order, on a pool whose connections were just
 # opened by a burst of short streams.
 PHASES = ("first", "next")
-MARK_START = "<!-- bench_http:start -->"
-MARK_END = "<!-- bench_http:end -->"
 HEADING = "## HTTP SSE client (bench_http.py)"
 INTRO = (
     "Every benchmark prints a ratio against a peer measured in the same run. "
@@ -135,6 +132,12 @@ class Peer(Protocol):
     async def aclose(self) -> None:
         """Close the client's connections."""
         ...
+
+
+def machine_line() -> str:
+    return _report.machine_line(
+        ("anyio", "trio", "httpx", "httpcore", "openai", "httpx2", "httpcore2", "goml_async")
+    )
 
 
 def pool_limits(size: int) -> httpx.Limits:
@@ -573,38 +576,6 @@ def verdicts(results: Sequence[BackendResult], streams: int) -> list[str]:
 # -- reporting ------------------------------------------------------------------------------------
 
 
-def cpu_model() -> str:
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        lines = []
-    for text in lines:
-        if text.startswith("model name"):
-            return text.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
-
-
-def cpu_count() -> int:
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
-def machine_line() -> str:
-    versions = [f"Python {platform.python_version()}"]
-    packages = ("anyio", "trio", "httpx", "httpcore", "openai", "httpx2", "httpcore2", "goml_async")
-    for package in packages:
-        try:
-            versions.append(f"{package} {importlib.metadata.version(package)}")
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return f"{platform.platform()}, {cpu_model()}, nproc {cpu_count()}, {', '.join(versions)}"
-
-
-def command_line() -> str:
-    return shlex.join(["python", *sys.argv])
-
-
 def notes(options: Options) -> list[str]:
     cores = cpu_count()
     crowded = (
@@ -730,30 +701,11 @@ def markdown_section(results: Sequence[BackendResult], options: Options) -> str:
 
 
 def write_markdown(path: Path, section: str) -> None:
-    """Create or replace the delimited section in ``path``; everything outside it is kept."""
-    block = f"{MARK_START}\n{section}\n{MARK_END}"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(f"# Benchmarks\n\n{INTRO}\n\n{block}\n")
-        return
-    text = path.read_text()
-    start = text.find(MARK_START)
-    end = text.find(MARK_END, start) if start != -1 else -1
-    if end != -1:
-        path.write_text(text[:start] + block + text[end + len(MARK_END) :])
-        return
-    separator = "" if not text or text.endswith("\n\n") else "\n" if text.endswith("\n") else "\n\n"
-    path.write_text(f"{text}{separator}{block}\n")
+    """Create or replace this script's section in ``path``; everything outside it is kept."""
+    _report.write_markdown(path, "bench_http", section, INTRO)
 
 
 # -- command line ---------------------------------------------------------------------------------
-
-
-def positive_int(value: str) -> int:
-    number = int(value)
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {number}")
-    return number
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -762,7 +714,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--tokens", type=positive_int, default=20_000, help="tokens of the single stream"
     )
     parser.add_argument(
-        "--concurrent-tokens", type=positive_int, default=200, help="tokens per concurrent stream"
+        "--concurrent-tokens",
+        type=positive_int,
+        default=200,
+        help="tokens per concurrent stream",
     )
     parser.add_argument("--streams", type=positive_int, default=256, help="concurrent streams")
     parser.add_argument(
@@ -810,7 +765,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     # Rich falls back to 80 columns when piped (nox, CI logs); the tables need a little more.
     console = Console(width=None if sys.stdout.isatty() else 140)
-    console.print(f"Machine: {machine_line()}", markup=False, highlight=False)
+    console.print(
+        f"Machine: {machine_line()}",
+        markup=False,
+        highlight=False,
+    )
     for note in notes(options):
         console.print(f"Note: {note}", markup=False, highlight=False)
     raise_fd_limit(8 * options.streams + 256)

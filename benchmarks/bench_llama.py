@@ -41,9 +41,6 @@ import argparse
 import importlib.metadata
 import importlib.util
 import json
-import os
-import platform
-import shlex
 import shutil
 import statistics
 import subprocess
@@ -56,8 +53,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
+import _report
 import anyio
 import httpx
+from _report import command_line, positive_int
 from rich.console import Console
 from rich.table import Table
 
@@ -80,8 +79,6 @@ RAW_RETRIES = 2  # like goml's default max_retries
 IDLE_TIMEOUT = 10.0  # seconds a slot may stay busy after a break before the trial fails
 GOML = "goml model.generate"
 RAW = "raw httpx SSE"
-MARK_START = "<!-- bench_llama:start -->"
-MARK_END = "<!-- bench_llama:end -->"
 HEADING = "## llama.cpp backend (bench_llama.py)"
 INTRO = (
     "Every benchmark prints a ratio against a peer measured in the same run. "
@@ -119,6 +116,10 @@ class ServerChoice:
         if self.binary is not None:
             return {"binary": str(self.binary)}
         return {"use_launcher": True}
+
+
+def machine_line() -> str:
+    return _report.machine_line(("anyio", "trio", "httpx", "goml_async"))
 
 
 def find_binary() -> Path | None:
@@ -580,37 +581,6 @@ def verdicts(results: Results) -> list[str]:
     ]
 
 
-def cpu_model() -> str:
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        lines = []
-    for line in lines:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
-
-
-def cpu_count() -> int:
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
-def machine_line() -> str:
-    versions = [f"Python {platform.python_version()}"]
-    for package in ("anyio", "trio", "httpx", "goml_async"):
-        try:
-            versions.append(f"{package} {importlib.metadata.version(package)}")
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return f"{platform.platform()}, {cpu_model()}, nproc {cpu_count()}, {', '.join(versions)}"
-
-
-def command_line() -> str:
-    return shlex.join(["python", *sys.argv])
-
-
 def stream_rows(results: Results) -> list[tuple[str, ...]]:
     return [results.goml.cells(results.raw), results.raw.cells(results.raw)]
 
@@ -679,20 +649,8 @@ def markdown_section(results: Results, args: argparse.Namespace) -> str:
 
 
 def write_markdown(path: Path, section: str) -> None:
-    """Create or replace the delimited section in ``path``; everything outside it is kept."""
-    block = f"{MARK_START}\n{section}\n{MARK_END}"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(f"# Benchmarks\n\n{INTRO}\n\n{block}\n")
-        return
-    text = path.read_text()
-    start = text.find(MARK_START)
-    end = text.find(MARK_END, start) if start != -1 else -1
-    if end != -1:
-        path.write_text(text[:start] + block + text[end + len(MARK_END) :])
-        return
-    separator = "" if not text or text.endswith("\n\n") else "\n" if text.endswith("\n") else "\n\n"
-    path.write_text(f"{text}{separator}{block}\n")
+    """Create or replace this script's section in ``path``; everything outside it is kept."""
+    _report.write_markdown(path, "bench_llama", section, INTRO)
 
 
 def print_results(console: Console, results: Results, args: argparse.Namespace) -> None:
@@ -704,13 +662,6 @@ def print_results(console: Console, results: Results, args: argparse.Namespace) 
 
 
 # -- command line ---------------------------------------------------------------------------------
-
-
-def positive_int(value: str) -> int:
-    number = int(value)
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {number}")
-    return number
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -44,9 +44,7 @@ import contextlib
 import importlib.metadata
 import importlib.util
 import os
-import platform
 import re
-import shlex
 import statistics
 import sys
 import tempfile
@@ -57,7 +55,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import _report
 import anyio
+from _report import command_line, positive_int
 from rich.console import Console
 from rich.table import Table
 
@@ -127,6 +127,12 @@ Responses = Generator[Any, None, None]  # what mlx_lm.stream_generate returns
 
 
 # -- prerequisites and the model folder -----------------------------------------------------------
+
+
+def machine_line() -> str:
+    return _report.machine_line(
+        ("anyio", "trio", "mlx", "mlx-lm", "goml_async"), f"MLX {mlx_device()}"
+    )
 
 
 def missing_mlx() -> str | None:
@@ -648,46 +654,12 @@ def verdicts(results: Results) -> list[str]:
     return [stream_verdict(results), cancel_verdict(results), idle_verdict(results)]
 
 
-def cpu_model() -> str:
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        lines = []
-    for line in lines:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
-
-
-def cpu_count() -> int:
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
 def mlx_device() -> str:
     try:
         import mlx.core as mx
     except ImportError:
         return "no mlx"
     return str(mx.default_device())
-
-
-def machine_line() -> str:
-    versions = [f"Python {platform.python_version()}"]
-    for package in ("anyio", "trio", "mlx", "mlx-lm", "goml_async"):
-        try:
-            versions.append(f"{package} {importlib.metadata.version(package)}")
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return (
-        f"{platform.platform()}, {cpu_model()}, nproc {cpu_count()}, MLX {mlx_device()}, "
-        f"{', '.join(versions)}"
-    )
-
-
-def command_line() -> str:
-    return shlex.join(["python", *sys.argv])
 
 
 def stream_rows(results: Results) -> list[tuple[str, ...]]:
@@ -795,13 +767,6 @@ def print_results(console: Console, results: Results, args: argparse.Namespace) 
 
 
 # -- command line ---------------------------------------------------------------------------------
-
-
-def positive_int(value: str) -> int:
-    number = int(value)
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {number}")
-    return number
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -32,9 +32,6 @@ import argparse
 import gc
 import importlib.metadata
 import importlib.util
-import os
-import platform
-import shlex
 import statistics
 import sys
 import time
@@ -44,7 +41,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+import _report
 import anyio
+from _report import command_line, positive_int
 from rich.console import Console
 from rich.table import Table
 
@@ -69,8 +68,6 @@ WARMUP_TOKENS = 10_000
 # GenerateConfig() caps at 256 tokens; max_tokens=0 means no client-side cap.
 NO_CAP = GenerateConfig(max_tokens=0)
 WITH_STOP = GenerateConfig(stop_sequences=(STOP,), max_tokens=0)
-MARK_START = "<!-- bench_stream:start -->"
-MARK_END = "<!-- bench_stream:end -->"
 HEADING = "## Stream overhead (bench_stream.py)"
 INTRO = (
     "Every benchmark prints a ratio against a peer measured in the same run. "
@@ -83,6 +80,10 @@ Source = Callable[[], AsyncIterator[Token]]
 
 
 # -- the token source and the in-memory model ----------------------------------------------------
+
+
+def machine_line() -> str:
+    return _report.machine_line(("anyio", "trio", "goml_async"))
 
 
 def build_tokens(count: int) -> list[Token]:
@@ -320,37 +321,6 @@ def verdict(results: dict[str, list[CaseResult]]) -> str:
 # -- reporting ------------------------------------------------------------------------------------
 
 
-def cpu_model() -> str:
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        lines = []
-    for line in lines:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
-
-
-def cpu_count() -> int:
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
-def machine_line() -> str:
-    versions = [f"Python {platform.python_version()}"]
-    for package in ("anyio", "trio", "goml_async"):
-        try:
-            versions.append(f"{package} {importlib.metadata.version(package)}")
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return f"{platform.platform()}, {cpu_model()}, nproc {cpu_count()}, {', '.join(versions)}"
-
-
-def command_line() -> str:
-    return shlex.join(["python", *sys.argv])
-
-
 def rich_table(backend: str, count: int, repeat: int, rows: list[CaseResult]) -> Table:
     table = Table(title=f"{backend}: ns/token over {count:,} tokens, best/median of {repeat} runs")
     for index, column in enumerate(COLUMNS):
@@ -386,30 +356,11 @@ def markdown_section(results: dict[str, list[CaseResult]], count: int, repeat: i
 
 
 def write_markdown(path: Path, section: str) -> None:
-    """Create or replace the delimited section in ``path``; everything outside it is kept."""
-    block = f"{MARK_START}\n{section}\n{MARK_END}"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(f"# Benchmarks\n\n{INTRO}\n\n{block}\n")
-        return
-    text = path.read_text()
-    start = text.find(MARK_START)
-    end = text.find(MARK_END, start) if start != -1 else -1
-    if end != -1:
-        path.write_text(text[:start] + block + text[end + len(MARK_END) :])
-        return
-    separator = "" if not text or text.endswith("\n\n") else "\n" if text.endswith("\n") else "\n\n"
-    path.write_text(f"{text}{separator}{block}\n")
+    """Create or replace this script's section in ``path``; everything outside it is kept."""
+    _report.write_markdown(path, "bench_stream", section, INTRO)
 
 
 # -- command line ---------------------------------------------------------------------------------
-
-
-def positive_int(value: str) -> int:
-    number = int(value)
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {number}")
-    return number
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -1,0 +1,102 @@
+"""What every benchmark script shares: the machine line, rich tables and the markdown section.
+
+Each ``bench_*.py`` script records its results in ``docs/benchmarks.md`` between its own
+``<!-- NAME:start -->`` and ``<!-- NAME:end -->`` markers, leaving the rest of the file as it is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import os
+import platform
+import shlex
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from rich.table import Table
+
+__all__ = [
+    "command_line",
+    "cpu_count",
+    "cpu_model",
+    "machine_line",
+    "positive_int",
+    "rich_table",
+    "write_markdown",
+]
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (or what platform knows)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown CPU"
+
+
+def cpu_count() -> int:
+    """The cores this process may run on."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def machine_line(packages: Sequence[str], extra: str = "") -> str:
+    """Platform, CPU, cores, ``extra`` and the versions of the installed ``packages``."""
+    versions = [f"Python {platform.python_version()}"]
+    for package in packages:
+        try:
+            versions.append(f"{package} {importlib.metadata.version(package)}")
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    middle = f"{extra}, " if extra else ""
+    return (
+        f"{platform.platform()}, {cpu_model()}, nproc {cpu_count()}, {middle}{', '.join(versions)}"
+    )
+
+
+def command_line() -> str:
+    """How this script was run."""
+    return shlex.join(["python", *sys.argv])
+
+
+def positive_int(value: str) -> int:
+    """argparse type: an int >= 1."""
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {number}")
+    return number
+
+
+def rich_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[str]]) -> Table:
+    """A table whose first column is left-aligned and the others right-aligned."""
+    table = Table(title=title)
+    for index, column in enumerate(columns):
+        table.add_column(column, justify="left" if index == 0 else "right", no_wrap=True)
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+def write_markdown(path: Path, name: str, section: str, intro: str) -> None:
+    """Create or replace the ``name`` section in ``path``; everything outside it is kept."""
+    start_mark, end_mark = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    block = f"{start_mark}\n{section}\n{end_mark}"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"# Benchmarks\n\n{intro}\n\n{block}\n")
+        return
+    text = path.read_text()
+    start = text.find(start_mark)
+    end = text.find(end_mark, start) if start != -1 else -1
+    if end != -1:
+        path.write_text(text[:start] + block + text[end + len(end_mark) :])
+        return
+    separator = "" if not text or text.endswith("\n\n") else "\n" if text.endswith("\n") else "\n\n"
+    path.write_text(f"{text}{separator}{block}\n")
