@@ -11,6 +11,7 @@ real-binary variant fails in CI (``CI`` set) and is skipped locally with the com
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
@@ -46,7 +47,7 @@ _TINY = {
 
 def _train_tokenizer() -> Any:
     """A byte-level BPE (vocab 512) trained offline on a few KB of local text."""
-    tokenizers = pytest.importorskip("tokenizers")
+    tokenizers = require("tokenizers")
     from tokenizers import decoders, models, pre_tokenizers, processors, trainers
 
     text = (Path(json.__file__).read_text() + Path(os.__file__).read_text())[:20000]
@@ -66,8 +67,8 @@ def _train_tokenizer() -> Any:
 
 def write_tiny_gguf(dest: Path, *, seed: int = 0) -> Path:
     """Write a tiny random llama-architecture GGUF (f32) to ``dest`` and return it."""
-    gguf = pytest.importorskip("gguf")
-    np = pytest.importorskip("numpy")
+    gguf = require("gguf")
+    np = require("numpy")
 
     tok = _train_tokenizer()
     tj = json.loads(tok.to_str())
@@ -153,8 +154,8 @@ def write_tiny_gguf(dest: Path, *, seed: int = 0) -> Path:
 
 def write_tiny_lora(dest: Path, *, rank: int = 4, seed: int = 1) -> Path:
     """Write a LoRA adapter GGUF for :func:`write_tiny_gguf`'s model (on attn_q of each layer)."""
-    gguf = pytest.importorskip("gguf")
-    np = pytest.importorskip("numpy")
+    gguf = require("gguf")
+    np = require("numpy")
 
     rng = np.random.default_rng(seed)
     hidden = _TINY["hidden_size"]
@@ -200,7 +201,16 @@ def _missing(reason: str) -> None:
     """Fail in CI, skip locally: CI must exercise everything the tests need."""
     if os.environ.get("CI"):
         pytest.fail(f"{reason} (CI is set, so this is an error; run scripts/setup)")
-    pytest.skip(reason)
+    pytest.skip(reason, allow_module_level=True)
+
+
+def require(module: str) -> Any:
+    """Import ``module``; when it is missing, fail in CI and skip locally (see :func:`_missing`)."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        _missing(f"{module} is not installed; run scripts/setup (it comes with the dev extra)")
+        raise AssertionError("unreachable") from None
 
 
 @pytest.fixture(scope="session")
@@ -313,7 +323,7 @@ def tiny_mlx(tiny_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     tokenizer (``tokenizer.json``, ``tokenizer_config.json`` with the chat template) as
     ``tiny_gguf``, so the MLX and llama backends can be compared token for token.
     """
-    pytest.importorskip("tokenizers")
+    require("tokenizers")
     from goml_async.backends.mlx_convert import convert_gguf_to_mlx
 
     return convert_gguf_to_mlx(tiny_gguf, tmp_path_factory.mktemp("tiny-mlx") / "tiny-llama")
@@ -326,7 +336,7 @@ def smollm2_mlx(bundled_gguf: Path) -> Path:
     This is :func:`~goml_async.backends.mlx_convert.default_mlx_model`: converted once per
     machine into the real user cache (``GOML_CACHE_DIR``) and reused by later sessions.
     """
-    pytest.importorskip("tokenizers")
+    require("tokenizers")
     from goml_async.backends.mlx_convert import default_mlx_model
 
     return default_mlx_model()

@@ -22,11 +22,11 @@ from goml_async.cli import main
 from goml_async.errors import BackendUnavailable, ConfigError, ModelLoadError
 from goml_async.settings import GomlSettings
 
-from .conftest import _train_tokenizer, write_tiny_gguf
+from .conftest import _train_tokenizer, require, write_tiny_gguf
 
-gguf = pytest.importorskip("gguf")
-np = pytest.importorskip("numpy")
-pytest.importorskip("tokenizers")
+gguf = require("gguf")
+np = require("numpy")
+require("tokenizers")
 
 MODEL_FILES = ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]
 PROMPT = "hello there"
@@ -46,8 +46,8 @@ def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _mlx_lm() -> Any:
-    pytest.importorskip("mlx.core")
-    return pytest.importorskip("mlx_lm")
+    require("mlx.core")
+    return require("mlx_lm")
 
 
 def _greedy(folder: Path, prompt: str, max_tokens: int) -> tuple[list[int], list[int], str]:
