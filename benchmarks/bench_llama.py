@@ -58,6 +58,7 @@ import anyio
 import httpx
 from _report import command_line, positive_int
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from goml_async import GenerateConfig, LoadConfig, ModelLoadError, bundled_model_path
@@ -689,7 +690,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     choice = choose_server(args.server)
     missing = missing_prerequisite(choice)
     if missing is not None:
-        console.print(f"[yellow]skipped: {missing}[/]")
+        console.print(f"[yellow]skipped: {escape(missing)}[/]")
         return 0
     results = anyio.run(run_all, args, choice, console, backend=args.backend)
     print_results(console, results, args)

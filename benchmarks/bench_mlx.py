@@ -59,6 +59,7 @@ import _report
 import anyio
 from _report import command_line, positive_int
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 TARGET_RATIO = 0.97
@@ -823,12 +824,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     console.print(f"Machine: {machine_line()}")
     missing = missing_mlx()
     if missing is not None:
-        console.print(f"[yellow]skipped: {missing}[/]")
+        console.print(f"[yellow]skipped: {escape(missing)}[/]")
         return 0
     with tempfile.TemporaryDirectory(prefix="bench-mlx-") as workdir:
         subject = choose_subject(args, Path(workdir), console)
         if isinstance(subject, str):
-            console.print(f"[yellow]skipped: {subject}[/]")
+            console.print(f"[yellow]skipped: {escape(subject)}[/]")
             return 0
         results = anyio.run(run_all, args, subject, console, backend=args.backend)
     print_results(console, results, args)
