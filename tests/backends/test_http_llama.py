@@ -12,7 +12,7 @@ import anyio
 import httpx
 import pytest
 
-from goml_async import GenerationTimeout, GenOpts
+from goml_async import GenerateConfig, GenerationTimeout, GenOpts
 from goml_async.backends.http import HTTPBackend, HTTPModel
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
@@ -97,27 +97,18 @@ async def test_streaming_yields_many_tokens_with_the_servers_counts(llama_url: s
 
 
 async def test_every_sampling_field_is_accepted_by_llama_cpp(llama_url: str) -> None:
+    config = GenerateConfig(
+        max_tokens=12,
+        temperature=0.8,
+        top_k=20,
+        top_p=0.9,
+        repeat_penalty=1.1,
+        seed=42,
+        stop_sequences=["\n\n"],
+    )
     async with HTTPModel(llama_url) as model:
-        result = await model.generate(
-            "Once upon a time",
-            max_tokens=12,
-            temperature=0.8,
-            top_k=20,
-            top_p=0.9,
-            repeat_penalty=1.1,
-            seed=42,
-            stop_sequences=["\n\n"],
-        ).collect()
-        again = await model.generate(
-            "Once upon a time",
-            max_tokens=12,
-            temperature=0.8,
-            top_k=20,
-            top_p=0.9,
-            repeat_penalty=1.1,
-            seed=42,
-            stop_sequences=["\n\n"],
-        ).collect()
+        result = await model.generate("Once upon a time", config).collect()
+        again = await model.generate("Once upon a time", config).collect()
     assert result.text
     assert result.text == again.text  # the seed reached the sampler
 
