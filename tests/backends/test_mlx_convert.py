@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
+from model_fixtures import _train_tokenizer, require, write_tiny_gguf
 
 from goml_async.backends import mlx_convert
 from goml_async.backends.gguf_meta import read_gguf_metadata
@@ -21,8 +22,6 @@ from goml_async.backends.mlx_convert import MARKER_FILE, convert_gguf_to_mlx, de
 from goml_async.cli import main
 from goml_async.errors import BackendUnavailable, ConfigError, ModelLoadError
 from goml_async.settings import GomlSettings
-
-from .conftest import _train_tokenizer, require, write_tiny_gguf
 
 gguf = require("gguf")
 np = require("numpy")

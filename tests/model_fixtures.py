@@ -1,4 +1,4 @@
-"""Fixtures for the backend tests: tiny GGUF models, the bundled model and llama-server binaries.
+"""Fixtures shared by every test folder: tiny GGUF models, the bundled model, llama-server binaries.
 
 ``tiny_gguf`` is a 2-layer random llama (f32, about 450 KB) with a byte-level BPE tokenizer
 trained on a few KB of the standard library's source, written with the ``gguf`` package and numpy.
