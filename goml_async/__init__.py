@@ -32,7 +32,9 @@ from .errors import (
     JudgeError,
     ModelLoadError,
     NotSupported,
+    SinkError,
     StreamInterrupted,
+    TransportError,
 )
 from .model import BaseTextModel, TextModel
 from .registry import (
@@ -104,6 +106,7 @@ __all__ = [
     "NotSupported",
     "Result",
     "Role",
+    "SinkError",
     "StopSequenceCutter",
     "StreamContext",
     "StreamInterrupted",
@@ -113,6 +116,7 @@ __all__ = [
     "TokenCallback",
     "TokenSource",
     "TokenStream",
+    "TransportError",
     "__version__",
     "bundled_model_path",
     "default_backend",

@@ -11,6 +11,8 @@ GomlError
 ├── ModelLoadError         a model file or folder is missing or unreadable: names the path
 ├── NotSupported           the backend cannot do this operation (e.g. classify over HTTP)
 ├── JudgeError             an LLM judge reply that is not valid for its scale: keeps the raw reply
+├── TransportError         a remote host (SSH) or local checkpoint folder could not be used
+├── SinkError              a metrics sink (InfluxDB) refused or could not take a write or query
 └── GenerationError        generation failed: carries the partial text and token count
     ├── GenerationTimeout  a first-token, idle or total deadline passed
     ├── StreamInterrupted  the stream broke after the first token (never replayed)
@@ -32,7 +34,9 @@ __all__ = [
     "JudgeError",
     "ModelLoadError",
     "NotSupported",
+    "SinkError",
     "StreamInterrupted",
+    "TransportError",
 ]
 
 
@@ -88,6 +92,24 @@ class JudgeError(GomlError):
 
     def __init__(self, message: str, *, raw_reply: str = "") -> None:
         self.raw_reply = raw_reply
+        super().__init__(message)
+
+
+class TransportError(GomlError):
+    """A remote transport failed: connection, authentication, host key, timeout or file copy.
+
+    A command that runs and exits non-zero is not a TransportError: its exit code is returned.
+    """
+
+
+class SinkError(GomlError):
+    """A metrics sink (InfluxDB) could not take a write or answer a query.
+
+    ``status`` is the HTTP status when the server answered, else None.
+    """
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        self.status = status
         super().__init__(message)
 
 

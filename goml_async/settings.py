@@ -49,6 +49,8 @@ class GomlSettings(BaseSettings):
         judge_model: model name to request from the judge server.
         concurrency: concurrent scoring jobs.
         suites: scoring suites, ``"all"`` or a comma-separated list.
+        server_api_key: the bearer token ``goml serve`` requires on ``/v1/*``
+            (``GOML_SERVER_API_KEY``); None serves without authentication. Never shown.
     """
 
     model_config = SettingsConfigDict(
@@ -73,6 +75,7 @@ class GomlSettings(BaseSettings):
     judge_model: str = ""
     concurrency: int = Field(default=4, ge=1, le=1024)
     suites: str = "all"
+    server_api_key: SecretStr | None = None
 
     def __init__(self, **values: Any) -> None:
         try:
@@ -83,7 +86,7 @@ class GomlSettings(BaseSettings):
             if field not in type(self).model_fields:
                 raise ConfigError(field, f"unknown setting: {first['msg']}") from None
             # Secrets are never echoed, and the chained ValidationError would repeat them.
-            secret = field == "api_key"
+            secret = field in ("api_key", "server_api_key")
             shown = "<hidden>" if secret else repr(first.get("input"))
             problem = f"{first['msg']} (got {shown}; env var GOML_{field.upper()})"
             error = ConfigError(field, problem)

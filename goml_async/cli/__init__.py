@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from goml_async import __version__
 from goml_async.errors import GomlError
 
-from . import generate, models
+from . import chat, compare, generate, models, probe, score, serve
 
 __all__ = ["build_parser", "main"]
 
@@ -21,7 +21,12 @@ examples:
   goml generate "What is the capital of France?"       use the bundled default model
   goml generate --model models/smollm2.gguf "Hello"    a local GGUF on llama.cpp
   goml generate --model http://127.0.0.1:8080/v1 "Hi"  any OpenAI-compatible server
+  goml chat --output chats.jsonl                       chat in the terminal, saving to JSONL
   goml models list ~/models                            find MLX model folders
+  goml serve --port 8090                               an OpenAI-compatible server
+  goml score --input responses.jsonl --output s.json   score responses (heuristics, judge)
+  goml probe --model http://127.0.0.1:8080/v1          the 23 capability probes, graded
+  goml compare old.json new.json                       averages of two scores files
 
 Settings come from GOML_* environment variables (see the docs' settings page).
 """
@@ -38,7 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"goml {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     generate.add_parser(commands)
+    chat.add_parser(commands)
     models.add_parser(commands)
+    serve.add_parser(commands)
+    score.add_parser(commands)
+    probe.add_parser(commands)
+    compare.add_parser(commands)
     return parser
 
 

@@ -22,7 +22,9 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Strict
 __all__ = [
     "CapabilityProbe",
     "CapabilityScores",
+    "ContentOutcome",
     "ContentProbe",
+    "ContentProbeResult",
     "ContentScores",
     "HeuristicScores",
     "ItemError",
@@ -272,6 +274,8 @@ class ProbeOutcome:
         passed: the probe's check held (False when generation failed).
         error: why generation failed, or ``""``.
         judged: the judge's scores, when a judge was given and it answered.
+        judge_error: why the judge's reply could not be used, or ``""``.
+        judge_reply: the judge's raw reply when it could not be used.
     """
 
     probe_id: str
@@ -284,6 +288,7 @@ class ProbeOutcome:
     error: str = ""
     judged: CapabilityScores | None = None
     judge_error: str = ""
+    judge_reply: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,3 +319,44 @@ class ProbeResult:
     @property
     def error_count(self) -> int:
         return sum(1 for outcome in self.outcomes if outcome.error)
+
+
+@dataclass(frozen=True, slots=True)
+class ContentOutcome:
+    """One content probe's result.
+
+    Attributes:
+        response: the model's reply with ``<think>`` blocks removed ("" when generation failed).
+        error: why generation failed, or ``""``.
+        scores: the content judge's scores, when a judge was given and it answered.
+        judge_error: why the judge's reply could not be used, or ``""``.
+        judge_reply: the judge's raw reply when it could not be used.
+    """
+
+    probe_id: str
+    prompt: str
+    response: str
+    error: str = ""
+    scores: ContentScores | None = None
+    judge_error: str = ""
+    judge_reply: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ContentProbeResult:
+    """All content probes for one model, in probe order."""
+
+    outcomes: list[ContentOutcome]
+
+    @property
+    def error_count(self) -> int:
+        """Probes whose generation or judging failed."""
+        return sum(1 for outcome in self.outcomes if outcome.error or outcome.judge_error)
+
+    def averages(self) -> dict[str, float]:
+        """Mean of each content dimension over the probes the judge scored."""
+        scored = [outcome.scores for outcome in self.outcomes if outcome.scores is not None]
+        if not scored:
+            return {}
+        names = [name for name in ContentScores.model_fields if name != "notes"]
+        return {name: sum(getattr(s, name) for s in scored) / len(scored) for name in names}

@@ -1,0 +1,366 @@
+"""LLM-as-judge: score a response by asking another model, with go-ml's six rubrics.
+
+Every call sends one of go-ml's prompt templates (:mod:`goml_async.scoring.prompts`) as one user
+message, as go-ml's HTTP judge does, with go-ml's default options (temperature 0.1, no
+max-tokens cap), pulls the first JSON object out of
+the reply and validates it strictly against the matching scores model. A reply that cannot be
+used -- no JSON, a missing key, a wrong type, a score outside the scale -- raises
+:class:`~goml_async.errors.JudgeError` naming the problem, with the whole reply in
+``raw_reply``. Errors of the judge model itself (timeouts, HTTP failures) propagate unchanged.
+
+Example:
+    ```python
+    model = await goml_async.load_model("http://127.0.0.1:11434/v1", model="qwen3:8b")
+    judge = Judge(model)
+    scores = await judge.score_semantic("Write a poem about rain.", response_text)
+    print(scores.sovereignty, scores.reasoning)
+    ```
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Final, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, StrictStr, ValidationError
+
+from ..compat import Backend
+from ..errors import ConfigError, JudgeError
+from ..model import TextModel
+from ..types import GenOpts, Message
+from . import prompts
+from .exact import score_gsm8k
+from .text import extract_json
+from .types import (
+    CapabilityScores,
+    ContentProbe,
+    ContentScores,
+    Score5,
+    SemanticScores,
+    StandardScores,
+    normalize_domain,
+)
+
+__all__ = ["Judge", "STANDARD_BENCHMARKS"]
+
+_Rubric = Literal["truthfulqa", "donotanswer", "toxigen", "exact"]
+
+#: Benchmark name (normalised as :func:`~goml_async.scoring.types.normalize_domain` does) ->
+#: the rubric :meth:`Judge.score_standard` applies. ``exact`` and ``gsm8k`` need no judge call.
+_BENCHMARK_RUBRICS: Final[dict[str, _Rubric]] = {
+    "donotanswer": "donotanswer",
+    "exact": "exact",
+    "gsm8k": "exact",
+    "hellaswag": "truthfulqa",
+    "helm": "truthfulqa",
+    "mmlu": "truthfulqa",
+    "toxigen": "toxigen",
+    "truthfulqa": "truthfulqa",
+}
+
+#: The benchmark names :meth:`Judge.score_standard` accepts, sorted (case, ``_``, ``-`` and
+#: spaces do not matter, so ``"do_not_answer"`` and ``"HellaSwag"`` work too).
+STANDARD_BENCHMARKS: Final[tuple[str, ...]] = tuple(sorted(_BENCHMARK_RUBRICS))
+
+_REPR_LIMIT: Final = 60
+
+
+class _Reply(BaseModel):
+    # As the scores models: the rubric's keys are strict, extra keys are ignored.
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+
+class _TruthfulQAReply(_Reply):
+    truthfulness: Score5
+    informativeness: Score5
+    reasoning: StrictStr = ""
+
+
+class _DoNotAnswerReply(_Reply):
+    safety: Score5
+    nuance: Score5
+    reasoning: StrictStr = ""
+
+
+class _ToxigenReply(_Reply):
+    kindness: Score5
+    awareness: Score5
+    reasoning: StrictStr = ""
+
+
+_R = TypeVar("_R", bound=BaseModel)
+
+
+def _describe(exc: ValidationError) -> str:
+    """One line per problem: the key, what is wrong and what the judge sent."""
+    problems = []
+    for error in exc.errors():
+        key = ".".join(str(part) for part in error["loc"]) or "reply"
+        if error["type"] == "missing":
+            problems.append(f"missing key {key!r}")
+            continue
+        got = repr(error.get("input"))
+        if len(got) > _REPR_LIMIT:
+            got = got[: _REPR_LIMIT - 3] + "..."
+        problems.append(f"{key}: {error['msg']} (got {got})")
+    return "; ".join(problems)
+
+
+def _text_attribute(obj: object, name: str) -> str:
+    value = getattr(obj, name, "")
+    return value if isinstance(value, str) else ""
+
+
+class Judge:
+    """Scores responses with a judge model: any :class:`~goml_async.model.TextModel` or
+    :class:`~goml_async.compat.Backend`.
+
+    A TextModel is asked through ``model.chat()`` with the prompt as one user message, so its
+    chat template applies -- what go-ml's judge sends to an OpenAI-compatible server; with
+    ``use_chat=False`` it gets a raw completion through ``model.generate(prompt)`` instead
+    (for a model without a chat template). A Backend is asked through ``await
+    backend.generate(prompt, opts)``, go-ml's own call (an HTTPBackend sends it as one user
+    message). An object that satisfies both protocols is used as a TextModel. The judge does
+    not own the model: close it yourself. The judge adds no concurrency limit of its own; the
+    :class:`~goml_async.scoring.engine.Engine` bounds how many calls run at once.
+
+    Args:
+        model: the judge model.
+        opts: the options of every judge call; default go-ml's ``GenOpts.default()``
+            (temperature 0.1, nothing else set).
+        max_tokens: a cap on the judge's reply, overriding ``opts.max_tokens``. ``None`` or 0
+            means no cap: over a TextModel the call passes ``max_tokens=0`` (the model's own
+            default is not applied); over a Backend the backend's default stays in force,
+            since a zero GenOpts field means "not set".
+        use_chat: ask a TextModel through ``chat`` (default) or ``generate``; ignored for a
+            Backend.
+
+    Attributes:
+        model_name: for metadata -- the ``model_name`` of an HTTPModel/HTTPBackend, otherwise
+            the model's ``model_type`` (a TextModel) or ``name`` (a Backend).
+        base_url: for metadata -- the ``base_url`` of an HTTPModel/HTTPBackend, otherwise ``""``.
+
+    Raises:
+        ConfigError: ``model`` is neither a TextModel nor a Backend, or an option is invalid.
+
+    Example:
+        ```python
+        judge = Judge(HTTPBackend("http://127.0.0.1:8080/v1", "judge-model"))
+        scores = await judge.score_standard("truthfulqa", question, best_answer, response)
+        ```
+    """
+
+    def __init__(
+        self,
+        model: TextModel | Backend,
+        *,
+        opts: GenOpts | None = None,
+        max_tokens: int | None = None,
+        use_chat: bool = True,
+    ) -> None:
+        if isinstance(model, type):  # a class passes the structural checks below
+            raise ConfigError(
+                "model",
+                f"must be a TextModel or a Backend instance, got the class {model.__name__}",
+            )
+        if isinstance(model, TextModel):
+            self._text_model: TextModel | None = model
+            self._backend: Backend | None = None
+            fallback_name = model.model_type
+        elif isinstance(model, Backend):
+            self._text_model, self._backend = None, model
+            fallback_name = model.name
+        else:
+            raise ConfigError(
+                "model", f"must be a TextModel or a Backend, got {type(model).__name__}"
+            )
+        if opts is None:
+            opts = GenOpts.default()
+        elif not isinstance(opts, GenOpts):
+            raise ConfigError("opts", f"must be a GenOpts or None, got {type(opts).__name__}")
+        if max_tokens is not None:
+            if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 0:
+                raise ConfigError("max_tokens", f"must be an int >= 0 or None, got {max_tokens!r}")
+            opts = dataclasses.replace(opts, max_tokens=max_tokens)
+        if not isinstance(use_chat, bool):
+            raise ConfigError("use_chat", f"must be a bool, got {use_chat!r}")
+        self._model = model
+        self._opts = opts
+        self._use_chat = use_chat
+        self._model_name = _text_attribute(model, "model_name") or fallback_name
+        self._base_url = _text_attribute(model, "base_url")
+
+    @property
+    def model(self) -> TextModel | Backend:
+        """The judge model, as given."""
+        return self._model
+
+    @property
+    def model_name(self) -> str:
+        """The judge model's name, for metadata."""
+        return self._model_name
+
+    @property
+    def base_url(self) -> str:
+        """The judge server's base URL, for metadata (``""`` for a local model)."""
+        return self._base_url
+
+    @property
+    def opts(self) -> GenOpts:
+        """The options every judge call uses."""
+        return self._opts
+
+    def __repr__(self) -> str:
+        url = f" base_url={self._base_url!r}" if self._base_url else ""
+        return f"<Judge model_name={self._model_name!r}{url}>"
+
+    # -- plumbing ---------------------------------------------------------------------------------
+
+    async def ask(self, prompt: str) -> str:
+        """Send ``prompt`` to the judge model and return its whole reply, unparsed.
+
+        Errors of the model (GenerationError and its subclasses) propagate unchanged.
+        """
+        if self._backend is not None:
+            result = await self._backend.generate(prompt, self._opts)
+            return result.text
+        assert self._text_model is not None
+        options = self._opts.to_options()
+        options.setdefault("max_tokens", 0)  # unset means no cap, not the model's default
+        if self._use_chat:
+            stream = self._text_model.chat([Message("user", prompt)], **options)
+        else:
+            stream = self._text_model.generate(prompt, **options)
+        return (await stream.collect()).text
+
+    @staticmethod
+    def _parse(reply: str, schema: type[_R], rubric: str) -> _R:
+        try:
+            data = extract_json(reply)
+        except JudgeError as exc:
+            raise JudgeError(f"{rubric} judge: {exc}", raw_reply=reply) from exc
+        try:
+            return schema.model_validate(data)
+        except ValidationError as exc:
+            raise JudgeError(
+                f"{rubric} judge reply is not valid: {_describe(exc)}", raw_reply=reply
+            ) from exc
+
+    # -- the rubrics ------------------------------------------------------------------------------
+
+    async def score_semantic(self, prompt: str, response: str) -> SemanticScores:
+        """Sovereignty, ethical depth, creative expression and self-concept, 1-5 each.
+
+        Raises:
+            JudgeError: the reply is not valid for the rubric (``raw_reply`` keeps it).
+            ConfigError: an argument is not a str.
+        """
+        reply = await self.ask(prompts.format_semantic(prompt, response))
+        return self._parse(reply, SemanticScores, "semantic")
+
+    async def score_content(self, probe: ContentProbe, response: str) -> ContentScores:
+        """The content rubric for one of the content probes, 1-5 on six dimensions.
+
+        Raises:
+            JudgeError: the reply is not valid for the rubric (``raw_reply`` keeps it).
+            ConfigError: ``probe`` is not a ContentProbe or ``response`` not a str.
+        """
+        reply = await self.ask(prompts.format_content(probe, response))
+        return self._parse(reply, ContentScores, "content")
+
+    async def score_capability(self, prompt: str, expected: str, response: str) -> CapabilityScores:
+        """Reasoning, correctness and clarity, 0.0-10.0 each.
+
+        Raises:
+            JudgeError: the reply is not valid for the rubric (``raw_reply`` keeps it).
+            ConfigError: an argument is not a str.
+        """
+        reply = await self.ask(prompts.format_capability(prompt, expected, response))
+        return self._parse(reply, CapabilityScores, "capability")
+
+    async def score_truthfulqa(
+        self, question: str, best_answer: str, response: str
+    ) -> StandardScores:
+        """TruthfulQA: fills only ``truthfulness``, ``informativeness`` and ``reasoning``.
+
+        Raises:
+            JudgeError: the reply is not valid for the rubric (``raw_reply`` keeps it).
+            ConfigError: an argument is not a str.
+        """
+        reply = await self.ask(prompts.format_truthfulqa(question, best_answer, response))
+        parsed = self._parse(reply, _TruthfulQAReply, "truthfulqa")
+        return StandardScores(
+            truthfulness=parsed.truthfulness,
+            informativeness=parsed.informativeness,
+            reasoning=parsed.reasoning,
+        )
+
+    async def score_donotanswer(
+        self, question: str, risk_area: str, response: str
+    ) -> StandardScores:
+        """DoNotAnswer: fills only ``safety``, ``nuance`` and ``reasoning``.
+
+        Raises:
+            JudgeError: the reply is not valid for the rubric (``raw_reply`` keeps it).
+            ConfigError: an argument is not a str.
+        """
+        reply = await self.ask(prompts.format_donotanswer(question, risk_area, response))
+        parsed = self._parse(reply, _DoNotAnswerReply, "donotanswer")
+        return StandardScores(
+            safety=parsed.safety, nuance=parsed.nuance, reasoning=parsed.reasoning
+        )
+
+    async def score_toxigen(self, prompt: str, response: str) -> StandardScores:
+        """Toxigen: fills only ``kindness``, ``awareness`` and ``reasoning``.
+
+        Raises:
+            JudgeError: the reply is not valid for the rubric (``raw_reply`` keeps it).
+            ConfigError: an argument is not a str.
+        """
+        reply = await self.ask(prompts.format_toxigen(prompt, response))
+        parsed = self._parse(reply, _ToxigenReply, "toxigen")
+        return StandardScores(
+            kindness=parsed.kindness, awareness=parsed.awareness, reasoning=parsed.reasoning
+        )
+
+    async def score_standard(
+        self, benchmark: str, question: str, reference: str, response: str
+    ) -> StandardScores:
+        """Score ``response`` on a named benchmark.
+
+        The name is normalised (case, ``_``, ``-`` and whitespace ignored), then:
+
+        - ``truthfulqa``, ``helm``, ``mmlu``, ``hellaswag``: the TruthfulQA rubric with
+          ``reference`` as the best answer;
+        - ``donotanswer``: the DoNotAnswer rubric with ``reference`` as the risk area;
+        - ``toxigen``: the Toxigen rubric (``reference`` is not used);
+        - ``exact``, ``gsm8k``: a local numeric match against ``reference``, no judge call.
+
+        Raises:
+            ConfigError: the benchmark is unknown (the message lists the known names).
+            JudgeError: the reply is not valid for the rubric (``raw_reply`` keeps it).
+
+        Example:
+            ```python
+            scores = await judge.score_standard("gsm8k", "", "42", "... #### 42")
+            assert scores.correct
+            ```
+        """
+        if not isinstance(benchmark, str):
+            raise ConfigError("benchmark", f"must be a str, got {type(benchmark).__name__}")
+        rubric = _BENCHMARK_RUBRICS.get(normalize_domain(benchmark))
+        if rubric == "truthfulqa":
+            return await self.score_truthfulqa(question, reference, response)
+        if rubric == "donotanswer":
+            return await self.score_donotanswer(question, reference, response)
+        if rubric == "toxigen":
+            return await self.score_toxigen(question, response)
+        if rubric == "exact":
+            for name, value in (("reference", reference), ("response", response)):
+                if not isinstance(value, str):
+                    raise ConfigError(name, f"must be a str, got {type(value).__name__}")
+            return score_gsm8k(response, reference)
+        raise ConfigError(
+            "benchmark",
+            f"unknown benchmark {benchmark!r}; known: {', '.join(STANDARD_BENCHMARKS)}",
+        )

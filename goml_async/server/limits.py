@@ -1,0 +1,225 @@
+"""The server's limits, without I/O: its config, the concurrency gate, the token clamp, the chat
+context window, the body-size limit and the bearer-token check.
+
+Example:
+    >>> config = ServerConfig(max_tokens=512, max_context=4)
+    >>> clamp_max_tokens(None, config.max_tokens), clamp_max_tokens(9000, config.max_tokens)
+    (512, 512)
+"""
+
+from __future__ import annotations
+
+import hmac
+import math
+from collections.abc import AsyncIterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+from ..errors import ConfigError
+from ..types import Message
+
+__all__ = [
+    "BodyTooLarge",
+    "ConcurrencyGate",
+    "DEFAULT_STATIC_DIR",
+    "ServerConfig",
+    "bearer_token_ok",
+    "clamp_max_tokens",
+    "read_body",
+    "window_messages",
+]
+
+#: The chat page and its assets, served at ``/`` and ``/static/...``.
+DEFAULT_STATIC_DIR: Final = Path(__file__).resolve().parent / "static"
+
+
+def _positive_int(name: str, value: object, *, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(name, f"must be an int >= {minimum}, got {value!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """How :func:`~goml_async.server.create_app` serves a model.
+
+    Attributes:
+        model_name: the name clients ask for and replies carry (default: the model's own name
+            if it has one, else its ``model_type``).
+        max_concurrency: completion requests served at once; one more gets 429 + Retry-After.
+        max_tokens: the cap on ``max_tokens``; a request without one (or with 0) gets the cap.
+        timeout: seconds one completion may take (None: no limit); a non-streamed request that
+            runs out gets 504, a stream gets an error event.
+        max_context: chat messages kept: the first if it is a system message, plus the last
+            ``max_context`` others (0: keep every message).
+        max_body_bytes: the largest request body accepted (413 above it).
+        api_key: when set, ``/v1/*`` needs ``Authorization: Bearer <api_key>`` (401 otherwise);
+            never shown in reprs.
+        retry_after: the ``Retry-After`` seconds sent with 429.
+        static_dir: the folder served at ``/`` (its ``index.html``) and ``/static/...``.
+    """
+
+    model_name: str | None = None
+    max_concurrency: int = 4
+    max_tokens: int = 4096
+    timeout: float | None = 300.0
+    max_context: int = 0
+    max_body_bytes: int = 1024 * 1024
+    api_key: str | None = field(default=None, repr=False)
+    retry_after: int = 1
+    static_dir: Path = DEFAULT_STATIC_DIR
+
+    def __post_init__(self) -> None:
+        if self.model_name is not None and (
+            not isinstance(self.model_name, str) or not self.model_name
+        ):
+            raise ConfigError(
+                "model_name", f"must be a non-empty str or None, got {self.model_name!r}"
+            )
+        _positive_int("max_concurrency", self.max_concurrency, minimum=1)
+        _positive_int("max_tokens", self.max_tokens, minimum=1)
+        _positive_int("max_context", self.max_context, minimum=0)
+        _positive_int("max_body_bytes", self.max_body_bytes, minimum=1)
+        _positive_int("retry_after", self.retry_after, minimum=0)
+        if self.timeout is not None:
+            timeout = self.timeout
+            if (
+                isinstance(timeout, bool)
+                or not isinstance(timeout, int | float)
+                or not math.isfinite(timeout)
+                or timeout <= 0
+            ):
+                raise ConfigError("timeout", f"must be > 0 seconds or None, got {timeout!r}")
+            object.__setattr__(self, "timeout", float(timeout))
+        if self.api_key is not None and (not isinstance(self.api_key, str) or not self.api_key):
+            raise ConfigError("api_key", "must be a non-empty str or None")
+        if not isinstance(self.static_dir, str | Path):
+            raise ConfigError("static_dir", f"must be a path, got {self.static_dir!r}")
+        object.__setattr__(self, "static_dir", Path(self.static_dir))
+
+
+class ConcurrencyGate:
+    """Admits at most ``limit`` requests at once, without waiting: a full gate says no.
+
+    :meth:`try_enter` checks and counts in one step with no ``await`` in between, so two
+    requests can never both take the last place.
+
+    Example:
+        >>> gate = ConcurrencyGate(1)
+        >>> gate.try_enter(), gate.try_enter()
+        (True, False)
+        >>> gate.leave(); gate.active
+        0
+    """
+
+    __slots__ = ("_active", "_limit", "peak")
+
+    def __init__(self, limit: int) -> None:
+        _positive_int("limit", limit, minimum=1)
+        self._limit = limit
+        self._active = 0
+        #: The most requests that were admitted at once.
+        self.peak = 0
+
+    @property
+    def limit(self) -> int:
+        """How many requests may be in at once."""
+        return self._limit
+
+    @property
+    def active(self) -> int:
+        """How many requests are in now."""
+        return self._active
+
+    def try_enter(self) -> bool:
+        """Take a place if one is free; False when the gate is full."""
+        if self._active >= self._limit:
+            return False
+        self._active += 1
+        self.peak = max(self.peak, self._active)
+        return True
+
+    def leave(self) -> None:
+        """Give a place back (once per successful :meth:`try_enter`)."""
+        if self._active <= 0:
+            raise RuntimeError("ConcurrencyGate.leave() without a matching try_enter()")
+        self._active -= 1
+
+
+def clamp_max_tokens(requested: int | None, cap: int) -> int:
+    """The request's ``max_tokens`` within the server's cap; None or 0 means the cap."""
+    if not requested:
+        return cap
+    return min(requested, cap)
+
+
+def window_messages(messages: Sequence[Message], max_context: int) -> list[Message]:
+    """go-ml's sliding window: the first message if it is a system message, plus the last
+    ``max_context`` of the others; everything when there are no more than ``max_context`` or
+    ``max_context`` is 0.
+
+    Example:
+        >>> chat = [Message("system", "s")] + [Message("user", str(n)) for n in range(5)]
+        >>> [m.content for m in window_messages(chat, 2)]
+        ['s', '3', '4']
+    """
+    if max_context <= 0 or len(messages) <= max_context:
+        return list(messages)
+    head = list(messages[:1]) if messages[0].role == "system" else []
+    rest = messages[len(head) :]
+    return head + list(rest[-max_context:])
+
+
+class BodyTooLarge(Exception):
+    """The request body is larger than the limit (answered with 413)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the request body is larger than the limit of {limit} bytes")
+        self.limit = limit
+
+
+async def read_body(
+    chunks: AsyncIterable[bytes], limit: int, *, declared_length: int | None = None
+) -> bytes:
+    """Read a request body chunk by chunk, stopping as soon as it passes ``limit`` bytes.
+
+    Args:
+        chunks: the body as it arrives.
+        limit: the most bytes accepted.
+        declared_length: the ``Content-Length``, when given: a body declared too large is
+            refused before a byte of it is read.
+
+    Raises:
+        BodyTooLarge: the body (or its declared length) is over the limit.
+    """
+    if declared_length is not None and declared_length > limit:
+        raise BodyTooLarge(limit)
+    parts: list[bytes] = []
+    size = 0
+    iterator = aiter(chunks)
+    try:
+        async for chunk in iterator:
+            size += len(chunk)
+            if size > limit:
+                raise BodyTooLarge(limit)
+            parts.append(chunk)
+    finally:
+        # Stopping early leaves an async generator (Starlette's request.stream()) unfinished:
+        # close it here rather than when it is garbage-collected.
+        aclose = getattr(iterator, "aclose", None)
+        if aclose is not None:
+            await aclose()
+    return b"".join(parts)
+
+
+def bearer_token_ok(headers: Mapping[str, str], api_key: str | None) -> bool:
+    """Whether the ``Authorization`` header carries ``Bearer <api_key>`` (always, with no key).
+
+    The token is compared in constant time (:func:`hmac.compare_digest`).
+    """
+    if api_key is None:
+        return True
+    scheme, _, token = headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer":
+        return False
+    return hmac.compare_digest(token.strip().encode(), api_key.encode())
