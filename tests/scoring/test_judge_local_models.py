@@ -1,0 +1,60 @@
+"""The judge on local models: MLX (the tiny random model) and llama.cpp (the tiny GGUF).
+
+Random weights cannot produce a valid verdict, so every call must end in a JudgeError that keeps
+exactly what the model said; a scorer that returned a null or a default here would be hiding a
+failure. The real-model judge run is in test_scoring_llama.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import goml_async
+from goml_async import GenOpts, JudgeError
+from goml_async.scoring import Engine, Judge, Response
+
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    # One backend is enough here: the stream core is covered on both elsewhere, and each
+    # parameter would load the model again.
+    return "asyncio"
+
+
+@pytest.mark.parametrize("backend", ["mlx", "llama"])
+async def test_judge_over_a_local_model_records_the_raw_reply(
+    backend: str, tiny_mlx: Path, tiny_gguf: Path
+) -> None:
+    path = tiny_mlx if backend == "mlx" else tiny_gguf
+    async with await goml_async.load_model(str(path), backend=backend) as model:
+        # GenOpts() leaves the model's greedy default in place, so replies are repeatable.
+        judge = Judge(model, opts=GenOpts(), max_tokens=8)
+        with pytest.raises(JudgeError) as info:
+            await judge.score_semantic("Say hi.", "Hi!")
+        reply = info.value.raw_reply
+        # The same greedy call again gives the same reply: the raw text is the model's own.
+        again = await judge.ask(_semantic_prompt("Say hi.", "Hi!"))
+        assert reply == again
+
+        # One call at a time: llama.cpp batches concurrent requests, and batched greedy decoding
+        # is not bit-for-bit repeatable.
+        engine = Engine(judge, concurrency=1, suites="heuristic,semantic")
+        report = await engine.score_all(
+            [Response(id=str(i), prompt="p", response="r", model="m") for i in range(3)]
+        )
+        expected = await judge.ask(_semantic_prompt("p", "r"))
+    assert report.scored_count == 3 and report.error_count == 3
+    # The prompt is the same for the three rows, so the (greedy) reply is too: each error
+    # carries the same raw reply, which may be empty when the random model ends at once.
+    assert {(error.suite, error.raw_reply) for error in report.errors} == {("semantic", expected)}
+    assert all(row.heuristic is not None for row in report.per_prompt["m"])
+
+
+def _semantic_prompt(prompt: str, response: str) -> str:
+    from goml_async.scoring.prompts import format_semantic
+
+    return format_semantic(prompt, response)
