@@ -165,12 +165,10 @@ class Point:
         """The point in InfluxDB line protocol; tags sorted by key, as Influx prefers."""
         head = _MEASUREMENT_ESCAPES.sub(r"\\\1", self.measurement)
         for key in sorted(self.tags):
-            value = self.tags[key]
-            if value != "":  # an empty tag value is not allowed in the line protocol
-                head += f",{escape_tag(key)}={escape_tag(value)}"
-        parts = []
-        for key, value in self.fields.items():
-            parts.append(f"{escape_tag(key)}={_field_value(value)}")
+            tag = self.tags[key]
+            if tag != "":  # an empty tag value is not allowed in the line protocol
+                head += f",{escape_tag(key)}={escape_tag(tag)}"
+        parts = [f"{escape_tag(key)}={_field_value(value)}" for key, value in self.fields.items()]
         line = f"{head} {','.join(parts)}"
         return line if self.time_ns is None else f"{line} {self.time_ns}"
 
