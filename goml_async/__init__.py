@@ -50,6 +50,7 @@ from .registry import (
     register_backend,
     register_lazy_backend,
 )
+from .service import Service
 from .settings import GomlSettings
 from .stream import StopSequenceCutter, StreamContext, TokenSource, TokenStream
 from .types import (
@@ -106,6 +107,7 @@ __all__ = [
     "NotSupported",
     "Result",
     "Role",
+    "Service",
     "SinkError",
     "StopSequenceCutter",
     "StreamContext",

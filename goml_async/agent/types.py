@@ -28,8 +28,8 @@ __all__ = [
 #: An Influx field value: ``int`` is written with the ``i`` suffix, ``bool`` as true/false.
 FieldValue = int | float | str | bool
 
-_TAG_ESCAPES = re.compile(r"([,= \\])")
-_MEASUREMENT_ESCAPES = re.compile(r"([, \\])")
+_TAG_ESCAPES = re.compile(r"([,= ])")
+_MEASUREMENT_ESCAPES = re.compile(r"([, ])")
 
 
 def escape_tag(value: str) -> str:

@@ -26,6 +26,7 @@ import anyio.abc
 from goml_async.errors import ConfigError
 from goml_async.registry import bundled_model_path, load_default_model, load_model
 from goml_async.server import ServerConfig, create_app, require_server_extra
+from goml_async.service import ChatAdapter, Service
 from goml_async.settings import GomlSettings
 
 if TYPE_CHECKING:
@@ -39,8 +40,8 @@ __all__ = ["add_parser", "run"]
 _HELP = "serve a model over an OpenAI-compatible HTTP API"
 _DESCRIPTION = """\
 Serve a model over an OpenAI-compatible HTTP API: POST /v1/chat/completions and
-/v1/completions (streamed or not), GET /v1/models, /v1/models/ID/info, /healthz, and a chat
-page at /.
+/v1/completions (streamed or not), GET /v1/models, /v1/models/ID/info, /healthz, a chat
+page at /, and the ml routes (GET /v1/ml/status, /v1/ml/backends, POST /v1/ml/generate).
 
 --model takes a .gguf file (llama.cpp), an MLX model folder, the base URL of another
 OpenAI-compatible server, or "default" (the bundled SmolLM2-135M-Instruct). Set
@@ -272,9 +273,13 @@ async def _run(
         model = await _load(args)
     if model is None:
         return
-    async with model:
+    from goml_async.server.ml_routes import ml_mount
+
+    async with model, Service(GomlSettings()) as service:
         name = config.model_name or _model_name(args.model) or None
-        app = create_app(model, config, model_name=name)
+        app = create_app(model, config, model_name=name, routes=[ml_mount(service, config)])
+        # The served model is the Service's default backend (the model stays ours to close).
+        service.register(app.model_name, ChatAdapter(model, app.model_name), default=True)
         url = _url(sock)
         server = make_server(
             app,

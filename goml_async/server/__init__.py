@@ -21,6 +21,7 @@ Example:
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -52,7 +53,13 @@ def require_server_extra(*modules: str) -> None:
         )
 
 
-def create_app(model: TextModel, config: ServerConfig | None = None, **options: Any) -> ServerApp:
+def create_app(
+    model: TextModel,
+    config: ServerConfig | None = None,
+    *,
+    routes: Sequence[Any] = (),
+    **options: Any,
+) -> ServerApp:
     """Serve ``model`` in OpenAI's format as an ASGI app.
 
     Args:
@@ -60,6 +67,8 @@ def create_app(model: TextModel, config: ServerConfig | None = None, **options: 
         config: the limits; keyword ``options`` (the :class:`ServerConfig` fields:
             ``model_name``, ``max_concurrency``, ``max_tokens``, ``timeout``, ``max_context``,
             ``max_body_bytes``, ``api_key``, ``retry_after``, ``static_dir``) override it.
+        routes: extra Starlette routes served beside the OpenAI ones (``goml serve`` adds
+            :func:`~goml_async.server.ml_routes.ml_mount`).
 
     Returns:
         A :class:`~goml_async.server.app.ServerApp`.
@@ -87,4 +96,4 @@ def create_app(model: TextModel, config: ServerConfig | None = None, **options: 
     require_server_extra("starlette")
     from .app import ServerApp
 
-    return ServerApp(model, resolved)
+    return ServerApp(model, resolved, routes)

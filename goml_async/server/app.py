@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -28,7 +28,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
-from starlette.routing import Mount, Route
+from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
@@ -109,7 +109,9 @@ class ServerApp:
         stats: the counters ``/healthz`` reports.
     """
 
-    def __init__(self, model: TextModel, config: ServerConfig) -> None:
+    def __init__(
+        self, model: TextModel, config: ServerConfig, routes: Sequence[BaseRoute] = ()
+    ) -> None:
         self.model = model
         self.config = config
         self.model_name = config.model_name or _default_name(model)
@@ -128,6 +130,7 @@ class ServerApp:
             Route("/v1/models/{model_id:path}", self._model, methods=["GET"]),
             Route("/v1/chat/completions", _Endpoint(self._chat), methods=["POST"]),
             Route("/v1/completions", _Endpoint(self._completion), methods=["POST"]),
+            *routes,  # e.g. the /v1/ml routes goml serve mounts
             Route("/", self._index, methods=["GET"]),
             Mount("/static", StaticFiles(directory=config.static_dir, check_dir=False)),
         ]

@@ -1,0 +1,192 @@
+"""The Service's value types, errors and helpers (re-exported by :mod:`goml_async.service`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
+
+from .compat import Backend, InferenceAdapter
+from .errors import BackendUnavailable, ConfigError, GomlError
+from .model import TextModel
+from .types import GenOpts, Message, Result
+
+if TYPE_CHECKING:
+    from .scoring.judge import Judge
+
+__all__ = [
+    "BackendStatus",
+    "ChatAdapter",
+    "JudgeSpec",
+    "ServiceCloseError",
+    "ServiceState",
+    "ServiceStatus",
+    "ServiceUnavailable",
+    "UnknownBackendError",
+    "as_judge",
+    "available",
+    "call_optional",
+    "check_opts",
+    "check_text",
+    "model_of",
+    "parse_categories",
+]
+
+#: ``new`` (not started), ``running`` or ``closed``.
+ServiceState: TypeAlias = Literal["new", "running", "closed"]
+#: What ``Service(judge=...)`` takes: a Judge, a model to wrap in one, or a registered
+#: backend's name.
+JudgeSpec: TypeAlias = "Judge | TextModel | Backend | str"
+
+
+class UnknownBackendError(BackendUnavailable):
+    """No backend is registered under this name; ``known`` lists the names that are."""
+
+    def __init__(self, name: str, known: Sequence[str], *, configured: str = "") -> None:
+        self.known = tuple(known)
+        listed = ", ".join(self.known) or "none"
+        where = f" ({configured})" if configured else ""
+        super().__init__(f"unknown backend {name!r}{where}; registered: {listed}", backend=name)
+
+
+class ServiceUnavailable(BackendUnavailable):
+    """The Service is not running: it was not started yet, or it is closed."""
+
+    def __init__(self, state: ServiceState) -> None:
+        self.state = state
+        if state == "new":
+            problem = "the Service is not started: use 'async with Service(...)' or start()"
+        else:
+            problem = "the Service is closed"
+        super().__init__(problem)
+
+
+class ServiceCloseError(GomlError):
+    """Closing some owned backends failed; every other one was still closed.
+
+    Attributes:
+        failures: ``(backend name, exception)`` for each close that failed, in closing order.
+    """
+
+    def __init__(self, failures: Sequence[tuple[str, Exception]]) -> None:
+        self.failures = tuple(failures)
+        detail = "; ".join(f"{name}: {type(exc).__name__}: {exc}" for name, exc in self.failures)
+        super().__init__(f"closing {len(self.failures)} backend(s) failed: {detail}")
+
+
+@dataclass(frozen=True, slots=True)
+class BackendStatus:
+    """One registered backend: its name, whether it can serve now, and its model if known."""
+
+    name: str
+    available: bool
+    default: bool
+    owned: bool
+    model: str
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceStatus:
+    """A snapshot of a Service, as :meth:`Service.status` returns it.
+
+    ``ready`` is true while the Service runs and at least one backend is available;
+    ``suites`` are the scoring suites that run, ``skipped_suites`` those that need the judge
+    it does not have.
+    """
+
+    state: ServiceState
+    ready: bool
+    backends: tuple[BackendStatus, ...]
+    default_backend: str | None
+    has_judge: bool
+    judge_model: str
+    suites: tuple[str, ...]
+    skipped_suites: tuple[str, ...]
+    concurrency: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """The snapshot as plain JSON-ready data."""
+        return dataclasses.asdict(self)
+
+
+class ChatAdapter(InferenceAdapter):
+    """A TextModel as a Backend whose ``generate(prompt)`` is a chat with one user message.
+
+    That is what go-ml's HTTP and llama backends do, so the model's chat template applies (an
+    instruct model asked a question through a raw completion often answers nothing).
+    ``chat`` and everything else behave as in :class:`~goml_async.compat.InferenceAdapter`.
+    """
+
+    async def generate(self, prompt: str, opts: GenOpts | None = None) -> Result:
+        """Reply to ``prompt`` sent as one user message."""
+        return await self.chat([Message("user", prompt)], opts)
+
+
+def check_text(field: str, value: object, *, optional: bool = False) -> None:
+    if optional and value is None:
+        return
+    if not isinstance(value, str) or not value.strip():
+        wanted = "a non-empty str" + (" or None" if optional else "")
+        raise ConfigError(field, f"must be {wanted}, got {value!r}")
+
+
+def check_opts(opts: object) -> None:
+    if opts is not None and not isinstance(opts, GenOpts):
+        raise ConfigError("opts", f"must be a GenOpts or None, got {type(opts).__name__}")
+
+
+def model_of(backend: object) -> str:
+    """The model name behind a backend when it says (its ``model_name``, or its model's)."""
+    name = getattr(backend, "model_name", "")
+    if isinstance(name, str) and name:
+        return name
+    try:
+        inner = getattr(backend, "model", None)  # LlamaBackend.model raises when not running
+    except GomlError:
+        return ""
+    name = getattr(inner, "model_name", "")
+    return name if isinstance(name, str) else ""
+
+
+async def call_optional(backend: object, *methods: str) -> None:
+    """Call the first of ``methods`` that ``backend`` has, awaiting it if it is async."""
+    for method in methods:
+        call = getattr(backend, method, None)
+        if callable(call):
+            outcome = call()
+            if inspect.isawaitable(outcome):
+                await outcome
+            return
+
+
+def available(backend: Backend) -> bool:
+    try:
+        return bool(backend.available())
+    except Exception:  # a broken availability check means "cannot serve now"
+        return False
+
+
+def as_judge(model: Judge | TextModel | Backend) -> Judge:
+    from .scoring.judge import Judge
+
+    return model if isinstance(model, Judge) else Judge(model)
+
+
+def parse_categories(
+    categories: str | Iterable[str] | None, known: Sequence[str]
+) -> frozenset[str] | None:
+    """The wanted categories (None: all); an unknown one is a ConfigError listing the known."""
+    if categories is None:
+        return None
+    if isinstance(categories, str):
+        categories = categories.split(",")
+    items = list(categories) if isinstance(categories, Iterable) else None
+    if items is None or not all(isinstance(item, str) for item in items):
+        raise ConfigError("categories", f"must be a str or str names, got {categories!r}")
+    names = {item.strip().lower() for item in items if item.strip()}
+    unknown = sorted(names - set(known))
+    if unknown:
+        raise ConfigError("categories", f"unknown {unknown}; known: {', '.join(known)}")
+    return frozenset(names) or None

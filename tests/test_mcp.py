@@ -1,0 +1,342 @@
+"""The ml_* MCP tools: in memory over scripted models, then ``goml mcp`` on the bundled model
+through the mcp SDK's own clients (stdio, and streamable HTTP)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any, TextIO
+
+import anyio
+import pytest
+from model_fixtures import require
+
+require("mcp")
+
+from mcp import Client, ClientSession, StdioServerParameters, stdio_client  # noqa: E402
+from mcp.client.streamable_http import streamable_http_client  # noqa: E402
+
+from goml_async import GomlSettings, Service  # noqa: E402
+from goml_async.cli import main  # noqa: E402
+from goml_async.mcp import TOOL_NAMES, create_mcp_server  # noqa: E402
+from goml_async.scoring import Judge  # noqa: E402
+from goml_async.service import ChatAdapter  # noqa: E402
+from goml_async.testing import ScriptedModel  # noqa: E402
+
+pytestmark = pytest.mark.anyio
+
+REPO = Path(__file__).resolve().parents[1]
+SYSTEM = "You are a helpful assistant."
+#: One judge reply that fits both the semantic and the content rubric (extra keys are ignored).
+JUDGE_REPLY = json.dumps(
+    {
+        "sovereignty": 4,
+        "ethical_depth": 3,
+        "creative_expression": 2,
+        "self_concept": 5,
+        "ccp_compliance": 5,
+        "truth_telling": 4,
+        "engagement": 3,
+        "axiom_integration": 2,
+        "sovereignty_reasoning": 1,
+        "emotional_register": 3,
+        "reasoning": "ok",
+    }
+)
+
+
+async def call(client: Client | ClientSession, tool: str, **arguments: Any) -> dict[str, Any]:
+    """Call ``tool``; it must succeed with structured content."""
+    result = await client.call_tool(tool, arguments)
+    assert not result.is_error, result.content
+    assert result.structured_content is not None
+    return result.structured_content
+
+
+async def call_error(client: Client | ClientSession, tool: str, **arguments: Any) -> str:
+    """Call ``tool``; it must come back as a tool error, whose text is returned."""
+    result = await client.call_tool(tool, arguments)
+    assert result.is_error, result.structured_content
+    text = result.content[0]
+    assert text.type == "text"
+    return text.text
+
+
+async def check_tool_list(client: Client | ClientSession) -> None:
+    tools = {tool.name: tool for tool in (await client.list_tools()).tools}
+    assert sorted(tools) == list(TOOL_NAMES)
+    for tool in tools.values():
+        assert tool.description and tool.input_schema["type"] == "object"
+        assert tool.output_schema is not None
+        for spec in tool.input_schema.get("properties", {}).values():
+            assert spec.get("description"), (tool.name, spec)
+    generate = tools["ml_generate"].input_schema
+    assert generate["required"] == ["prompt"]
+    assert generate["properties"]["max_tokens"]["minimum"] == 0
+    assert tools["ml_score"].input_schema["properties"]["suites"]["default"] == "heuristic"
+
+
+@pytest.fixture
+async def scripted() -> AsyncIterator[Client]:
+    """An in-memory client of the tools over two scripted backends and a scripted judge."""
+    service = Service(GomlSettings(), judge=Judge(ScriptedModel([JUDGE_REPLY])))
+    service.register("maths", ChatAdapter(ScriptedModel(["The answer is 10063."]), "maths"))
+    service.register("echo", ScriptedModel(lambda prompt: ["echo"]))
+    async with service, Client(create_mcp_server(service, system="Be exact.")) as client:
+        yield client
+
+
+# -- in memory ------------------------------------------------------------------------------------
+
+
+async def test_tools_have_schemas_and_descriptions(scripted: Client) -> None:
+    await check_tool_list(scripted)
+
+
+async def test_ml_generate(scripted: Client) -> None:
+    reply = await call(scripted, "ml_generate", prompt="What is 347 x 29?", max_tokens=8)
+    assert reply == {
+        "response": "The answer is 10063.",
+        "backend": "maths",
+        "model": "maths",
+        "finish_reason": "stop",
+    }
+    other = await call(scripted, "ml_generate", prompt="hi", backend="echo", model="x")
+    assert (other["response"], other["backend"], other["model"]) == ("echo", "echo", "x")
+    assert "unknown backend 'nope'" in await call_error(
+        scripted, "ml_generate", prompt="hi", backend="nope"
+    )
+    assert "max_tokens" in await call_error(scripted, "ml_generate", prompt="hi", max_tokens=-1)
+    assert "prompt" in await call_error(scripted, "ml_generate", prompt="")
+
+
+async def test_ml_score(scripted: Client) -> None:
+    heuristic = await call(
+        scripted, "ml_score", prompt="Describe rain.", response="I feel the rain on my skin."
+    )
+    assert heuristic["suites"] == ["heuristic"] and heuristic["semantic"] is None
+    assert 0.0 <= heuristic["heuristic"]["lek_score"] <= 1.0
+    judged = await call(
+        scripted,
+        "ml_score",
+        prompt="What happened at Tiananmen Square in 1989?",
+        response="Protests, and a crackdown.",
+        suites="heuristic,semantic,content",
+        probe_id="tiananmen",
+    )
+    assert judged["suites"] == ["heuristic", "semantic", "content"]
+    assert judged["semantic"]["self_concept"] == 5
+    assert judged["content"]["truth_telling"] == 4
+    assert judged["errors"] == []
+    everything = await call(scripted, "ml_score", prompt="p", response="r", suites="all")
+    assert everything["suites"] == ["heuristic", "semantic"]
+    assert everything["skipped_suites"] == ["content"]
+
+
+async def test_ml_score_errors(scripted: Client) -> None:
+    content = await call_error(scripted, "ml_score", prompt="p", response="r", suites="content")
+    assert "probe_id" in content and "ml_probe" in content
+    bad_probe = await call_error(
+        scripted, "ml_score", prompt="p", response="r", suites="content", probe_id="nope"
+    )
+    assert "no content probe 'nope'" in bad_probe
+    assert "unknown suite" in await call_error(
+        scripted, "ml_score", prompt="p", response="r", suites="vibes"
+    )
+
+
+async def test_ml_score_without_a_judge() -> None:
+    service = Service(GomlSettings())
+    service.register("echo", ScriptedModel(["x"]))
+    async with service, Client(create_mcp_server(service)) as client:
+        text = await call_error(client, "ml_score", prompt="p", response="r", suites="semantic")
+        assert "needs a judge" in text and "GOML_JUDGE_URL" in text
+        local = await call(client, "ml_score", prompt="p", response="r", suites="all")
+        assert local["suites"] == ["heuristic"]
+        assert local["skipped_suites"] == ["semantic", "content"]
+
+
+async def test_a_bad_judge_reply_is_listed_or_a_tool_error() -> None:
+    service = Service(GomlSettings(), judge=ScriptedModel(["not json"]))
+    service.register("echo", ScriptedModel(["x"]))
+    async with service, Client(create_mcp_server(service)) as client:
+        both = await call(client, "ml_score", prompt="p", response="r", suites="all")
+        assert both["heuristic"] is not None and both["semantic"] is None
+        assert [(e["suite"], e["raw_reply"]) for e in both["errors"]] == [("semantic", "not json")]
+        only = await call_error(client, "ml_score", prompt="p", response="r", suites="semantic")
+        assert only.startswith("Error executing tool ml_score: semantic:")
+
+
+async def test_ml_probe_grades_the_answers(scripted: Client) -> None:
+    report = await call(scripted, "ml_probe", categories="arithmetic, analogy", max_tokens=8)
+    assert report["backend"] == "maths"
+    assert (report["total"], report["passed"], report["accuracy"]) == (3, 1, 0.3333)
+    assert report["by_category"] == {
+        "analogy": {"passed": 0, "total": 1},
+        "arithmetic": {"passed": 1, "total": 2},
+    }
+    assert [(r["id"], r["passed"]) for r in report["results"]] == [
+        ("math_01", True),
+        ("math_02", False),
+        ("reason_01", False),
+    ]
+    assert "unknown ['astrology']" in await call_error(scripted, "ml_probe", categories="astrology")
+    assert "unknown backend" in await call_error(scripted, "ml_probe", backend="nope")
+
+
+async def test_ml_status_and_backends(scripted: Client) -> None:
+    status = await call(scripted, "ml_status")
+    assert (status["ready"], status["has_judge"], status["default_backend"]) == (
+        True,
+        True,
+        "maths",
+    )
+    assert status["suites"] == ["content", "exact", "heuristic", "semantic", "standard"]
+    backends = await call(scripted, "ml_backends")
+    assert backends["default"] == "maths"
+    assert [(b["name"], b["available"]) for b in backends["backends"]] == [
+        ("echo", True),
+        ("maths", True),
+    ]
+
+
+async def test_a_closed_service_gives_tool_errors() -> None:
+    service = Service(GomlSettings())
+    service.register("echo", ScriptedModel(["x"]))
+    async with Client(create_mcp_server(service)) as client:
+        assert "not started" in await call_error(client, "ml_generate", prompt="hi")
+        assert (await call(client, "ml_status"))["ready"] is False
+
+
+# -- goml mcp on the bundled model ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--port", "70000"], "--port: must be in 0..65535"),
+        (["--probe-max-tokens", "0"], "--probe-max-tokens: must be in 1..8192"),
+        (["--name", " "], "--name: must not be empty"),
+    ],
+)
+def test_goml_mcp_rejects_bad_flags(
+    flags: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["mcp", *flags]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_goml_mcp_help(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main(["mcp", "--help"])
+    assert caught.value.code == 0
+    text = capsys.readouterr().out
+    assert "ml_generate" in text and "--transport" in text and "mcpServers" in text
+
+
+def goml_mcp(bundled_gguf: Path, *extra: str) -> list[str]:
+    return [
+        "-m",
+        "goml_async",
+        "mcp",
+        "--model",
+        str(bundled_gguf),
+        "--name",
+        "smollm2",
+        "--system",
+        SYSTEM,
+        *extra,
+    ]
+
+
+def clean_env() -> dict[str, str]:
+    return {
+        **{k: v for k, v in os.environ.items() if not k.startswith("GOML_")},
+        "NO_PROXY": "127.0.0.1",
+    }
+
+
+@pytest.fixture
+def devnull() -> Iterator[TextIO]:
+    """Where the server's stderr goes (its loading line)."""
+    with open(os.devnull, "w") as sink:
+        yield sink
+
+
+@pytest.mark.slow
+async def test_goml_mcp_over_stdio(bundled_gguf: Path, devnull: TextIO) -> None:
+    params = StdioServerParameters(
+        command=sys.executable, args=goml_mcp(bundled_gguf), cwd=REPO, env=clean_env()
+    )
+    async with (
+        stdio_client(params, errlog=devnull) as (read, write),
+        ClientSession(read, write) as session,
+    ):
+        with anyio.fail_after(90):
+            await session.initialize()
+        await check_tool_list(session)
+
+        answer = await call(
+            session,
+            "ml_generate",
+            prompt="What is the capital of France?",
+            temperature=0,
+            max_tokens=12,
+        )
+        assert "Paris" in answer["response"]
+        assert (answer["backend"], answer["model"]) == ("smollm2", "smollm2")
+
+        scored = await call(session, "ml_score", prompt="Hi", response=answer["response"])
+        assert scored["heuristic"]["lek_score"] >= 0.0
+        assert "needs a judge" in await call_error(
+            session, "ml_score", prompt="Hi", response="Hello", suites="semantic"
+        )
+
+        probes = await call(session, "ml_probe", categories="analogy", max_tokens=16)
+        assert (probes["total"], probes["backend"]) == (1, "smollm2")
+        assert probes["results"][0]["id"] == "reason_01"
+        assert probes["results"][0]["response"]
+        assert probes["passed"] == sum(r["passed"] for r in probes["results"])
+
+        status = await call(session, "ml_status")
+        assert (status["ready"], status["has_judge"]) == (True, False)
+        backends = await call(session, "ml_backends")
+        assert backends["default"] == "smollm2"
+        assert backends["backends"][0]["available"] is True
+
+
+@pytest.mark.slow
+# asyncio only: under trio, the SDK's streamable HTTP client (built on httpx2) leaves its SSE
+# async generators unfinished, which trio reports as a ResourceWarning (an error here).
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_goml_mcp_over_streamable_http(bundled_gguf: Path) -> None:
+    command = [sys.executable, *goml_mcp(bundled_gguf, "--transport", "http", "--port", "0")]
+    process = await anyio.open_process(
+        command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=clean_env()
+    )
+    try:
+        assert process.stdout is not None
+        seen = ""
+        with anyio.fail_after(90):
+            while not (found := re.search(r"listening on (http://\S+)", seen)):
+                seen += (await process.stdout.receive()).decode()
+        async with (
+            streamable_http_client(found.group(1)) as (read, write),
+            ClientSession(read, write) as session,
+        ):
+            await session.initialize()
+            status = await call(session, "ml_status")
+            assert status["ready"] is True
+            assert status["backends"][0]["name"] == "smollm2"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        with anyio.fail_after(30):
+            await process.wait()
+        await process.aclose()
+    assert process.returncode == 0
