@@ -24,7 +24,7 @@ import pytest
 from goml_async.errors import ModelLoadError
 from goml_async.registry import bundled_model_path
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 BUILD_SCRIPT = ROOT / "scripts" / "build-llama-server"
 
 _SPECIALS = ("<|begin_of_text|>", "<|end_of_text|>", "<|pad|>")

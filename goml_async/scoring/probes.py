@@ -382,7 +382,7 @@ _CONTENT_BY_ID: Final = {probe.id: probe for probe in CONTENT_PROBES}
 def probe_categories() -> list[str]:
     """The capability probes' categories, sorted and without repeats (16).
 
-    Example:
+    Examples:
         >>> probe_categories()[:4]
         ['algebra', 'analogy', 'arithmetic', 'causal']
     """

@@ -122,7 +122,7 @@ def compare_outputs(old: ScorerOutput, new: ScorerOutput) -> list[CompareRow]:
     Every model of either file (sorted) and, within it, every metric of either file (sorted)
     gets a row. Unlike go-ml, a metric missing on one side is None there, not 0.
 
-    Example:
+    Examples:
         >>> old = ScorerOutput(model_averages={"m": {"lek_score": 0.5}})
         >>> new = ScorerOutput(model_averages={"m": {"lek_score": 0.75}})
         >>> [(row.metric, format_delta(row.delta)) for row in compare_outputs(old, new)]
