@@ -51,6 +51,8 @@ class GomlSettings(BaseSettings):
         suites: scoring suites, ``"all"`` or a comma-separated list.
         server_api_key: the bearer token ``goml serve`` requires on ``/v1/*``
             (``GOML_SERVER_API_KEY``); None serves without authentication. Never shown.
+        influx_token: the InfluxDB token ``goml expand`` writes with (``GOML_INFLUX_TOKEN``;
+            ``user:password`` for InfluxDB 1.x). Never shown.
     """
 
     model_config = SettingsConfigDict(
@@ -76,6 +78,7 @@ class GomlSettings(BaseSettings):
     concurrency: int = Field(default=4, ge=1, le=1024)
     suites: str = "all"
     server_api_key: SecretStr | None = None
+    influx_token: SecretStr | None = None
 
     def __init__(self, **values: Any) -> None:
         try:
@@ -86,7 +89,7 @@ class GomlSettings(BaseSettings):
             if field not in type(self).model_fields:
                 raise ConfigError(field, f"unknown setting: {first['msg']}") from None
             # Secrets are never echoed, and the chained ValidationError would repeat them.
-            secret = field in ("api_key", "server_api_key")
+            secret = field in ("api_key", "server_api_key", "influx_token")
             shown = "<hidden>" if secret else repr(first.get("input"))
             problem = f"{first['msg']} (got {shown}; env var GOML_{field.upper()})"
             error = ConfigError(field, problem)

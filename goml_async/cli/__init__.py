@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from goml_async import __version__
 from goml_async.errors import GomlError
 
-from . import chat, compare, generate, mcp_server, models, probe, score, serve
+from . import agent, chat, compare, generate, mcp_server, models, probe, score, serve
 
 __all__ = ["build_parser", "main"]
 
@@ -27,6 +27,8 @@ examples:
   goml score --input responses.jsonl --output s.json   score responses (heuristics, judge)
   goml probe --model http://127.0.0.1:8080/v1          the 23 capability probes, graded
   goml compare old.json new.json                       averages of two scores files
+  goml agent --config agent.toml                       score training checkpoints into InfluxDB
+  goml expand --prompts seeds.jsonl --worker w1 -o out generate responses for seed prompts
   goml mcp --model default                             MCP tools (generate, score, probe)
 
 Settings come from GOML_* environment variables (see the docs' settings page).
@@ -50,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_parser(commands)
     probe.add_parser(commands)
     compare.add_parser(commands)
+    agent.add_parser(commands)  # agent and expand
     mcp_server.add_parser(commands)
     return parser
 
