@@ -21,6 +21,8 @@ pytestmark = pytest.mark.slow
 SYSTEM = "You are a helpful assistant."
 
 
+# 23 answers and 23 judge calls on 2 CPU cores: about 1-2 minutes, more on a busy machine.
+@pytest.mark.timeout(600)
 def test_probe_cli_on_the_bundled_model_judged_by_itself(
     bundled_gguf: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -50,6 +52,7 @@ def test_probe_cli_on_the_bundled_model_judged_by_itself(
     assert f"{report['passed']}" in table.splitlines()[-2]
 
 
+@pytest.mark.timeout(300)
 def test_score_cli_with_the_bundled_model_as_judge(
     bundled_gguf: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
