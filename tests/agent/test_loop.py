@@ -542,7 +542,9 @@ async def test_influx_stopped_mid_run_is_replayed_on_the_next_pass(
 
 
 @pytest.mark.slow
-def test_sigterm_stops_goml_agent_cleanly(
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_stops_goml_agent_cleanly(
+    signum: signal.Signals,
     checkpoint_tree: CheckpointTree,
     tmp_path: Path,
     influxd: InfluxServer,  # noqa: F811
@@ -567,10 +569,10 @@ def test_sigterm_stops_goml_agent_cleanly(
                 seen.append(line)
                 if line.startswith("evaluating "):
                     break
-            process.send_signal(signal.SIGTERM)
+            process.send_signal(signum)
             _, err = process.communicate(timeout=30)
     stderr = "".join(seen) + err
     assert process.returncode == 0, stderr
     assert "Traceback" not in stderr
-    assert "goml agent: stopped by SIGTERM" in stderr
+    assert f"goml agent: stopped by {signum.name}" in stderr
     assert not ScoredState(tmp_path / "work" / "scored.json").load().pairs
