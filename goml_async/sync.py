@@ -26,6 +26,7 @@ from typing import Any, Self, TypeVar
 
 import anyio
 from anyio.from_thread import BlockingPortal
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from . import registry
 from .compat import Backend
@@ -126,20 +127,50 @@ def shutdown() -> None:
     _loop.stop()
 
 
-async def _next_token(stream: TokenStream) -> Token | None:
+async def _pump(
+    stream: TokenStream,
+    requests: MemoryObjectReceiveStream[None],
+    replies: MemoryObjectSendStream[Token],
+) -> None:
+    """Own ``stream`` in one task of the loop: one token per request, nothing read ahead.
+
+    Every step of a stream must run in the same task (backends hold limiters and cancel scopes
+    across tokens), so the blocking side asks this task for each token instead of stepping the
+    stream from a new task per token.
+    """
+    async with stream, requests, replies:
+        async for _ in requests:
+            try:
+                token = await stream.__anext__()
+            except StopAsyncIteration:
+                return
+            await replies.send(token)
+
+
+async def _ask(
+    requests: MemoryObjectSendStream[None], replies: MemoryObjectReceiveStream[Token]
+) -> Token | None:
+    """The next token from :func:`_pump`, or None once the stream ended (or failed)."""
     try:
-        return await stream.__anext__()
-    except StopAsyncIteration:
+        await requests.send(None)
+        return await replies.receive()
+    except (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream):
         return None
 
 
 def _iterate(stream: TokenStream) -> Iterator[Token]:
     portal = _loop.portal()
+    request_send, request_receive = anyio.create_memory_object_stream[None]()
+    reply_send, reply_receive = anyio.create_memory_object_stream[Token]()
+    pump = portal.start_task_soon(_pump, stream, request_receive, reply_send)
     try:
-        while (token := portal.call(_next_token, stream)) is not None:
+        while (token := portal.call(_ask, request_send, reply_receive)) is not None:
             yield token
     finally:
-        portal.call(stream.aclose)
+        # Leaving early ends the pump's request loop, which closes the stream in its own task.
+        portal.call(request_send.aclose)
+        portal.call(reply_receive.aclose)
+        pump.result()  # waits for the pump; re-raises the stream's error, if any
 
 
 def _unwrap(model: TextModel | BlockingModel) -> TextModel:

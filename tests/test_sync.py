@@ -13,9 +13,16 @@ import anyio.lowlevel
 import pytest
 import trio
 
-from goml_async import GenerationError, GenOpts, GomlError, InferenceAdapter, TextModel
+from goml_async import (
+    GenerationError,
+    GenOpts,
+    GomlError,
+    InferenceAdapter,
+    StreamInterrupted,
+    TextModel,
+)
 from goml_async import sync as goml_sync
-from goml_async.testing import ScriptedModel
+from goml_async.testing import FakeOpenAIServer, Script, ScriptedModel
 
 
 def test_generate_in_a_plain_script() -> None:
@@ -91,6 +98,32 @@ def test_streaming_yields_tokens_and_leaving_early_stops_generation() -> None:
     assert scripted.metrics().generated_tokens == 1
 
 
+def test_streaming_over_http_keeps_each_stream_in_one_task() -> None:
+    # The HTTP backend holds a limiter token and a response across tokens: stepping its stream
+    # from a new task per token failed at the end of every stream.
+    with FakeOpenAIServer(Script(tokens=["Hel", "lo", " there"])) as server:
+        model = goml_sync.load_model(server.base_url)
+        try:
+            assert [t.text for t in model.stream_chat([{"role": "user", "content": "q"}])] == [
+                "Hel",
+                "lo",
+                " there",
+            ]
+            assert "".join(t.text for t in model.stream("x")) == "Hello there"
+            # Leaving early closes the response on the server side, and the stream's error
+            # (a server disconnect after the first token) reaches the caller.
+            tokens = model.stream("x")
+            assert next(tokens).text == "Hel"
+            tokens.close()
+            assert server.wait_for(lambda: server.streams_aborted + server.streams_completed == 3)
+            server.script = Script(tokens=["a", "b", "c"], disconnect_after=1)
+            with pytest.raises(StreamInterrupted) as caught:
+                list(model.stream("x"))
+            assert caught.value.partial_text == "a"
+        finally:
+            goml_sync.run(model.model.aclose)
+
+
 def test_stream_chat() -> None:
     model = goml_sync.BlockingModel(ScriptedModel(["x", "y"]))
     assert [t.text for t in model.stream_chat([{"role": "user", "content": "q"}])] == ["x", "y"]
@@ -152,7 +185,7 @@ def test_a_script_exits_promptly_with_the_loop_thread_running() -> None:
     script = textwrap.dedent(
         """
         from goml_async import sync
-        from goml_async.testing import ScriptedModel
+        from goml_async.testing import FakeOpenAIServer, Script, ScriptedModel
         print(sync.generate(ScriptedModel(["bye"]), "x").text)
         """
     )
