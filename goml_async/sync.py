@@ -118,8 +118,21 @@ atexit.register(_loop.stop)
 
 
 def run(func: Callable[..., Awaitable[T]], *args: Any) -> T:
-    """Run ``await func(*args)`` on the background loop and return its result."""
-    return _loop.portal().call(func, *args)
+    """Run ``await func(*args)`` on the background loop and return its result.
+
+    An exception in the calling thread while it waits (Ctrl-C's KeyboardInterrupt) cancels the
+    call on the loop too, so an interrupted generation stops instead of running on unseen.
+    """
+    return _call(_loop.portal(), func, *args)
+
+
+def _call(portal: BlockingPortal, func: Callable[..., Awaitable[T]], *args: Any) -> T:
+    future = portal.start_task_soon(func, *args)
+    try:
+        return future.result()
+    except BaseException:
+        future.cancel()
+        raise
 
 
 def shutdown() -> None:
@@ -163,14 +176,24 @@ def _iterate(stream: TokenStream) -> Iterator[Token]:
     request_send, request_receive = anyio.create_memory_object_stream[None]()
     reply_send, reply_receive = anyio.create_memory_object_stream[Token]()
     pump = portal.start_task_soon(_pump, stream, request_receive, reply_send)
+    interrupted = True
     try:
-        while (token := portal.call(_ask, request_send, reply_receive)) is not None:
+        while (token := _call(portal, _ask, request_send, reply_receive)) is not None:
             yield token
+        interrupted = False
+    except GeneratorExit:  # the caller left the loop early, between two tokens
+        interrupted = False
+        raise
     finally:
-        # Leaving early ends the pump's request loop, which closes the stream in its own task.
-        portal.call(request_send.aclose)
-        portal.call(reply_receive.aclose)
-        pump.result()  # waits for the pump; re-raises the stream's error, if any
+        if interrupted:
+            # e.g. Ctrl-C while a token was being computed: cancel the pump, whose shielded
+            # cleanup still closes the stream (and so stops the generation).
+            pump.cancel()
+        else:
+            # Ends the pump's request loop, which closes the stream in its own task.
+            portal.call(request_send.aclose)
+            portal.call(reply_receive.aclose)
+            pump.result()  # waits for the pump; re-raises the stream's error, if any
 
 
 def _unwrap(model: TextModel | BlockingModel) -> TextModel:

@@ -194,3 +194,41 @@ def test_a_script_exits_promptly_with_the_loop_thread_running() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "bye"
+
+
+CTRL_C_SCRIPT = """
+import os, signal, threading, time
+from goml_async import sync
+from goml_async.testing import ScriptedModel
+
+model = ScriptedModel(["tok"] * 1000, delay=0.01)
+blocking = sync.BlockingModel(model)
+threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
+try:
+    if MODE == "generate":
+        blocking.generate("x")
+    else:
+        for _ in blocking.stream("x"):
+            pass
+except KeyboardInterrupt:
+    print("interrupted")
+deadline = time.monotonic() + 2
+while model._open and time.monotonic() < deadline:
+    time.sleep(0.01)
+count = len(model.calls) and model.metrics().generated_tokens
+time.sleep(0.2)  # had the generation gone on unseen, it would have produced ~20 more tokens
+print("open", model._open, "stopped", count == model.metrics().generated_tokens)
+"""
+
+
+@pytest.mark.parametrize("mode", ["generate", "stream"])
+def test_ctrl_c_stops_the_generation_behind_a_blocking_call(mode: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", f"MODE = {mode!r}\n{CTRL_C_SCRIPT}"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["interrupted", "open", "0", "stopped", "True"], done.stderr
