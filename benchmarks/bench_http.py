@@ -705,6 +705,98 @@ def write_markdown(path: Path, section: str) -> None:
     _report.write_markdown(path, "bench_http", section, INTRO)
 
 
+def medians(rows: Sequence[Samples], names: Sequence[str]) -> dict[str, float]:
+    """Median tokens/s of the named clients that ran."""
+    return {name: row.median for name in names if (row := by_name(rows, name)) is not None}
+
+
+def result_measures(result: BackendResult, streams: int) -> list[_report.Measure]:
+    """The summary rows of one event loop: the single-stream and concurrent ratios, errors."""
+    tag = result.backend
+    single_goml = by_name(result.single, GOML)
+    measures: list[_report.Measure] = []
+    for peer, target in ((OPENAI, DESIGN_RATIO), (RAW, RAW_RATIO)):
+        theirs, value = by_name(result.single, peer), ratio(result.single, GOML, peer)
+        if single_goml is None or theirs is None or value is None:
+            continue
+        measures.append(
+            _report.Measure(
+                measure=f"one stream ({tag})",
+                unit="tokens/s",
+                goml=single_goml.median,
+                peer=theirs.median,
+                peer_name=peer,
+                ratio=value,
+                target=f">= {target:g}x",
+                passed=value >= target,
+            )
+        )
+    for phase, rows in result.concurrent.items():
+        mine, theirs = by_name(rows, GOML), by_name(rows, OPENAI)
+        value = ratio(rows, GOML, OPENAI)
+        if mine is None or theirs is None or value is None:
+            continue
+        measures.append(
+            _report.Measure(
+                measure=f"{streams} concurrent streams, {phase} burst, total ({tag})",
+                unit="tokens/s",
+                goml=mine.median,
+                peer=theirs.median,
+                peer_name=OPENAI,
+                ratio=value,
+                target=f">= {ISSUE_RATIO:g}x",
+                passed=value >= ISSUE_RATIO,
+            )
+        )
+    gomls = [row for rows in result.concurrent.values() if (row := by_name(rows, GOML))]
+    errors = sum(sum(row.errors.values()) for row in gomls)
+    measures.append(
+        _report.Measure(
+            measure=f"{streams} concurrent streams: errors, pool exhaustion included ({tag})",
+            unit="errors",
+            goml=errors,
+            peer=None,
+            peer_name="",
+            ratio=None,
+            target="0",
+            passed=errors == 0,
+        )
+    )
+    return measures
+
+
+def write_results(results: Sequence[BackendResult], options: Options) -> Path:
+    """The key ratios of every event loop, and asyncio's tokens/s for the plot."""
+    measures = [m for result in results for m in result_measures(result, options.streams)]
+    throughput = []
+    for result in results:
+        if result.backend != "asyncio":
+            continue
+        throughput.append(
+            _report.Throughput(
+                "HTTP client: one stream (asyncio)",
+                GOML,
+                medians(result.single, (GOML, OPENAI, RAW)),
+            )
+        )
+        last = PHASES[-1]
+        throughput.append(
+            _report.Throughput(
+                f"HTTP client: {options.streams} streams, total ({last} burst, asyncio)",
+                GOML,
+                medians(result.concurrent[last], (GOML, OPENAI, RAW)),
+            )
+        )
+    return _report.write_results(
+        "bench_http",
+        title="HTTP SSE client",
+        heading=HEADING.removeprefix("## "),
+        machine=machine_line(),
+        measures=measures,
+        throughput=throughput,
+    )
+
+
 # -- command line ---------------------------------------------------------------------------------
 
 
@@ -731,7 +823,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--backend", choices=("asyncio", "trio", "both"), default="both")
     parser.add_argument(
-        "--markdown", type=Path, help="also write/replace the results section in this file"
+        "--markdown",
+        type=Path,
+        help="also write/replace the results section in this file, and the key numbers in "
+        "benchmarks/results/bench_http.json",
     )
     return parser.parse_args(argv)
 
@@ -788,6 +883,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.markdown is not None:
         write_markdown(args.markdown, markdown_section(results, options))
         console.print(f"wrote the results section of {args.markdown}")
+        console.print(f"wrote {write_results(results, options)}")
     return 0
 
 

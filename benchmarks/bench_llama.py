@@ -654,6 +654,49 @@ def write_markdown(path: Path, section: str) -> None:
     _report.write_markdown(path, "bench_llama", section, INTRO)
 
 
+def write_results(results: Results, args: argparse.Namespace) -> Path:
+    """The streaming ratio and the break-to-idle latency, and both clients' tokens/s."""
+    goml_cancel, raw_cancel = results.cancel
+    stream_ratio = results.goml.median / results.raw.median
+    measures = [
+        _report.Measure(
+            measure=f"streaming {args.tokens} tokens ({args.backend})",
+            unit="tokens/s",
+            goml=results.goml.median,
+            peer=results.raw.median,
+            peer_name=RAW,
+            ratio=stream_ratio,
+            target=f">= {TARGET_RATIO}x",
+            passed=stream_ratio >= TARGET_RATIO,
+        ),
+        _report.Measure(
+            measure="break to idle slot, median",
+            unit="ms",
+            goml=goml_cancel.median,
+            peer=raw_cancel.median,
+            peer_name=RAW,
+            ratio=goml_cancel.median / raw_cancel.median if raw_cancel.median else None,
+            target=f"< {TARGET_CANCEL_MS:g} ms",
+            passed=goml_cancel.median < TARGET_CANCEL_MS,
+        ),
+    ]
+    throughput = [
+        _report.Throughput(
+            f"llama backend: {args.tokens} tokens from llama-server ({args.backend})",
+            GOML,
+            {GOML: results.goml.median, RAW: results.raw.median},
+        )
+    ]
+    return _report.write_results(
+        "bench_llama",
+        title="llama.cpp backend",
+        heading=HEADING.removeprefix("## "),
+        machine=machine_line(),
+        measures=measures,
+        throughput=throughput,
+    )
+
+
 def print_results(console: Console, results: Results, args: argparse.Namespace) -> None:
     console.print(rich_table(stream_title(args), STREAM_COLUMNS, stream_rows(results)))
     cancel_rows = [summary.cells() for summary in results.cancel]
@@ -677,7 +720,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--backend", choices=("asyncio", "trio"), default="asyncio")
     parser.add_argument(
-        "--markdown", type=Path, help="also write/replace the results section in this file"
+        "--markdown",
+        type=Path,
+        help="also write/replace the results section in this file, and the key numbers in "
+        "benchmarks/results/bench_llama.json",
     )
     return parser.parse_args(argv)
 
@@ -697,6 +743,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.markdown is not None:
         write_markdown(args.markdown, markdown_section(results, args))
         console.print(f"wrote the results section of {args.markdown}")
+        console.print(f"wrote {write_results(results, args)}")
     return 0
 
 

@@ -758,6 +758,55 @@ def write_markdown(path: Path, key: str, block: str) -> None:
     path.write_text(text)
 
 
+def write_results(results: Results, args: argparse.Namespace) -> Path:
+    """The decode ratio and the break-to-stop latency, and both clients' tokens/s.
+
+    The default model's run is ``bench_mlx.json``; another model's is ``bench_mlx-KEY.json``.
+    """
+    subject, goml, raw = results.subject, results.goml, results.raw
+    goml_cancel, raw_cancel = results.cancel
+    decode_ratio = goml.median / raw.median
+    stop = goml_cancel.median("stop_ms")
+    measures = [
+        _report.Measure(
+            measure=f"decoding {args.tokens} tokens ({args.backend})",
+            unit="tokens/s",
+            goml=goml.median,
+            peer=raw.median,
+            peer_name=RAW,
+            ratio=decode_ratio,
+            target=f">= {TARGET_RATIO}x",
+            passed=decode_ratio >= TARGET_RATIO,
+        ),
+        _report.Measure(
+            measure="break to stop, median",
+            unit="ms",
+            goml=stop,
+            peer=raw_cancel.median("stop_ms"),
+            peer_name=RAW,
+            ratio=None,
+            target=f"< {TARGET_CANCEL_MS:g} ms",
+            passed=stop < TARGET_CANCEL_MS,
+        ),
+    ]
+    throughput = [
+        _report.Throughput(
+            f"MLX bridge: decoding {args.tokens} tokens, {subject.label} ({args.backend})",
+            GOML,
+            {GOML: goml.median, RAW: raw.median},
+        )
+    ]
+    name = "bench_mlx" if subject.key == "smollm2" else f"bench_mlx-{subject.key}"
+    return _report.write_results(
+        name,
+        title="MLX backend" if subject.key == "smollm2" else f"MLX backend ({subject.key})",
+        heading=subject.label,
+        machine=machine_line(),
+        measures=measures,
+        throughput=throughput,
+    )
+
+
 def print_results(console: Console, results: Results, args: argparse.Namespace) -> None:
     console.print(f"Model: {results.subject.folder} ({results.info})")
     console.print(rich_table(stream_title(args), STREAM_COLUMNS, stream_rows(results)))
@@ -786,7 +835,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--trials", type=positive_int, default=10, help="break-to-stop trials")
     parser.add_argument("--backend", choices=("asyncio", "trio"), default="asyncio")
     parser.add_argument(
-        "--markdown", type=Path, help="also write/replace this model's results in this file"
+        "--markdown",
+        type=Path,
+        help="also write/replace this model's results in this file, and the key numbers in "
+        "benchmarks/results/bench_mlx[-MODEL].json",
     )
     args = parser.parse_args(argv)
     if args.model is not None and not (args.model / "config.json").is_file():
@@ -836,6 +888,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.markdown is not None:
         write_markdown(args.markdown, subject.key, markdown_block(results, args))
         console.print(f"wrote the {subject.key} block of the bench_mlx section of {args.markdown}")
+        console.print(f"wrote {write_results(results, args)}")
     return 0
 
 

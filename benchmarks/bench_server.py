@@ -537,6 +537,52 @@ def markdown_section(results: Results, args: argparse.Namespace) -> str:
     return "\n".join(parts).rstrip()
 
 
+def write_results(results: Results, args: argparse.Namespace) -> Path:
+    """The three ratios of the section (no target is set for them), and the streaming rates."""
+
+    def measure(name: str, unit: str, mine: float, theirs: float, peer: str) -> _report.Measure:
+        return _report.Measure(name, unit, mine, theirs, peer, mine / theirs)
+
+    measures = [
+        measure(
+            f"streaming {args.tokens} tokens through goml serve",
+            "tokens/s",
+            results.served.median,
+            results.direct.median,
+            DIRECT,
+        ),
+        measure(
+            "short requests, no model (ScriptedModel)",
+            "requests/s",
+            results.scripted.median,
+            results.bare.median,
+            BARE,
+        ),
+        measure(
+            "short requests, real model (max_tokens 1)",
+            "requests/s",
+            results.real_served.median,
+            results.real_direct.median,
+            DIRECT,
+        ),
+    ]
+    throughput = [
+        _report.Throughput(
+            f"goml serve: streaming {args.tokens} tokens from llama-server",
+            SERVED,
+            {SERVED: results.served.median, DIRECT: results.direct.median},
+        )
+    ]
+    return _report.write_results(
+        "bench_server",
+        title="OpenAI-compatible server",
+        heading=HEADING.removeprefix("## "),
+        machine=machine_line(),
+        measures=measures,
+        throughput=throughput,
+    )
+
+
 def print_results(console: Console, results: Results, args: argparse.Namespace) -> None:
     console.print(rich_table(stream_title(args), STREAM_COLUMNS, stream_rows(results)))
     console.print(rich_table(rate_title(args), RPS_COLUMNS, rate_rows(results)))
@@ -556,7 +602,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="llama-server binary or xllamacpp launcher (default: the binary if one is built)",
     )
     parser.add_argument(
-        "--markdown", type=Path, help="also write/replace the results section in this file"
+        "--markdown",
+        type=Path,
+        help="also write/replace the results section in this file, and the key numbers in "
+        "benchmarks/results/bench_server.json",
     )
     return parser.parse_args(argv)
 
@@ -577,6 +626,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.markdown, "bench_server", markdown_section(results, args), INTRO
         )
         console.print(f"wrote the results section of {args.markdown}")
+        console.print(f"wrote {write_results(results, args)}")
     return 0
 
 

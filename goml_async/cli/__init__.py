@@ -31,7 +31,7 @@ examples:
   goml expand --prompts seeds.jsonl --worker w1 -o out generate responses for seed prompts
   goml mcp --model default                             MCP tools (generate, score, probe)
 
-Settings come from GOML_* environment variables (see the docs' settings page).
+Settings come from GOML_* environment variables (GomlSettings in the API reference).
 """
 
 
