@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from goml_async import __version__
 from goml_async.errors import GomlError
 
-from . import agent, chat, compare, generate, mcp_server, models, probe, score, serve
+from . import agent, bench, chat, compare, generate, mcp_server, models, probe, score, serve
 
 __all__ = ["build_parser", "main"]
 
@@ -30,6 +30,7 @@ examples:
   goml agent --config agent.toml                       score training checkpoints into InfluxDB
   goml expand --prompts seeds.jsonl --worker w1 -o out generate responses for seed prompts
   goml mcp --model default                             MCP tools (generate, score, probe)
+  goml bench --model models/m.gguf                     time to first token and tokens/s here
 
 Settings come from GOML_* environment variables (GomlSettings in the API reference).
 """
@@ -54,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_parser(commands)
     agent.add_parser(commands)  # agent and expand
     mcp_server.add_parser(commands)
+    bench.add_parser(commands)
     return parser
 
 
