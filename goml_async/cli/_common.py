@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import time
+from pathlib import Path
 
 from rich.console import Console
 
 from goml_async.model import TextModel
-from goml_async.registry import load_default_model, load_model
+from goml_async.registry import bundled_model_path, load_default_model, load_model
 
-__all__ = ["describe_target", "is_url", "load_target"]
+__all__ = ["describe_target", "is_url", "load_target", "served_name"]
 
 _DEFAULT_LABEL = "the bundled default model (SmolLM2-135M-Instruct)"
 
@@ -18,6 +19,16 @@ _DEFAULT_LABEL = "the bundled default model (SmolLM2-135M-Instruct)"
 def is_url(spec: str) -> bool:
     """Whether ``spec`` names an OpenAI-compatible server rather than a local model."""
     return spec.startswith(("http://", "https://"))
+
+
+def served_name(spec: str) -> str:
+    """The name a served model gets by default: the file or folder name without ``.gguf``
+    (the bundled model's for ``default``), or ``""`` for a URL (the server names its model)."""
+    if spec == "default":
+        return bundled_model_path().stem
+    if is_url(spec):
+        return ""
+    return Path(spec.rstrip("/")).name.removesuffix(".gguf") or spec
 
 
 def describe_target(spec: str | None) -> str:

@@ -14,14 +14,12 @@ import signal
 import socket
 import sys
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
 
 from goml_async.errors import BackendUnavailable, ConfigError
-from goml_async.registry import bundled_model_path
 from goml_async.service import ChatAdapter, Service
 from goml_async.settings import GomlSettings
 
@@ -88,15 +86,6 @@ def add_parser(commands: Any) -> None:
     parser.set_defaults(run=run)
 
 
-def _backend_name(spec: str) -> str:
-    """The backend's default name: the model file or folder name, or ``""`` for a URL."""
-    if spec == "default":
-        return bundled_model_path().stem
-    if spec.startswith(("http://", "https://")):
-        return ""
-    return Path(spec.rstrip("/")).name.removesuffix(".gguf") or spec
-
-
 def run(args: argparse.Namespace) -> int:
     if not 0 <= args.port <= 65535:
         raise ConfigError("--port", f"must be in 0..65535, got {args.port}")
@@ -125,7 +114,7 @@ async def _main(args: argparse.Namespace, settings: GomlSettings) -> int:
 
     from goml_async.mcp import create_mcp_server
 
-    from ._common import load_target
+    from ._common import load_target, served_name
 
     sock = _listen(args.host, args.port) if args.transport == "http" else None
     service = Service(settings)
@@ -136,7 +125,7 @@ async def _main(args: argparse.Namespace, settings: GomlSettings) -> int:
             http_model=args.http_model,
             console=Console(stderr=True),
         )
-        name = args.name or _backend_name(args.model) or getattr(model, "model_name", "") or "http"
+        name = args.name or served_name(args.model) or getattr(model, "model_name", "") or "http"
         service.register(name, ChatAdapter(model, name), own=True, default=True)
         async with service:
             server = create_mcp_server(

@@ -17,17 +17,18 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
 
 from goml_async.errors import ConfigError
-from goml_async.registry import bundled_model_path, load_default_model, load_model
+from goml_async.registry import load_default_model, load_model
 from goml_async.server import ServerConfig, create_app, require_server_extra
 from goml_async.service import ChatAdapter, Service
 from goml_async.settings import GomlSettings
+
+from ._common import served_name
 
 if TYPE_CHECKING:
     import uvicorn
@@ -104,16 +105,6 @@ def add_parser(commands: Any) -> None:
         help="server log level (warning)",
     )
     parser.set_defaults(run=run)
-
-
-def _model_name(model: str) -> str:
-    """The default served name: the file or folder name without ``.gguf``, or the URL's model."""
-    if model == "default":
-        return bundled_model_path().stem
-    if model.startswith(("http://", "https://")):
-        return ""
-    name = Path(model.rstrip("/")).name
-    return name.removesuffix(".gguf") or model
 
 
 def _check(args: argparse.Namespace) -> ServerConfig:
@@ -276,7 +267,7 @@ async def _run(
     from goml_async.server.ml_routes import ml_mount
 
     async with model, Service(GomlSettings()) as service:
-        name = config.model_name or _model_name(args.model) or None
+        name = config.model_name or served_name(args.model) or None
         app = create_app(model, config, model_name=name, routes=[ml_mount(service, config)])
         # The served model is the Service's default backend (the model stays ours to close).
         service.register(app.model_name, ChatAdapter(model, app.model_name), default=True)

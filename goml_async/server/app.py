@@ -56,7 +56,7 @@ from .limits import (
 from .sse import TokenStreamSender, run_until_disconnect
 from .stats import ServerStats
 
-__all__ = ["ServerApp"]
+__all__ = ["ServerApp", "read_json_body"]
 
 logger = logging.getLogger("goml_async.server")
 
@@ -93,6 +93,30 @@ class _Endpoint:
 def _default_name(model: TextModel) -> str:
     name = getattr(model, "model_name", "")
     return name if isinstance(name, str) and name else model.model_type
+
+
+async def read_json_body(request: Request, max_body_bytes: int) -> object:
+    """The request's JSON body, read incrementally up to ``max_body_bytes``.
+
+    Raises:
+        ServerError: 400 for a bad Content-Length or a body that is not JSON, 413 for a body
+            over the limit.
+    """
+    declared = request.headers.get("content-length")
+    try:
+        length = int(declared) if declared is not None else None
+    except ValueError:
+        raise ServerError(400, f"invalid Content-Length {declared!r}") from None
+    try:
+        body = await read_body(request.stream(), max_body_bytes, declared_length=length)
+    except BodyTooLarge as exc:
+        raise ServerError(413, str(exc), code="request_too_large") from None
+    try:
+        return json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ServerError(
+            400, f"the request body is not valid JSON: {exc}", code="invalid_json"
+        ) from None
 
 
 class ServerApp:
@@ -321,23 +345,7 @@ class ServerApp:
         await response(scope, receive, send)
 
     async def _read(self, request: Request, *, chat: bool) -> CompletionRequest:
-        declared = request.headers.get("content-length")
-        try:
-            length = int(declared) if declared is not None else None
-        except ValueError:
-            raise ServerError(400, f"invalid Content-Length {declared!r}") from None
-        try:
-            body = await read_body(
-                request.stream(), self.config.max_body_bytes, declared_length=length
-            )
-        except BodyTooLarge as exc:
-            raise ServerError(413, str(exc), code="request_too_large") from None
-        try:
-            payload = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ServerError(
-                400, f"the request body is not valid JSON: {exc}", code="invalid_json"
-            ) from None
+        payload = await read_json_body(request, self.config.max_body_bytes)
         return parse_completion_request(payload, chat=chat)
 
     async def _complete(self, scope: Scope, receive: Receive, send: Send, *, chat: bool) -> None:

@@ -24,7 +24,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Awaitable, Callable, Mapping
@@ -42,7 +41,8 @@ from ..errors import BackendUnavailable, ConfigError
 from ..service import Service, ServiceUnavailable, UnknownBackendError
 from ..types import GenerateMetrics, GenOpts
 from ._wire import ServerError, error_from_exception, usage
-from .limits import BodyTooLarge, ServerConfig, bearer_token_ok, read_body
+from .app import read_json_body
+from .limits import ServerConfig, bearer_token_ok
 
 __all__ = ["GenerateRequest", "create_ml_app", "ml_mount", "ml_routes", "parse_generate_request"]
 
@@ -192,23 +192,7 @@ class _Handlers:
         return self.service.status().to_dict()
 
     async def _read(self, request: Request) -> object:
-        declared = request.headers.get("content-length")
-        try:
-            length = int(declared) if declared is not None else None
-        except ValueError:
-            raise ServerError(400, f"invalid Content-Length {declared!r}") from None
-        try:
-            raw = await read_body(
-                request.stream(), self.config.max_body_bytes, declared_length=length
-            )
-        except BodyTooLarge as exc:
-            raise ServerError(413, str(exc), code="request_too_large") from None
-        try:
-            return json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ServerError(
-                400, f"the request body is not valid JSON: {exc}", code="invalid_json"
-            ) from None
+        return await read_json_body(request, self.config.max_body_bytes)
 
     async def _generate(self, request: Request) -> dict[str, Any]:
         parsed = parse_generate_request(await self._read(request))
