@@ -116,8 +116,13 @@ async def test_a_crash_mid_stream_reports_the_exit_code_and_logs(
         pid = model.server.pid
         assert pid is not None
         received = 0
+        # ignore_eos: the random model must not finish (and the server flush [DONE]) before
+        # the kill lands, which a sampled end-of-text sometimes did.
+        stream = model.generate(
+            "hello", max_tokens=0, temperature=1.0, extra_body={"ignore_eos": True}
+        )
         with pytest.raises(StreamInterrupted) as caught:
-            async for _token in model.generate("hello", max_tokens=0, temperature=1.0):
+            async for _token in stream:
                 received += 1
                 if received == 1:
                     os.killpg(pid, signal.SIGKILL)
