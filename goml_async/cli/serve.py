@@ -268,7 +268,12 @@ async def _run(
 
     async with model, Service(GomlSettings()) as service:
         name = config.model_name or served_name(args.model) or None
-        app = create_app(model, config, model_name=name, routes=[ml_mount(service, config)])
+        app = create_app(
+            model,
+            config,
+            model_name=name,
+            routes=lambda app: [ml_mount(service, config, admit=app.admit)],
+        )
         # The served model is the Service's default backend (the model stays ours to close).
         service.register(app.model_name, ChatAdapter(model, app.model_name), default=True)
         url = _url(sock)

@@ -21,7 +21,7 @@ Example:
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -57,7 +57,7 @@ def create_app(
     model: TextModel,
     config: ServerConfig | None = None,
     *,
-    routes: Sequence[Any] = (),
+    routes: Sequence[Any] | Callable[[Any], Sequence[Any]] = (),
     **options: Any,
 ) -> ServerApp:
     """Serve ``model`` in OpenAI's format as an ASGI app.
@@ -67,8 +67,9 @@ def create_app(
         config: the limits; keyword ``options`` (the :class:`ServerConfig` fields:
             ``model_name``, ``max_concurrency``, ``max_tokens``, ``timeout``, ``max_context``,
             ``max_body_bytes``, ``api_key``, ``retry_after``, ``static_dir``) override it.
-        routes: extra Starlette routes served beside the OpenAI ones (``goml serve`` adds
-            :func:`~goml_async.server.ml_routes.ml_mount`).
+        routes: extra Starlette routes served beside the OpenAI ones, or a function of the
+            app that returns them (``goml serve`` adds
+            :func:`~goml_async.server.ml_routes.ml_mount` with ``admit=app.admit``).
 
     Returns:
         A :class:`~goml_async.server.app.ServerApp`.

@@ -16,10 +16,11 @@ status. This module needs the ``server`` extra (Starlette); build the app with
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -134,7 +135,10 @@ class ServerApp:
     """
 
     def __init__(
-        self, model: TextModel, config: ServerConfig, routes: Sequence[BaseRoute] = ()
+        self,
+        model: TextModel,
+        config: ServerConfig,
+        routes: Sequence[BaseRoute] | Callable[[ServerApp], Sequence[BaseRoute]] = (),
     ) -> None:
         self.model = model
         self.config = config
@@ -147,6 +151,7 @@ class ServerApp:
         self._idle: anyio.Event | None = None
         self._started = time.monotonic()
         self._created = int(time.time())
+        extra = routes(self) if callable(routes) else routes
         routes = [
             Route("/healthz", self._healthz, methods=["GET"]),
             Route("/v1/models", self._models, methods=["GET"]),
@@ -154,7 +159,7 @@ class ServerApp:
             Route("/v1/models/{model_id:path}", self._model, methods=["GET"]),
             Route("/v1/chat/completions", _Endpoint(self._chat), methods=["POST"]),
             Route("/v1/completions", _Endpoint(self._completion), methods=["POST"]),
-            *routes,  # e.g. the /v1/ml routes goml serve mounts
+            *extra,  # e.g. the /v1/ml routes goml serve mounts
             Route("/", self._index, methods=["GET"]),
             Mount("/static", StaticFiles(directory=config.static_dir, check_dir=False)),
         ]
@@ -207,6 +212,33 @@ class ServerApp:
             if self._idle is None or self._idle.is_set():
                 self._idle = anyio.Event()
             await self._idle.wait()
+
+    @contextlib.contextmanager
+    def admit(self) -> Iterator[None]:
+        """Count one request of another route (e.g. ``/v1/ml/generate``) against the same
+        concurrency cap and shutdown drain as the completions.
+
+        Raises:
+            ServerError: 503 while shutting down, 429 when the cap is reached.
+        """
+        if self._shutting_down:
+            raise ServerError(503, _SHUTTING_DOWN, code="shutting_down")
+        if not self._gate.try_enter():
+            raise self._busy()
+        try:
+            yield
+        finally:
+            self._leave()
+
+    def _busy(self) -> ServerError:
+        return ServerError(
+            429,
+            f"the server is busy: {self._gate.limit} request(s) in progress, the most it serves "
+            "at once; retry later",
+            type="rate_limit_error",
+            code="server_busy",
+            headers={"Retry-After": str(self.config.retry_after)},
+        )
 
     def _leave(self) -> None:
         self._gate.leave()
@@ -359,14 +391,7 @@ class ServerApp:
             self._check_model(parsed.model)
             # The check and the count are one synchronous step: no await can slip between.
             if not self._gate.try_enter():
-                raise ServerError(
-                    429,
-                    f"the server is busy: {self._gate.limit} request(s) in progress, the most "
-                    "it serves at once; retry later",
-                    type="rate_limit_error",
-                    code="server_busy",
-                    headers={"Retry-After": str(self.config.retry_after)},
-                )
+                raise self._busy()
         except ServerError as error:
             await self._send_error(error, scope, receive, send)
             return

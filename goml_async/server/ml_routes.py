@@ -24,6 +24,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from collections.abc import Awaitable, Callable, Mapping
@@ -148,9 +149,15 @@ def _service_error(exc: Exception, request: GenerateRequest) -> ServerError:
 class _Handlers:
     """The three endpoints, over one Service and the server's limits."""
 
-    def __init__(self, service: Service, config: ServerConfig) -> None:
+    def __init__(
+        self,
+        service: Service,
+        config: ServerConfig,
+        admit: Callable[[], contextlib.AbstractContextManager[None]] | None = None,
+    ) -> None:
         self.service = service
         self.config = config
+        self.admit = admit or contextlib.nullcontext
 
     def _authorize(self, request: Request) -> None:
         if not bearer_token_ok(request.headers, self.config.api_key):
@@ -204,7 +211,7 @@ class _Handlers:
             if self.service.state != "running":
                 raise ServiceUnavailable(self.service.state)
             name, _ = self.service.lookup(parsed.backend or None)
-            with anyio.fail_after(self.config.timeout):
+            with self.admit(), anyio.fail_after(self.config.timeout):
                 result = await self.service.generate(
                     name, parsed.prompt, opts, system=parsed.system
                 )
@@ -227,7 +234,12 @@ class _Handlers:
         }
 
 
-def ml_routes(service: Service, config: ServerConfig | None = None) -> Router:
+def ml_routes(
+    service: Service,
+    config: ServerConfig | None = None,
+    *,
+    admit: Callable[[], contextlib.AbstractContextManager[None]] | None = None,
+) -> Router:
     """The ``/backends``, ``/status`` and ``/generate`` routes over ``service``.
 
     Args:
@@ -236,13 +248,16 @@ def ml_routes(service: Service, config: ServerConfig | None = None) -> Router:
             ``max_tokens`` (the cap on a request's ``max_tokens``; 0 or none asked keeps the
             backend's default), ``timeout`` (504 after it) and ``max_body_bytes`` (413).
             Default: ``ServerConfig()``.
+        admit: entered around each generation; ``goml serve`` passes
+            :meth:`ServerApp.admit <goml_async.server.app.ServerApp.admit>`, so these requests
+            share the OpenAI routes' concurrency cap (429) and shutdown drain (503).
 
     Returns:
         A Starlette Router: ``Mount("/v1/ml", app=ml_routes(service))``.
     """
     if not isinstance(service, Service):
         raise ConfigError("service", f"must be a Service, got {type(service).__name__}")
-    handlers = _Handlers(service, config if config is not None else ServerConfig())
+    handlers = _Handlers(service, config if config is not None else ServerConfig(), admit)
     return Router(
         routes=[
             Route("/backends", handlers.backends, methods=["GET"]),
@@ -252,9 +267,20 @@ def ml_routes(service: Service, config: ServerConfig | None = None) -> Router:
     )
 
 
-def ml_mount(service: Service, config: ServerConfig | None = None) -> Mount:
-    """:func:`ml_routes` mounted at ``/v1/ml``, for ``create_app(..., routes=[...])``."""
-    return Mount("/v1/ml", app=ml_routes(service, config))
+def ml_mount(
+    service: Service,
+    config: ServerConfig | None = None,
+    *,
+    admit: Callable[[], contextlib.AbstractContextManager[None]] | None = None,
+) -> Mount:
+    """:func:`ml_routes` mounted at ``/v1/ml``, for ``create_app(..., routes=[...])``.
+
+    Example:
+        ```python
+        app = create_app(model, config, routes=lambda app: [ml_mount(service, admit=app.admit)])
+        ```
+    """
+    return Mount("/v1/ml", app=ml_routes(service, config, admit=admit))
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 from model_fixtures import require
@@ -21,9 +22,13 @@ require("starlette")
 
 from goml_async import GenOpts, GomlSettings, InferenceAdapter, Result, Service  # noqa: E402
 from goml_async.registry import load_model  # noqa: E402
-from goml_async.server import ServerConfig  # noqa: E402
+from goml_async.server import ServerConfig, create_app  # noqa: E402
 from goml_async.server._wire import ServerError  # noqa: E402
-from goml_async.server.ml_routes import create_ml_app, parse_generate_request  # noqa: E402
+from goml_async.server.ml_routes import (  # noqa: E402
+    create_ml_app,
+    ml_mount,
+    parse_generate_request,
+)
 from goml_async.service import ChatAdapter  # noqa: E402
 from goml_async.testing import ScriptedModel  # noqa: E402
 from goml_async.types import MessageLike  # noqa: E402
@@ -83,8 +88,10 @@ def assert_error(response: httpx.Response, status: int, code: str, param: str | 
     error = response.json()["error"]
     assert set(error) == {"message", "type", "param", "code"}
     assert (error["code"], error["param"]) == (code, param)
-    expected = {504: "timeout_error"}.get(status, "server_error")
-    assert error["type"] == (expected if status >= 500 else "invalid_request_error")
+    expected = {504: "timeout_error", 429: "rate_limit_error"}.get(status, "server_error")
+    assert error["type"] == (
+        expected if status >= 500 or status == 429 else "invalid_request_error"
+    )
     assert error["message"]
 
 
@@ -189,6 +196,56 @@ async def test_timeout_gets_504() -> None:
     service.register("slow", ScriptedModel(["a", "b"], delay=5.0))
     async with service, client(create_ml_app(service, ServerConfig(timeout=0.05))) as http:
         assert_error(await post(http, {"prompt": "hi"}), 504, "timeout", None)
+
+
+class Started(InferenceAdapter):
+    """An adapter that says when a generation has started."""
+
+    def __init__(self, model: ScriptedModel) -> None:
+        super().__init__(model, "slow")
+        self.started = anyio.Event()
+
+    async def generate(self, prompt: str, opts: GenOpts | None = None) -> Result:
+        self.started.set()
+        return await super().generate(prompt, opts)
+
+
+async def test_generate_shares_the_servers_concurrency_cap_and_drain() -> None:
+    """Under ``goml serve`` the /v1/ml routes count against the completions' cap (429 both
+    ways) and its shutdown (503)."""
+    slow = ScriptedModel(["a"] * 20, delay=0.02)
+    backend = Started(slow)
+    service = Service(GomlSettings())
+    service.register("slow", backend)
+    app = create_app(
+        slow,
+        ServerConfig(max_concurrency=1),
+        routes=lambda app: [ml_mount(service, admit=app.admit)],
+    )
+    chat = {"messages": [{"role": "user", "content": "hi"}]}
+    async with service, client(app) as http:
+        with app.admit():  # the one slot is taken (as by a completion in progress)
+            busy = await post(http, {"prompt": "hi"})
+            assert_error(busy, 429, "server_busy", None)
+            assert busy.headers["Retry-After"]
+        assert app.active_requests == 0
+
+        answers: list[httpx.Response] = []
+
+        async def generate() -> None:
+            answers.append(await post(http, {"prompt": "hi"}))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(generate)
+            await backend.started.wait()
+            assert app.active_requests == 1
+            second = await http.post("/v1/chat/completions", json=chat)
+            assert second.status_code == 429, second.text
+        assert answers[0].status_code == 200 and answers[0].json()["text"] == "a" * 20
+        assert app.active_requests == 0
+
+        app.start_shutdown()
+        assert_error(await post(http, {"prompt": "hi"}), 503, "shutting_down", None)
 
 
 # -- the bundled model ----------------------------------------------------------------------------
