@@ -5,10 +5,13 @@ How the adapter is used depends on ``AgentConfig.backend``:
 - ``"mlx"``: the MLX LoRA (``{N}_adapters.safetensors`` + ``adapter_config.json``) is copied
   into ``work_dir/<stem>-<iteration>/`` as mlx-lm expects it (``adapters.safetensors`` next to
   ``adapter_config.json``) and loaded on top of ``base_model`` with ``adapter_path``.
-- ``"llama"``: llama.cpp takes GGUF LoRAs only. The checkpoint must have a GGUF LoRA next to it,
-  with the same name ending in ``.gguf`` (``0000100_adapters.gguf``); it is copied and passed
-  to llama-server as ``--lora``. Converting an MLX LoRA to GGUF is not implemented: without the
-  ``.gguf`` file, evaluation fails with :class:`~goml_async.errors.NotSupported`.
+- ``"llama"``: llama.cpp takes GGUF LoRAs only. A GGUF LoRA next to the checkpoint, with the
+  same name ending in ``.gguf`` (``0000100_adapters.gguf``), is copied and used as it is.
+  Otherwise the MLX LoRA and its ``adapter_config.json`` are copied and converted into
+  ``work_dir/<stem>-<iteration>/<name>.gguf`` with
+  :func:`~goml_async.backends.lora_convert.convert_mlx_lora_to_gguf`, against the base GGUF
+  (``base_model``, or the bundled model for ``"default"``). Either file is passed to
+  llama-server as ``--lora``.
 - ``"http"``: the probes go to the model behind ``api_url`` (``model`` or the checkpoint's
   tag as the model name). The adapter is **not** loaded, exactly as go-ml's
   ``processWithConversion``, which converted it and never served it; nothing is copied.
@@ -42,9 +45,9 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from ..errors import ConfigError, NotSupported
+from ..errors import ConfigError
 from ..model import TextModel
-from ..registry import load_default_model, load_model
+from ..registry import bundled_model_path, load_default_model, load_model
 from ..scoring.judge import Judge
 from ..scoring.runner import (
     CAPABILITY_CONFIG,
@@ -164,8 +167,9 @@ async def evaluate_checkpoint(
 
     Raises:
         TransportError: the adapter could not be fetched.
-        NotSupported: backend ``"llama"`` and the checkpoint has no GGUF LoRA.
-        ModelLoadError: the base model or the adapter could not be loaded.
+        ModelLoadError: the base model or the adapter could not be loaded, or (backend
+            ``"llama"``) the MLX adapter could not be converted to GGUF.
+        ConfigError: backend ``"llama"``: the MLX adapter has tensors llama.cpp cannot take.
     """
     started = time.perf_counter()
     folder = work_folder(Path(config.work_dir), checkpoint)
@@ -255,20 +259,41 @@ async def _fetch_adapter(
         return None
     if config.backend == "llama":
         remote = gguf_adapter_path(checkpoint)
-        found = await transport.run(f"test -f {shlex.quote(remote)}")
-        if not found.ok:
-            raise NotSupported(
-                f"{checkpoint.label}: the llama backend needs a GGUF LoRA at {remote}; "
-                "converting an MLX adapter to GGUF is not implemented: convert it next to the "
-                "checkpoint, or use backend 'mlx' (or 'http')"
-            )
         local = folder / Path(remote).name
-        await transport.copy_from(remote, str(local))
-        return str(local)
+        found = await transport.run(f"test -f {shlex.quote(remote)}")
+        if found.ok:
+            await transport.copy_from(remote, str(local))
+            return str(local)
+        return await _convert_to_gguf(config, transport, checkpoint, folder, local)
     remote_config = f"{checkpoint.remote_dir.rstrip('/')}/{ADAPTER_CONFIG_FILE}"
     await transport.copy_from(checkpoint.remote_path, str(folder / MLX_ADAPTER_FILE))
     await transport.copy_from(remote_config, str(folder / ADAPTER_CONFIG_FILE))
     return str(folder)
+
+
+async def _convert_to_gguf(
+    config: AgentConfig,
+    transport: RemoteTransport,
+    checkpoint: Checkpoint,
+    folder: Path,
+    dest: Path,
+) -> str:
+    """Fetch the MLX LoRA and its config, convert them to a GGUF LoRA at ``dest``."""
+    from ..backends.lora_convert import convert_mlx_lora_to_gguf
+
+    remote_config = f"{checkpoint.remote_dir.rstrip('/')}/{ADAPTER_CONFIG_FILE}"
+    adapter, adapter_config = folder / MLX_ADAPTER_FILE, folder / ADAPTER_CONFIG_FILE
+    await transport.copy_from(checkpoint.remote_path, str(adapter))
+    await transport.copy_from(remote_config, str(adapter_config))
+    if not config.base_model or config.base_model == "default":
+        base = await anyio.to_thread.run_sync(bundled_model_path)
+    else:
+        base = Path(config.base_model)
+    logger.info("%s: converting the MLX LoRA to GGUF against %s", checkpoint.label, base)
+    converted = await anyio.to_thread.run_sync(
+        lambda: convert_mlx_lora_to_gguf(adapter, adapter_config, dest, base_gguf=base)
+    )
+    return str(converted)
 
 
 @asynccontextmanager

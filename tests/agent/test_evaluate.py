@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from model_fixtures import require
 
 from goml_async.agent import evaluate as evaluate_module
 from goml_async.agent.config import AgentConfig
@@ -23,13 +24,13 @@ from goml_async.agent.evaluate import (
 from goml_async.agent.points import CONTENT_DIMENSIONS
 from goml_async.agent.transport import LocalTransport
 from goml_async.agent.types import Checkpoint
-from goml_async.errors import NotSupported, TransportError
+from goml_async.errors import ModelLoadError, TransportError
 from goml_async.model import TextModel
 from goml_async.scoring.probes import CAPABILITY_PROBES, CONTENT_PROBES
 from goml_async.scoring.types import ProbeOutcome
 from goml_async.testing import FakeOpenAIServer, Script
 
-from .conftest import CheckpointTree
+from .conftest import LORA_RANK, CheckpointTree, _save_safetensors
 
 pytestmark = pytest.mark.anyio
 
@@ -165,17 +166,49 @@ async def test_llama_backend_passes_the_gguf_lora(
     assert not work_folder(config.work_dir, checkpoint).exists()
 
 
-async def test_llama_backend_without_a_gguf_lora_is_not_supported(
+@pytest.mark.slow
+async def test_llama_backend_converts_the_mlx_lora_without_a_gguf_one(
     checkpoint_tree: CheckpointTree, tiny_gguf: Path, loaded_models: list[TextModel], tmp_path: Path
 ) -> None:
     config = _config(checkpoint_tree, tmp_path, backend="llama", base_model=str(tiny_gguf))
     checkpoint = await _checkpoint(
         checkpoint_tree, "0000200_adapters.safetensors", "adapters-27b-v2"
     )
+    folder = work_folder(config.work_dir, checkpoint)
+    seen: list[list[str]] = []
+
+    def on_probe(outcome: ProbeOutcome, passed: int, done: int) -> None:
+        if done == 1:  # while the model is loaded
+            seen.append(sorted(path.name for path in folder.iterdir()))
+
     async with LocalTransport(checkpoint_tree.root) as transport:
-        with pytest.raises(
-            NotSupported, match=r"GGUF LoRA .*0000200_adapters\.gguf.*not implemented"
-        ):
+        evaluation = await evaluate_checkpoint(config, transport, checkpoint, on_probe=on_probe)
+    assert seen == [["0000200_adapters.gguf", ADAPTER_CONFIG_FILE, MLX_ADAPTER_FILE]]
+    _assert_complete(evaluation, judged=False)
+    (model,) = loaded_models
+    command = model.server.command  # type: ignore[attr-defined]
+    lora = Path(command[command.index("--lora") + 1])
+    assert lora == folder / "0000200_adapters.gguf"
+    assert model.closed  # type: ignore[attr-defined]
+    assert not folder.exists()
+    assert not checkpoint_tree.path("adapters-27b-v2/0000200_adapters.gguf").exists()
+
+
+async def test_llama_backend_reports_an_adapter_that_does_not_fit_the_base(
+    checkpoint_tree: CheckpointTree, tiny_gguf: Path, loaded_models: list[TextModel], tmp_path: Path
+) -> None:
+    np = require("numpy")
+    wrong = {
+        "model.layers.0.self_attn.q_proj.lora_a": np.zeros((64, LORA_RANK), "f4"),
+        "model.layers.0.self_attn.q_proj.lora_b": np.zeros((LORA_RANK, 96), "f4"),
+    }
+    _save_safetensors(wrong, checkpoint_tree.path("adapters-27b-v2/0000200_adapters.safetensors"))
+    config = _config(checkpoint_tree, tmp_path, backend="llama", base_model=str(tiny_gguf))
+    checkpoint = await _checkpoint(
+        checkpoint_tree, "0000200_adapters.safetensors", "adapters-27b-v2"
+    )
+    async with LocalTransport(checkpoint_tree.root) as transport:
+        with pytest.raises(ModelLoadError, match=r"96 outputs.*trained on another model"):
             await evaluate_checkpoint(config, transport, checkpoint)
     assert loaded_models == []
     assert not work_folder(config.work_dir, checkpoint).exists()
