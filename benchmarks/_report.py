@@ -14,11 +14,13 @@ import json
 import os
 import platform
 import shlex
+import statistics
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from rich.table import Table
 
@@ -177,3 +179,31 @@ def write_results(
     path = directory / f"{name}.json"
     path.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
     return path
+
+
+# -- timing helpers shared by the benchmarks ----------------------------------------------------
+
+#: One measured run of a case; it returns its sample.
+Case = Callable[[], Awaitable[Any]]
+
+
+async def round_robin(
+    cases: Mapping[str, Case], rounds: int, warmup: Mapping[str, Case] | None = None
+) -> dict[str, list[Any]]:
+    """Untimed warm-ups (by default each case once), then ``rounds`` rounds of every case, the
+    order flipping each round so neither side always runs first."""
+    for case in (cases if warmup is None else warmup).values():
+        await case()
+    samples: dict[str, list[Any]] = {name: [] for name in cases}
+    for index in range(rounds):
+        order = list(cases) if index % 2 == 0 else list(reversed(list(cases)))
+        for name in order:
+            samples[name].append(await cases[name]())
+    return samples
+
+
+def percentile(values: Sequence[float], q: int) -> float:
+    """The ``q``-th percentile (inclusive method); the value itself for fewer than two."""
+    if len(values) < 2:
+        return values[0] if values else 0.0
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1]

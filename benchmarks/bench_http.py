@@ -510,12 +510,6 @@ def ratio(rows: Sequence[Samples], name: str, peer: str) -> float | None:
     return mine.median / theirs.median
 
 
-def percentile(values: Sequence[float], q: int) -> float:
-    if len(values) < 2:
-        return values[0] if values else 0.0
-    return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
-
-
 def line(passed: bool, text: str) -> str:
     return f"{'PASS' if passed else 'FAIL'}: {text}"
 
@@ -631,8 +625,8 @@ def concurrent_cells(rows: Sequence[Samples], row: Samples, phase: str) -> tuple
         phase,
         f"{row.best:,.0f}",
         f"{row.median:,.0f}",
-        f"{percentile(row.ttfts, 50) * 1e3:,.1f}",
-        f"{percentile(row.ttfts, 99) * 1e3:,.1f}",
+        f"{_report.percentile(row.ttfts, 50) * 1e3:,.1f}",
+        f"{_report.percentile(row.ttfts, 99) * 1e3:,.1f}",
         errors,
         str(row.new_connections),
         times(ratio(rows, row.name, OPENAI)),

@@ -46,7 +46,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -98,8 +98,6 @@ STREAM_COLUMNS = (
     "ratio (median)",
 )
 CANCEL_COLUMNS = ("client", "median ms", "p90 ms", "max ms", "closed, median ms")
-
-Case = Callable[[], Awaitable[Any]]
 
 
 # -- the server -----------------------------------------------------------------------------------
@@ -411,24 +409,6 @@ async def raw_cancel(
 # -- measuring ------------------------------------------------------------------------------------
 
 
-async def round_robin(cases: dict[str, Case], rounds: int) -> dict[str, list[Any]]:
-    """One untimed warm-up of each case, then ``rounds`` rounds, the order flipping each round."""
-    for case in cases.values():
-        await case()
-    samples: dict[str, list[Any]] = {name: [] for name in cases}
-    for index in range(rounds):
-        order = list(cases) if index % 2 == 0 else list(reversed(cases))
-        for name in order:
-            samples[name].append(await cases[name]())
-    return samples
-
-
-def percentile(values: Sequence[float], q: int) -> float:
-    if len(values) < 2:
-        return values[0] if values else 0.0
-    return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
-
-
 @dataclass(frozen=True, slots=True)
 class StreamSummary:
     name: str
@@ -479,7 +459,7 @@ class CancelSummary:
 
     @property
     def p90(self) -> float:
-        return percentile([run.idle_ms for run in self.runs], 90)
+        return _report.percentile([run.idle_ms for run in self.runs], 90)
 
     def cells(self) -> tuple[str, ...]:
         return (
@@ -504,7 +484,7 @@ async def measure_streaming(
     model: LlamaModel, client: httpx.AsyncClient, count: int, repeat: int
 ) -> tuple[StreamSummary, StreamSummary]:
     url = model.server.base_url + "/v1/completions"
-    samples = await round_robin(
+    samples = await _report.round_robin(
         {GOML: lambda: goml_stream(model, count), RAW: lambda: raw_stream(client, url, count)},
         repeat,
     )
@@ -517,7 +497,7 @@ async def measure_cancel(
     url = model.server.base_url + "/v1/completions"
     slots = model.server.base_url + "/slots"
     await wait_idle(poller, slots)
-    samples = await round_robin(
+    samples = await _report.round_robin(
         {
             GOML: lambda: goml_cancel(model, poller, slots),
             RAW: lambda: raw_cancel(client, url, poller, slots),

@@ -49,7 +49,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -123,7 +123,6 @@ CANCEL_COLUMNS = (
     "next TTFT ms",
 )
 
-Case = Callable[[], Awaitable[Any]]
 Responses = Generator[Any, None, None]  # what mlx_lm.stream_generate returns
 
 
@@ -451,26 +450,6 @@ async def wait_closed(probe: Probe) -> None:
 # -- measuring ------------------------------------------------------------------------------------
 
 
-async def round_robin(
-    cases: dict[str, Case], rounds: int, warmup: dict[str, Case] | None = None
-) -> dict[str, list[Any]]:
-    """Untimed warm-ups, then ``rounds`` rounds of every case, the order flipping each round."""
-    for case in (warmup or {}).values():
-        await case()
-    samples: dict[str, list[Any]] = {name: [] for name in cases}
-    for index in range(rounds):
-        order = list(cases) if index % 2 == 0 else list(reversed(cases))
-        for name in order:
-            samples[name].append(await cases[name]())
-    return samples
-
-
-def percentile(values: Sequence[float], q: int) -> float:
-    if len(values) < 2:
-        return values[0] if values else 0.0
-    return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
-
-
 @dataclass(frozen=True, slots=True)
 class StreamSummary:
     name: str
@@ -529,7 +508,7 @@ class CancelSummary:
         return (
             self.name,
             f"{self.median('stop_ms'):,.1f}",
-            f"{percentile(self.stops, 90):,.1f}",
+            f"{_report.percentile(self.stops, 90):,.1f}",
             f"{max(self.stops):,.1f}",
             f"{statistics.median(extra):g} (max {max(extra)})",
             f"{self.median('closed_ms'):,.1f}",
@@ -552,7 +531,7 @@ class Results:
 async def measure_streaming(
     model: Any, peer: Peer, count: int, repeat: int
 ) -> tuple[StreamSummary, StreamSummary, tuple[int, ...]]:
-    samples = await round_robin(
+    samples = await _report.round_robin(
         {GOML: lambda: goml_stream(model, count), RAW: lambda: raw_stream(peer, count)},
         repeat,
         warmup={
@@ -569,9 +548,10 @@ async def measure_cancel(model: Any, peer: Peer, trials: int) -> list[CancelSumm
 
     backend: Any = mlx  # patched where the backend looks it up: its mlx_lm module
     with probing(backend.mlx_lm) as probe:
-        samples = await round_robin(
+        samples = await _report.round_robin(
             {GOML: lambda: goml_cancel(model, probe), RAW: lambda: raw_cancel(peer, probe)},
             trials,
+            warmup={},
         )
     return [CancelSummary(name, runs) for name, runs in samples.items()]
 
@@ -631,9 +611,10 @@ def ttft_line(results: Results) -> str:
 def cancel_verdict(results: Results) -> str:
     goml, raw = results.cancel
     stop = goml.median("stop_ms")
+    p90 = _report.percentile(goml.stops, 90)
     return verdict(
         stop < TARGET_CANCEL_MS,
-        f"break to stop, goml median {stop:.1f} ms (p90 {percentile(goml.stops, 90):.1f} ms, "
+        f"break to stop, goml median {stop:.1f} ms (p90 {p90:.1f} ms, "
         f"median {goml.median('extra_tokens'):g} token(s) produced after the break; raw "
         f"mlx-lm {raw.median('stop_ms'):.1f} ms); target < {TARGET_CANCEL_MS:g} ms median",
     )

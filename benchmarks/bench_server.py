@@ -40,7 +40,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -299,20 +299,6 @@ async def stream_once(client: httpx.AsyncClient, url: str, count: int) -> Stream
     return StreamRun(generated, last - start, first - start, "".join(text))
 
 
-async def round_robin(
-    cases: dict[str, Callable[[], Awaitable[Any]]], rounds: int
-) -> dict[str, list[Any]]:
-    """One untimed warm-up of each case, then ``rounds`` rounds, the order flipping each round."""
-    for case in cases.values():
-        await case()
-    samples: dict[str, list[Any]] = {name: [] for name in cases}
-    for index in range(rounds):
-        order = list(cases) if index % 2 == 0 else list(reversed(cases))
-        for name in order:
-            samples[name].append(await cases[name]())
-    return samples
-
-
 @dataclass(frozen=True, slots=True)
 class StreamSummary:
     name: str
@@ -405,7 +391,7 @@ async def measure_rates(
         name: (lambda url=url: requests_per_sec(client, url, body, args.requests, args.concurrency))
         for name, url in urls.items()
     }
-    samples = await round_robin(cases, args.repeat)
+    samples = await _report.round_robin(cases, args.repeat)
     return {name: RateSummary(name, rates) for name, rates in samples.items()}
 
 
@@ -436,7 +422,7 @@ async def run_all(args: argparse.Namespace, choice: ServerChoice, console: Conso
             console.print(f"llama-server: {server} at {llama}")
             with subprocess_server(goml_serve_command(f"{llama}/v1")) as served_url:
                 console.print(f"streaming: {args.repeat} round(s) of {args.tokens} tokens ...")
-                samples = await round_robin(
+                samples = await _report.round_robin(
                     {
                         DIRECT: lambda: stream_once(client, f"{llama}/v1/completions", args.tokens),
                         SERVED: lambda: stream_once(
