@@ -98,6 +98,16 @@ def rich_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[str]]
     return table
 
 
+def markdown_table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """The same table in Markdown: first column left-aligned, the others right-aligned."""
+    lines = [
+        "| " + " | ".join(columns) + " |",
+        "|" + "|".join(["---"] + ["---:"] * (len(columns) - 1)) + "|",
+    ]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
 def write_markdown(path: Path, name: str, section: str, intro: str) -> None:
     """Create or replace the ``name`` section in ``path``; everything outside it is kept."""
     start_mark, end_mark = f"<!-- {name}:start -->", f"<!-- {name}:end -->"

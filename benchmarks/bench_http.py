@@ -65,9 +65,8 @@ from typing import Any, Protocol
 import _report
 import anyio
 import httpx
-from _report import command_line, cpu_count, positive_int
+from _report import command_line, cpu_count, markdown_table, positive_int, rich_table
 from rich.console import Console
-from rich.table import Table
 
 from goml_async.backends.http import HTTPModel
 from goml_async.testing import FakeOpenAIServer, Script
@@ -646,15 +645,6 @@ def concurrent_title(backend: str, options: Options) -> str:
     )
 
 
-def rich_table(title: str, columns: Sequence[str], rows: Sequence[tuple[str, ...]]) -> Table:
-    table = Table(title=title)
-    for index, column in enumerate(columns):
-        table.add_column(column, justify="left" if index == 0 else "right", no_wrap=True)
-    for row in rows:
-        table.add_row(*row)
-    return table
-
-
 def tables(result: BackendResult, options: Options) -> list[tuple[str, Sequence[str], list[Any]]]:
     """(title, columns, rows of cells) of both scenarios of one backend."""
     single = [single_cells(result.single, row) for row in result.single]
@@ -667,15 +657,6 @@ def tables(result: BackendResult, options: Options) -> list[tuple[str, Sequence[
         (single_title(result.backend, options), SINGLE_COLUMNS, single),
         (concurrent_title(result.backend, options), CONCURRENT_COLUMNS, concurrent),
     ]
-
-
-def markdown_table(columns: Sequence[str], rows: Sequence[tuple[str, ...]]) -> str:
-    lines = [
-        "| " + " | ".join(columns) + " |",
-        "|" + "|".join(["---"] + ["---:"] * (len(columns) - 1)) + "|",
-    ]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def markdown_section(results: Sequence[BackendResult], options: Options) -> str:

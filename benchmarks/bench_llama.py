@@ -56,10 +56,9 @@ from typing import Any, cast
 import _report
 import anyio
 import httpx
-from _report import command_line, positive_int
+from _report import command_line, markdown_table, positive_int, rich_table
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
 from goml_async import GenerateConfig, LoadConfig, ModelLoadError, bundled_model_path
 from goml_async.backends._openai import completion_body
@@ -564,24 +563,6 @@ def verdicts(results: Results) -> list[str]:
 
 def stream_rows(results: Results) -> list[tuple[str, ...]]:
     return [results.goml.cells(results.raw), results.raw.cells(results.raw)]
-
-
-def rich_table(title: str, columns: Sequence[str], rows: list[tuple[str, ...]]) -> Table:
-    table = Table(title=title)
-    for index, column in enumerate(columns):
-        table.add_column(column, justify="left" if index == 0 else "right", no_wrap=True)
-    for row in rows:
-        table.add_row(*row)
-    return table
-
-
-def markdown_table(columns: Sequence[str], rows: list[tuple[str, ...]]) -> str:
-    lines = [
-        "| " + " | ".join(columns) + " |",
-        "|" + "|".join(["---"] + ["---:"] * (len(columns) - 1)) + "|",
-    ]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def stream_title(args: argparse.Namespace) -> str:

@@ -57,10 +57,9 @@ from typing import Any, NamedTuple
 
 import _report
 import anyio
-from _report import command_line, positive_int
+from _report import command_line, markdown_table, positive_int, rich_table
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
 TARGET_RATIO = 0.97
 TARGET_CANCEL_MS = 100.0
@@ -650,24 +649,6 @@ def stream_rows(results: Results) -> list[tuple[str, ...]]:
 
 def cancel_rows(results: Results) -> list[tuple[str, ...]]:
     return [summary.cells() for summary in results.cancel]
-
-
-def rich_table(title: str, columns: Sequence[str], rows: list[tuple[str, ...]]) -> Table:
-    table = Table(title=title)
-    for index, column in enumerate(columns):
-        table.add_column(column, justify="left" if index == 0 else "right", no_wrap=True)
-    for row in rows:
-        table.add_row(*row)
-    return table
-
-
-def markdown_table(columns: Sequence[str], rows: list[tuple[str, ...]]) -> str:
-    lines = [
-        "| " + " | ".join(columns) + " |",
-        "|" + "|".join(["---"] + ["---:"] * (len(columns) - 1)) + "|",
-    ]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def stream_title(args: argparse.Namespace) -> str:

@@ -37,7 +37,7 @@ from typing import Any
 
 import _report
 import anyio
-from _report import command_line, positive_int
+from _report import command_line, markdown_table, positive_int
 from rich.console import Console
 
 from goml_async import GenOpts, Result
@@ -277,15 +277,6 @@ def score_all_verdict(rows: list[ScoreAllRow]) -> str:
 
 
 # -- reporting ------------------------------------------------------------------------------------
-
-
-def markdown_table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    lines = [
-        "| " + " | ".join(columns) + " |",
-        "|" + "|".join(["---"] + ["---:"] * (len(columns) - 1)) + "|",
-    ]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def markdown_section(

@@ -50,12 +50,11 @@ from typing import Any
 import _report
 import anyio
 import httpx
-from _report import command_line, positive_int, rich_table
+from _report import command_line, markdown_table, positive_int, rich_table
 from bench_llama import (
     ServerChoice,
     build_info,
     choose_server,
-    markdown_table,
     missing_prerequisite,
     server_line,
 )
