@@ -68,6 +68,7 @@ from .types import (
     Result,
     Role,
     Token,
+    TopLogprob,
 )
 
 try:
@@ -118,6 +119,7 @@ __all__ = [
     "TokenCallback",
     "TokenSource",
     "TokenStream",
+    "TopLogprob",
     "TransportError",
     "__version__",
     "bundled_model_path",

@@ -30,6 +30,7 @@ __all__ = [
     "Result",
     "Role",
     "Token",
+    "TopLogprob",
     "coerce_messages",
     "resolve_config",
 ]
@@ -84,6 +85,21 @@ def _tuple_of(
 
 
 @dataclass(frozen=True, slots=True)
+class TopLogprob:
+    """One of the most likely tokens at a position (``GenerateConfig.top_logprobs``).
+
+    Attributes:
+        text: the token's text.
+        logprob: its log-probability.
+        id: its ID in the model's vocabulary; -1 when the backend does not expose IDs.
+    """
+
+    text: str
+    logprob: float
+    id: int = -1
+
+
+@dataclass(frozen=True, slots=True)
 class Token:
     """One generated token.
 
@@ -91,11 +107,14 @@ class Token:
         id: the token ID in the model's vocabulary; -1 when the backend does not expose IDs.
         text: the decoded text of the token (may be empty or a fragment of a character sequence).
         logprob: the log-probability of the token, when the backend reports it.
+        top_logprobs: the most likely tokens at this position, most likely first, when
+            ``GenerateConfig.top_logprobs`` asked for them (empty otherwise).
     """
 
     id: int
     text: str
     logprob: float | None = None
+    top_logprobs: tuple[TopLogprob, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,12 +166,16 @@ def coerce_messages(messages: Iterable[MessageLike]) -> list[Message]:
 
 # -- configs --------------------------------------------------------------------------------------
 
+#: The most ``top_logprobs`` one position may ask for (OpenAI's own limit).
+MAX_TOP_LOGPROBS = 20
+
 
 @dataclass(frozen=True, slots=True)
 class GenerateConfig:
     """Sampling and stopping options for one generation.
 
-    0 means "off" for ``top_k``, ``top_p`` and ``repeat_penalty``; ``max_tokens=0`` means no
+    0 means "off" for ``top_k``, ``top_p``, ``repeat_penalty``, ``presence_penalty`` and
+    ``frequency_penalty``; ``max_tokens=0`` means no
     client-side cap (the backend's own limit applies). ``stop_sequences`` are cut on the client
     side: no text from a stop sequence onwards is ever delivered, even when it is split across
     tokens.
@@ -179,6 +202,10 @@ class GenerateConfig:
     first_token_timeout: float | None = None
     idle_timeout: float | None = None
     total_timeout: float | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logprobs: bool = False
+    top_logprobs: int = 0
 
     def __post_init__(self) -> None:
         _int("max_tokens", self.max_tokens, minimum=0)
@@ -204,6 +231,17 @@ class GenerateConfig:
             _int("seed", self.seed, minimum=0)
         if not isinstance(self.return_logits, bool):
             raise ConfigError("return_logits", f"must be a bool, got {self.return_logits!r}")
+        for name in ("presence_penalty", "frequency_penalty"):
+            set_(self, name, _float(name, getattr(self, name), minimum=-2.0, maximum=2.0))
+        if not isinstance(self.logprobs, bool):
+            raise ConfigError("logprobs", f"must be a bool, got {self.logprobs!r}")
+        _int("top_logprobs", self.top_logprobs, minimum=0)
+        if self.top_logprobs > MAX_TOP_LOGPROBS:
+            raise ConfigError(
+                "top_logprobs", f"must be <= {MAX_TOP_LOGPROBS}, got {self.top_logprobs}"
+            )
+        if self.top_logprobs and not self.logprobs:
+            set_(self, "logprobs", True)
 
     @property
     def has_deadlines(self) -> bool:

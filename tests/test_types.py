@@ -156,7 +156,39 @@ def test_generate_config_defaults_match_the_design() -> None:
         "first_token_timeout",
         "idle_timeout",
         "total_timeout",
+        "presence_penalty",
+        "frequency_penalty",
+        "logprobs",
+        "top_logprobs",
     ]
+    assert config.presence_penalty == config.frequency_penalty == 0.0
+    assert config.logprobs is False
+    assert config.top_logprobs == 0
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "problem"),
+    [
+        ("presence_penalty", 2.5, "between -2.0 and 2.0"),
+        ("frequency_penalty", -2.01, "between -2.0 and 2.0"),
+        ("presence_penalty", float("nan"), "between -2.0 and 2.0"),
+        ("logprobs", 1, "must be a bool"),
+        ("top_logprobs", 21, "<= 20"),
+        ("top_logprobs", -1, ">= 0"),
+        ("top_logprobs", True, "must be an int"),
+    ],
+)
+def test_generate_config_checks_penalties_and_logprobs(
+    field: str, value: object, problem: str
+) -> None:
+    with pytest.raises(ConfigError, match=problem) as info:
+        GenerateConfig(**{field: value})
+    assert info.value.field == field
+
+
+def test_top_logprobs_implies_logprobs() -> None:
+    assert GenerateConfig(top_logprobs=5).logprobs is True
+    assert GenerateConfig(logprobs=True).top_logprobs == 0
 
 
 def test_generate_config_normalises_lists_to_tuples() -> None:
