@@ -45,6 +45,7 @@ from ..types import (
     coerce_messages,
 )
 from . import _openai
+from ._loop_clients import LoopClients
 from ._pool import ShardedTransport
 
 __all__ = ["HTTPBackend", "HTTPModel", "HTTPModelBackend", "normalize_base_url"]
@@ -158,9 +159,8 @@ class HTTPModel(BaseTextModel):
         self._transport = transport
         self._info = ModelInfo(architecture="http")
         # One client and one limiter per event loop: both are bound to the loop they run on.
-        self._client_var: RunVar[httpx.AsyncClient] = RunVar(f"goml-http-client-{id(self)}")
+        self._clients = LoopClients(self._new_client, f"goml-http-client-{id(self)}")
         self._limiter_var: RunVar[anyio.CapacityLimiter] = RunVar(f"goml-http-limit-{id(self)}")
-        self._clients: list[httpx.AsyncClient] = []
 
     # -- properties -------------------------------------------------------------------------------
 
@@ -190,23 +190,20 @@ class HTTPModel(BaseTextModel):
     # -- per-loop resources -----------------------------------------------------------------------
 
     def _client(self) -> httpx.AsyncClient:
-        try:
-            return self._client_var.get()
-        except LookupError:
-            pass
+        """The current event loop's client (closed when that loop ends, or by aclose)."""
+        return self._clients.get()
+
+    def _new_client(self) -> httpx.AsyncClient:
         headers = {"Accept": "text/event-stream", **self._headers}
         if self._api_key is not None:
             headers["Authorization"] = f"Bearer {self._api_key.get_secret_value()}"
-        client = httpx.AsyncClient(
+        return httpx.AsyncClient(
             headers=headers,
             # Reads have no timeout here: the stream's deadlines govern waiting for tokens.
             timeout=httpx.Timeout(None, connect=self._connect_timeout, pool=None),
             # Small pools behind one transport: see _pool.py for the burst stall they avoid.
             transport=self._transport or ShardedTransport(self._max_concurrency),
         )
-        self._client_var.set(client)
-        self._clients.append(client)
-        return client
 
     def _limiter(self) -> anyio.CapacityLimiter:
         try:
@@ -217,16 +214,9 @@ class HTTPModel(BaseTextModel):
             return limiter
 
     async def _aclose(self) -> None:
-        try:
-            current = self._client_var.get()
-        except LookupError:
-            current = None
-        clients, self._clients = self._clients, []
-        if current is not None:
-            await current.aclose()
         # Clients of other event loops (for example the sync facade's) cannot be awaited from
-        # here; they are dropped with their loop.
-        del clients
+        # here; each is closed by its own loop when that loop ends.
+        await self._clients.aclose_current()
 
     # -- requests ---------------------------------------------------------------------------------
 
@@ -306,7 +296,12 @@ class HTTPModel(BaseTextModel):
         client = self._client()
         url = self._base_url + path
         payload = json.dumps(body).encode()
-        async with self._limiter():
+        # The place is held on behalf of this stream, not of the task that opened it: a stream
+        # left with a plain ``break`` is finalised by another task (asyncio's async-generator
+        # hook), and one task may read several streams at once.
+        limiter, borrower = self._limiter(), object()
+        await limiter.acquire_on_behalf_of(borrower)
+        try:
             attempt = 0
             while True:
                 delivered = 0
@@ -372,6 +367,8 @@ class HTTPModel(BaseTextModel):
                             await response.aclose()
                 await anyio.sleep(self._retry.delay(attempt, retry_after))
                 attempt += 1
+        finally:
+            limiter.release_on_behalf_of(borrower)
 
     async def _server_failure(self) -> str | None:
         """Why the server is gone, when this model can tell (a managed server that exited)."""

@@ -479,7 +479,7 @@ async def test_one_client_per_event_loop(fake: FakeOpenAIServer) -> None:
     assert (await model.generate("x").collect()).text == "".join(TOKENS)
     # The blocking facade runs on its own loop: the model opens a second client there.
     assert sync.generate(model, "x").text == "".join(TOKENS)
-    assert len(model._clients) == 2
+    assert model._clients.opened == 2
     await model.aclose()
 
 
