@@ -12,6 +12,7 @@ leaves no socket behind.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncGenerator, Callable
 
 import anyio
@@ -38,10 +39,8 @@ class _Entry:
         # Start the keeper now, synchronously: its body runs straight to ``yield`` (no await
         # before it), and the first ``__anext__`` is what registers it with the running loop's
         # async-generator hooks, so the loop closes it (and the client) when it ends.
-        try:
+        with contextlib.suppress(StopIteration):
             self.keeper.__anext__().send(None)
-        except StopIteration:
-            pass
 
 
 class LoopClients:
