@@ -17,13 +17,14 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Generator
 from dataclasses import replace
 from types import TracebackType
 from typing import Any, NoReturn, Self, TypeAlias
 
 import anyio
 
+from ._stop_sequences import StopSequenceCutter
 from .errors import GenerationError, GenerationTimeout, GomlError
 from .types import FinishReason, GenerateConfig, GenerateMetrics, Result, Token
 
@@ -54,82 +55,6 @@ class StreamContext:
 TokenSource: TypeAlias = Callable[[StreamContext], AsyncIterator[Token]]
 
 
-class StopSequenceCutter:
-    """Sans-I/O stop-sequence cutting over a token sequence.
-
-    Tokens whose text could be the start of a stop sequence are held back until the next token
-    decides; on a match, only the text before the stop is released (the token that straddles
-    the stop is truncated). Everything released is safe to deliver.
-    """
-
-    __slots__ = ("_held", "_held_text", "_prefixes", "_stops")
-
-    def __init__(self, stops: Sequence[str]) -> None:
-        if not stops or any(not stop for stop in stops):
-            raise ValueError("stop sequences must be non-empty strings")
-        self._stops = tuple(stops)
-        # Every proper prefix of every stop: text that ends with none of them holds nothing back.
-        self._prefixes = tuple({stop[:n] for stop in self._stops for n in range(1, len(stop))})
-        self._held: list[Token] = []
-        self._held_text = ""
-
-    @property
-    def held_text(self) -> str:
-        """Text received but not yet released (a possible stop prefix)."""
-        return self._held_text
-
-    def feed(self, token: Token) -> tuple[list[Token], bool]:
-        """Add a token; return the tokens now safe to deliver and whether a stop was found."""
-        text = self._held_text + token.text
-        self._held.append(token)
-        cut = -1
-        for stop in self._stops:
-            index = text.find(stop)
-            if index != -1 and (cut == -1 or index < cut):
-                cut = index
-        if cut != -1:
-            return self._release(cut, truncate=True), True
-        if not self._prefixes or not text.endswith(self._prefixes):
-            released, self._held, self._held_text = self._held, [], ""
-            return released, False
-        hold = 0
-        for stop in self._stops:
-            for size in range(min(len(stop) - 1, len(text)), hold, -1):
-                if text.endswith(stop[:size]):
-                    hold = size
-                    break
-        self._held_text = text
-        return self._release(len(text) - hold, truncate=False), False
-
-    def flush(self) -> list[Token]:
-        """Release everything held (the source ended without completing a stop)."""
-        released, self._held, self._held_text = self._held, [], ""
-        return released
-
-    def _release(self, limit: int, *, truncate: bool) -> list[Token]:
-        """Release held tokens that lie before ``limit``; truncate the straddler on a stop."""
-        released: list[Token] = []
-        offset = 0
-        index = 0
-        for index, token in enumerate(self._held):  # noqa: B007 - index used after the loop
-            end = offset + len(token.text)
-            if end <= limit:
-                released.append(token)
-                offset = end
-                continue
-            if truncate and offset < limit:
-                released.append(replace(token, text=token.text[: limit - offset]))
-            break
-        else:
-            index = len(self._held)
-        if truncate:
-            self._held, self._held_text = [], ""
-        else:
-            self._held = self._held[index:]
-            self._held_text = self._held_text[offset:]
-        return released
-
-
 class TokenStream:
     """An async iterator of tokens with the outcome attached once it ends.
 
@@ -141,7 +66,8 @@ class TokenStream:
         print(stream.finish_reason, stream.metrics)
         ```
 
-    ``await stream.collect()`` gathers the whole reply as a :class:`~goml_async.types.Result`.
+    ``await stream.collect()``, or simply ``await stream``, gathers the whole reply as a
+    :class:`~goml_async.types.Result`.
     After the end, :attr:`text`, :attr:`finish_reason` (``stop``, ``length``,
     ``stop_sequence``, ``cancelled`` or ``error``), :attr:`metrics` and :attr:`error` are set.
     Leaving early (``break`` then ``aclose()``, leaving ``async with``, or cancellation) closes
@@ -322,9 +248,12 @@ class TokenStream:
 
     def _end_of_source(self) -> None:
         """The source is used up: release held text and record why it ended."""
-        if self._cutter is not None:
-            self._ready.extend(self._cutter.flush())
         reason = self._context.finish_reason
+        if self._cutter is not None:
+            released, hit = self._cutter.finish()
+            self._ready.extend(released)
+            if hit:
+                reason = "stop_sequence"
         if reason is None:
             cap = self._config.max_tokens
             reason = "length" if cap and self._count >= cap else "stop"
@@ -335,7 +264,10 @@ class TokenStream:
     async def _stop_early(self, reason: FinishReason) -> None:
         """End before the source does: release held text and close the source."""
         if self._cutter is not None:
-            self._ready.extend(self._cutter.flush())
+            released, hit = self._cutter.finish()
+            self._ready.extend(released)
+            if hit:
+                reason = "stop_sequence"
         await self._close_source()
         self._finish(reason)
 
@@ -444,6 +376,17 @@ class TokenStream:
             async for _ in self:
                 pass
         return Result(text=self.text, metrics=self._metrics, finish_reason=self._finish_reason)
+
+    def __await__(self) -> Generator[Any, None, Result]:
+        """``await stream`` is ``await stream.collect()``: ``await model.chat(messages)``.
+
+        Example:
+            ```python
+            result = await model.chat([{"role": "user", "content": "Hi!"}], max_tokens=32)
+            print(result.text, result.finish_reason)
+            ```
+        """
+        return self.collect().__await__()
 
     def __repr__(self) -> str:
         state = self._finish_reason or ("running" if self._iterator is not None else "new")

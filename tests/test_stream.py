@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import itertools
+import tracemalloc
 from collections.abc import AsyncIterator, Sequence
 
 import anyio
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from goml_async import (
@@ -16,11 +17,13 @@ from goml_async import (
     GenerationError,
     GenerationTimeout,
     NotSupported,
+    Result,
     StopSequenceCutter,
     StreamContext,
     Token,
     TokenStream,
 )
+from goml_async.testing import ScriptedModel
 
 
 class Source:
@@ -122,9 +125,46 @@ def test_cutter_rejects_empty_stops() -> None:
         StopSequenceCutter([""])
 
 
+def test_cutter_waits_for_a_longer_stop_that_started_first() -> None:
+    # "bc" is complete while "abcd", which began one character earlier, may still come.
+    cutter = StopSequenceCutter(["abcd", "bc"])
+    assert cutter.feed(Token(0, "xabc")) == ([], False)
+    released, hit = cutter.feed(Token(1, "d and more"))
+    assert (texts_of(released), hit) == (["x"], True)
+    # When the longer one fails, the shorter one that completed first decides.
+    text, hit = feed_all(StopSequenceCutter(["abcd", "bc"]), ["xabc", "e"])
+    assert (text, hit) == ("xa", True)
+
+
+def test_cutter_applies_a_pending_stop_when_the_source_ends() -> None:
+    cutter = StopSequenceCutter(["abcd", "bc"])
+    cutter.feed(Token(0, "xabc"))
+    released, hit = cutter.finish()
+    assert (texts_of(released), hit) == (["xa"], True)
+
+
+def test_cutter_memory_is_linear_in_a_huge_stop() -> None:
+    # Storing every prefix of a 40,000-character stop took ~800 million characters.
+    stop = "".join(chr(0x4E00 + (n * 7919) % 20000) for n in range(40_000))
+    tracemalloc.start()
+    try:
+        cutter = StopSequenceCutter([stop])
+        for start in range(0, 20_000, 50):  # the model repeats half of the stop
+            cutter.feed(Token(0, stop[start : start + 50]))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(cutter.held_text) == 20_000
+    assert peak < 64 * 1024 * 1024
+
+
+_ALPHABET = "ab\nXY"
+
+
+@settings(max_examples=400)
 @given(
-    text=st.text(alphabet="ab\nXY", max_size=40),
-    stops=st.lists(st.text(alphabet="ab\nXY", min_size=1, max_size=4), min_size=1, max_size=3),
+    text=st.text(alphabet=_ALPHABET, max_size=40),
+    stops=st.lists(st.text(alphabet=_ALPHABET, min_size=1, max_size=5), min_size=1, max_size=4),
     cuts=st.lists(st.integers(min_value=0, max_value=40), max_size=12),
 )
 def test_cutter_delivers_exactly_the_text_before_the_first_stop(
@@ -132,11 +172,27 @@ def test_cutter_delivers_exactly_the_text_before_the_first_stop(
 ) -> None:
     bounds = sorted({0, len(text), *(min(cut, len(text)) for cut in cuts)})
     pieces = [text[start:end] for start, end in itertools.pairwise(bounds)]
-    delivered, hit = feed_all(StopSequenceCutter(stops), pieces)
+    cutter = StopSequenceCutter(stops)
+    delivered, hit = [], False
+    for index, piece in enumerate(pieces):
+        released, hit = cutter.feed(Token(index, piece))
+        delivered += texts_of(released)
+        if hit:
+            break
+    else:
+        released, hit = cutter.finish()
+        delivered += texts_of(released)
     positions = [index for stop in stops if (index := text.find(stop)) != -1]
     expected = text[: min(positions)] if positions else text
-    assert delivered == expected
+    assert "".join(delivered) == expected
     assert hit == bool(positions)
+
+
+@pytest.mark.anyio
+async def test_stream_reports_a_stop_that_completes_at_the_end_of_the_source() -> None:
+    stream = TokenStream(Source(["xab", "c"]), config=GenerateConfig(stop_sequences=["abcd", "bc"]))
+    assert texts_of(await drain(stream)) == ["xa"]
+    assert stream.finish_reason == "stop_sequence"
 
 
 # -- TokenStream ----------------------------------------------------------------------------------
@@ -475,3 +531,21 @@ async def test_an_outer_cancellation_is_not_mistaken_for_a_deadline() -> None:
     assert scope.cancelled_caught
     assert stream.finish_reason == "cancelled"
     assert closed == [True]
+
+
+@pytest.mark.anyio
+async def test_awaiting_a_stream_collects_it() -> None:
+    source = Source(["The", " capital", " is", " Paris"])
+    stream = TokenStream(source, config=GenerateConfig(max_tokens=3))
+    result = await stream
+    assert result == Result(text="The capital is", metrics=stream.metrics, finish_reason="length")
+    assert source.closed
+
+
+@pytest.mark.anyio
+async def test_awaiting_a_model_chat_gives_the_result() -> None:
+    model = ScriptedModel(["Hi", "!"])
+    result = await model.chat([{"role": "user", "content": "Hello"}])
+    assert (result.text, result.finish_reason) == ("Hi!", "stop")
+    collected = await model.chat([{"role": "user", "content": "Hello"}]).collect()
+    assert (collected.text, collected.finish_reason) == (result.text, result.finish_reason)
