@@ -139,7 +139,36 @@ def test_no_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None
     with pytest.raises(SystemExit) as info:
         main([])
     assert info.value.code == 2
-    assert "usage: goml" in capsys.readouterr().err
+    assert capsys.readouterr().err == (
+        "goml: error: the following arguments are required: COMMAND (see: goml --help)\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("argv", "line"),
+    [
+        (
+            ["generate", "--bogus", "hi"],
+            "goml generate: error: unrecognized arguments: --bogus (see: goml generate --help)",
+        ),
+        (
+            ["serve", "--port", "x"],
+            "goml serve: error: argument --port: invalid int value: 'x' (see: goml serve --help)",
+        ),
+        (
+            ["models", "list", "d", "--extra"],
+            "goml models list: error: unrecognized arguments: --extra "
+            "(see: goml models list --help)",
+        ),
+    ],
+)
+def test_usage_errors_are_one_line_naming_the_command(
+    argv: list[str], line: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    assert capsys.readouterr().err == line + "\n"
 
 
 # -- generate -------------------------------------------------------------------------------------

@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import ctypes
+import ctypes.util
 import logging
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
@@ -28,6 +32,7 @@ __all__ = [
     "check_binary",
     "check_model",
     "describe_exit",
+    "die_with_parent",
     "kill_group",
     "reserve_port",
     "wait_exit",
@@ -105,6 +110,46 @@ def reserve_port(host: str, port: int) -> int:
                 "port", f"cannot listen on {host}:{port}: {exc.strerror or exc} (port in use?)"
             ) from exc
         return int(sock.getsockname()[1])
+
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _load_prctl() -> Callable[..., int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    except OSError:
+        return None
+    prctl: Callable[..., int] = libc.prctl
+    return prctl
+
+
+# Resolved once, in the parent: the child between fork and exec only calls it.
+_PRCTL = _load_prctl()
+
+
+def die_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes the child get SIGKILL when its parent dies; None off Linux.
+
+    Linux's ``PR_SET_PDEATHSIG`` holds even when the parent is killed with SIGKILL, so a
+    managed server can never outlive its owner. The signal fires when the *thread* that
+    started the child ends, so start servers from a thread that lives as long as they should
+    (the event loop's thread does). If the parent died between fork and this call, the child
+    would already be an orphan: it exits at once instead.
+    """
+    prctl = _PRCTL
+    if prctl is None:
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return preexec
 
 
 def kill_group(pid: int, signum: int) -> None:

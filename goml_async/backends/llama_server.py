@@ -25,6 +25,10 @@ What it guarantees:
   being cancelled) sends SIGTERM to the group, then SIGKILL after a grace period. A
   ``weakref.finalize`` hook SIGKILLs the group if the object is dropped or the interpreter exits
   first, so Ctrl-C never leaves a server behind.
+* It dies with its owner however the owner ends: on Linux the server is started with
+  ``PR_SET_PDEATHSIG`` = SIGKILL, so even a SIGKILL, SIGTERM or SIGHUP of the owning process
+  (which run no Python clean-up) takes the server with it. The signal follows the thread that
+  started the server: start it from the thread that runs the event loop (as ``start()`` does).
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ from ._llama_process import (
     check_binary,
     check_model,
     describe_exit,
+    die_with_parent,
     kill_group,
     reserve_port,
     wait_exit,
@@ -358,6 +363,7 @@ class LlamaServer:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 start_new_session=True,  # its own process group: killpg reaches every child
+                preexec_fn=die_with_parent(),  # gone with its owner, even after a SIGKILL
             )
         except OSError as exc:
             raise BackendUnavailable(

@@ -6,15 +6,19 @@ Every command has ``--help``; bad input exits with status 2 and a one-line ``gom
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from types import FrameType
+from typing import NoReturn
 
 from goml_async import __version__
 from goml_async.errors import GomlError
 
 from . import agent, bench, chat, compare, generate, mcp_server, models, probe, score, serve
 
-__all__ = ["build_parser", "main"]
+__all__ = ["CommandParser", "Terminated", "build_parser", "main"]
 
 _EPILOG = """\
 examples:
@@ -36,9 +40,72 @@ Settings come from GOML_* environment variables (GomlSettings in the API referen
 """
 
 
+class CommandParser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line naming the command that was run.
+
+    ``goml generate --bogus`` says ``goml generate: error: unrecognized arguments: --bogus (see
+    goml generate --help)`` rather than printing the top-level usage.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see: {self.prog} --help)\n")
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        parsed, extras = super().parse_known_args(args, namespace)
+        if extras:
+            # Otherwise the top-level parser reports a subcommand's unknown arguments as its own.
+            self._chosen(parsed).error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed, extras
+
+    def _chosen(self, parsed: argparse.Namespace) -> argparse.ArgumentParser:
+        """The innermost (sub)command parser that ``parsed`` went through."""
+        parser: argparse.ArgumentParser = self
+        while True:
+            chosen = None
+            for action in parser._actions:
+                if isinstance(action, argparse._SubParsersAction):
+                    chosen = action.choices.get(getattr(parsed, action.dest or "", None) or "")
+            if chosen is None:
+                return parser
+            parser = chosen
+
+
+class Terminated(SystemExit):
+    """SIGTERM or SIGHUP ended the command: raised so that clean-up runs (models close)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(128 + signum)
+        self.signum = signum
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    raise Terminated(signum)
+
+
+@contextmanager
+def _clean_exit_on_termination() -> Iterator[None]:
+    """Turn SIGTERM and SIGHUP into :class:`Terminated` while a command runs.
+
+    By default they end Python at once, skipping every ``finally`` and ``async with`` exit, so
+    a model's server would only be stopped by the operating system. Commands that handle the
+    signals themselves (``serve``, ``agent``) install their own handlers while they run.
+    """
+    previous = {}
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(signum) is signal.SIG_DFL:
+            previous[signum] = signal.signal(signum, _terminate)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``goml`` argument parser with every subcommand."""
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="goml",
         description="goml_async: stream text from local and remote language models.",
         epilog=_EPILOG,
@@ -64,13 +131,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        status: int = args.run(args)
+        with _clean_exit_on_termination():
+            status: int = args.run(args)
     except GomlError as exc:
         print(f"goml: error: {exc}", file=sys.stderr)
         return _exit_status(exc)
     except KeyboardInterrupt:
         print("goml: interrupted", file=sys.stderr)
         return 130
+    except Terminated as exc:
+        print(f"goml: stopped by {signal.Signals(exc.signum).name}", file=sys.stderr)
+        return 128 + exc.signum
     return status
 
 
