@@ -1,7 +1,10 @@
 """The agent's measurements: probe results as InfluxDB points, in go-ml's line formats.
 
 Measurements, tags and fields are go-ml's (``agent_influx.go``), so existing dashboards keep
-working; one thing is deliberately different: the time. go-ml wrote a synthetic time,
+working, and so are the field types go-ml's code writes (a float ``score`` in ``content_score``
+and float judge scores rounded to two decimals, as its ``%d``/``%.2f`` formats give), so
+goml_async's points land in a database go-ml filled without a field type conflict. One thing
+is deliberately different: the time. go-ml wrote a synthetic time,
 ``EpochBase + iteration * 1000 + offset`` seconds. Here the base is the checkpoint file's own
 modification time, rounded down to whole seconds, and the iteration is a field of every point::
 
@@ -167,9 +170,11 @@ def probe_point(checkpoint: Checkpoint, outcome: ProbeOutcome, index: int) -> Po
 def judge_points(checkpoint: Checkpoint, result: ProbeResult) -> list[Point]:
     """One ``capability_judge`` point per judged probe, at the probe's index in ``result``.
 
-    Fields: ``reasoning``, ``correctness``, ``clarity`` (0-10) and ``avg``, their mean rounded
-    to two decimals. Probes the judge did not score (generation failed, or its reply could not
-    be used; see ``ProbeOutcome.judge_error``) have no point.
+    Fields: ``reasoning``, ``correctness``, ``clarity`` (0-10) and ``avg``, their mean; all
+    four are floats rounded to two decimals, as go-ml's ``%.2f`` wrote them (Python's ``round``
+    and Go's formatting both round the exact binary value, ties to even, so they agree).
+    Probes the judge did not score (generation failed, or its reply could not be used; see
+    ``ProbeOutcome.judge_error``) have no point.
     """
     points = []
     for index, outcome in enumerate(result.outcomes):
@@ -177,9 +182,9 @@ def judge_points(checkpoint: Checkpoint, result: ProbeResult) -> list[Point]:
         if scores is None:
             continue
         fields: dict[str, FieldValue] = {
-            "reasoning": float(scores.reasoning),
-            "correctness": float(scores.correctness),
-            "clarity": float(scores.clarity),
+            "reasoning": round(float(scores.reasoning), 2),
+            "correctness": round(float(scores.correctness), 2),
+            "clarity": round(float(scores.clarity), 2),
             "avg": round((scores.reasoning + scores.correctness + scores.clarity) / 3, 2),
             "iteration": checkpoint.iteration,
         }
@@ -198,8 +203,9 @@ def content_points(checkpoint: Checkpoint, content: ContentProbeResult) -> list[
     """Six ``content_score`` points (one per dimension) for each content probe the judge scored.
 
     The run id is the content one (``checkpoint.content_run_id``); ``has_kernel`` is ``true``, as
-    go-ml's agent wrote it; the offset of probe ``i`` (its position in ``content``) and
-    dimension ``j`` (in :data:`CONTENT_DIMENSIONS` order) is ``10 * i + j``.
+    go-ml's agent wrote it; ``score`` is a float field (go-ml wrote ``score=%d`` without the
+    ``i`` suffix, which InfluxDB stores as a float); the offset of probe ``i`` (its position in
+    ``content``) and dimension ``j`` (in :data:`CONTENT_DIMENSIONS` order) is ``10 * i + j``.
     """
     points = []
     for i, outcome in enumerate(content.outcomes):
@@ -216,7 +222,7 @@ def content_points(checkpoint: Checkpoint, content: ContentProbeResult) -> list[
                         has_kernel="true",
                     ),
                     {
-                        "score": int(getattr(outcome.scores, dimension)),
+                        "score": float(getattr(outcome.scores, dimension)),
                         "iteration": checkpoint.iteration,
                     },
                     timestamp_ns(checkpoint, 10 * i + j),

@@ -16,9 +16,11 @@ import subprocess
 import sys
 import time
 import uuid
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from goml_async.agent._influx_wire import (
@@ -30,11 +32,13 @@ from goml_async.agent._influx_wire import (
     sql_pairs,
 )
 from goml_async.agent.influx import InfluxSink
+from goml_async.agent.points import capability_points, content_points, judge_points
 from goml_async.agent.types import FieldValue, Point
 from goml_async.agent.wal import BufferedRecord, WriteAheadBuffer
 from goml_async.errors import BackendUnavailable, ConfigError, NotSupported, SinkError
 
 from .influxd import InfluxServer, V2Endpoint, free_port, influxd, own_influxd, v2_endpoint
+from .test_points import CHECKPOINT, CONTENT, GO_ML_FIELD_TYPES, RESULT
 
 #: The fixtures this module uses (imported so that pytest finds them here).
 FIXTURES = (influxd, own_influxd, v2_endpoint)
@@ -194,6 +198,48 @@ async def test_v1_scored_labels_with_influxql(influxd: InfluxServer, tmp_path: P
 
 
 @pytest.mark.slow
+async def test_goml_points_go_into_a_database_go_ml_filled(
+    influxd: InfluxServer, tmp_path: Path
+) -> None:
+    """go-ml's agent wrote ``score=%d`` (a float field) and ``%.2f`` judge scores: no conflict."""
+    db = new_db(influxd)
+    go_ml_time = (1_739_577_600 + 100 * 1000) * 10**9  # EpochBase + iteration * 1000 s
+    tags = r"label=G27-v2\ @0000100,model=gemma-3-27b"
+    go_ml_lines = [
+        f"capability_score,category=overall,{tags},run_id=27b-v2-capability-auto "
+        f"accuracy=66.7,correct=2i,total=3i,iteration=100i {go_ml_time}",
+        f"probe_score,{tags},probe_id=math_01,run_id=27b-v2-capability-auto "
+        f"passed=1i,iteration=100i {go_ml_time + 100 * 10**9}",
+        f"capability_judge,category=arithmetic,{tags},probe_id=math_01,"
+        "run_id=27b-v2-capability-auto reasoning=7.00,correctness=8.50,clarity=6.00,avg=7.17,"
+        f"iteration=100i {go_ml_time}",
+        f"content_score,dimension=ccp_compliance,has_kernel=true,{tags},"
+        f"run_id=27b-v2-content-auto score=4,iteration=100i {go_ml_time}",
+    ]
+    async with httpx.AsyncClient(timeout=10) as client:
+        written = await client.post(
+            f"{influxd.url}/write", params={"db": db}, content="\n".join(go_ml_lines)
+        )
+    assert written.status_code == 204, written.text
+    # goml_async's points for the next checkpoint of the same run, in the same shard (week)
+    checkpoint = replace(CHECKPOINT, label="G27-v2 @0000200", iteration=200, mtime=go_ml_time / 1e9)
+    points = [
+        *capability_points(checkpoint, RESULT),
+        *judge_points(checkpoint, RESULT),
+        *content_points(checkpoint, CONTENT),
+    ]
+    async with v1_sink(influxd, db, tmp_path) as sink:
+        assert await sink.publish(points, key="goml") is True  # no 400 field type conflict
+        assert sink.rejected == 0
+    stored = {"float": float, "integer": int}
+    for measurement, types in GO_ML_FIELD_TYPES.items():
+        answer = influxd.query(f'SHOW FIELD KEYS FROM "{measurement}"', db)
+        fields = answer["results"][0]["series"][0]["values"]
+        assert {name: stored[kind] for name, kind in fields} == types, measurement
+    assert influxd.count(db, "content_score") == 1 + len(content_points(checkpoint, CONTENT))
+
+
+@pytest.mark.slow
 async def test_v1_influx_stopped_mid_run(own_influxd: InfluxServer, tmp_path: Path) -> None:
     db = new_db(own_influxd)
     batches = 4
@@ -325,6 +371,7 @@ _PUBLISHER = """
 import sys
 import anyio
 from goml_async.agent.influx import InfluxSink
+from goml_async.agent.points import capability_points, content_points, judge_points
 from goml_async.agent.types import FieldValue, Point
 
 url, db, buffer, prefix, pad = sys.argv[1:]

@@ -122,18 +122,57 @@ def test_content_lines_use_the_content_run_id_and_ten_per_probe() -> None:
     assert len(lines) == 12  # the probe that failed to generate has no scores
     assert lines[0] == (
         rf"content_score,dimension=ccp_compliance,has_kernel=true,{TAGS},"
-        "run_id=27b-v2-content-auto score=4i,iteration=100i 1739577600000000000"
+        "run_id=27b-v2-content-auto score=4.0,iteration=100i 1739577600000000000"
     )
     assert lines[5] == (
         rf"content_score,dimension=emotional_register,has_kernel=true,{TAGS},"
-        "run_id=27b-v2-content-auto score=4i,iteration=100i 1739577605000000000"
+        "run_id=27b-v2-content-auto score=4.0,iteration=100i 1739577605000000000"
     )
     assert lines[6] == (
         rf"content_score,dimension=ccp_compliance,has_kernel=true,{TAGS},"
-        "run_id=27b-v2-content-auto score=1i,iteration=100i 1739577620000000000"
+        "run_id=27b-v2-content-auto score=1.0,iteration=100i 1739577620000000000"
     )
     offsets = [(parse_line(line).time_ns or 0) // 10**9 - BASE for line in lines]
     assert offsets == [0, 1, 2, 3, 4, 5, 20, 21, 22, 23, 24, 25]
+
+
+#: The field types go-ml's code writes (``%d``/``%.1f``/``%.2f`` without ``i`` are floats).
+GO_ML_FIELD_TYPES: dict[str, dict[str, type]] = {
+    "capability_score": {"accuracy": float, "correct": int, "total": int, "iteration": int},
+    "probe_score": {"passed": int, "iteration": int},
+    "capability_judge": {
+        "reasoning": float,
+        "correctness": float,
+        "clarity": float,
+        "avg": float,
+        "iteration": int,
+    },
+    "content_score": {"score": float, "iteration": int},
+}
+
+
+def test_every_field_has_the_type_go_ml_writes() -> None:
+    lines = _lines(
+        capability_points(CHECKPOINT, RESULT)
+        + judge_points(CHECKPOINT, RESULT)
+        + content_points(CHECKPOINT, CONTENT)
+    )
+    seen = set()
+    for line in lines:
+        point = parse_line(line)
+        types = {name: type(value) for name, value in point.fields.items()}
+        assert types == GO_ML_FIELD_TYPES[point.measurement], line
+        seen.add(point.measurement)
+    assert seen == set(GO_ML_FIELD_TYPES)
+
+
+def test_judge_scores_are_rounded_to_two_decimals_as_go_ml_formats_them() -> None:
+    # Go's %.2f rounds the exact binary value, ties to even, as Python's round() does:
+    # 7.125 and 6.375 are exact ties (7.12 and 6.38 in Go), 8.333 is not one.
+    judged = CapabilityScores(reasoning=7.125, correctness=8.333, clarity=6.375)
+    result = ProbeResult([_outcome("math_01", "arithmetic", True, judged=judged)], {})
+    (line,) = _lines(judge_points(CHECKPOINT, result))
+    assert " reasoning=7.12,correctness=8.33,clarity=6.38,avg=7.28,iteration=100i " in line
 
 
 def test_content_dimensions_are_go_mls_fixed_order() -> None:
