@@ -65,8 +65,10 @@ def create_app(
     Args:
         model: any TextModel (llama, MLX, HTTP, ScriptedModel, ...). The app does not close it.
         config: the limits; keyword ``options`` (the :class:`ServerConfig` fields:
-            ``model_name``, ``max_concurrency``, ``max_tokens``, ``timeout``, ``max_context``,
-            ``max_body_bytes``, ``api_key``, ``retry_after``, ``static_dir``) override it.
+            ``model_name``, ``aliases``, ``max_concurrency``, ``max_queue``,
+            ``queue_timeout``, ``max_tokens``, ``timeout``, ``max_context``,
+            ``max_body_bytes``, ``api_key``, ``retry_after``, ``static_dir``,
+            ``allowed_hosts``, ``allowed_origins``) override it.
         routes: extra Starlette routes served beside the OpenAI ones, or a function of the
             app that returns them (``goml serve`` adds
             :func:`~goml_async.server.ml_routes.ml_mount` with ``admit=app.admit``).

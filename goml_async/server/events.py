@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import time
 
-from ..types import GenerateMetrics
+from ..types import GenerateMetrics, Token
+from ._logprobs import LogprobsCollector
 from ._wire import ServerError, dumps, new_completion_id, openai_finish_reason, timings, usage
 
 __all__ = ["EventEncoder", "OpenAIEncoder", "TextEncoder"]
@@ -19,7 +20,7 @@ __all__ = ["EventEncoder", "OpenAIEncoder", "TextEncoder"]
 class EventEncoder:
     """Turns a token stream into Server-Sent Events; subclasses choose the format.
 
-    :meth:`start` is sent with the headers, :meth:`token` once per token, then either
+    :meth:`start` is sent with the headers, :meth:`encode_token` once per token, then either
     :meth:`end` (the stream finished) or :meth:`error` (it failed after it started).
     """
 
@@ -30,6 +31,11 @@ class EventEncoder:
     def token(self, text: str) -> bytes:
         """The event carrying one token's text (empty bytes to send nothing)."""
         raise NotImplementedError
+
+    def encode_token(self, token: Token) -> bytes:
+        """The event carrying one token: :meth:`token` of its text unless a format sends more
+        of it (OpenAI chunks with logprobs)."""
+        return self.token(token.text)
 
     def end(self, finish_reason: str | None, metrics: GenerateMetrics | None) -> bytes:
         """The closing events of a finished stream."""
@@ -48,7 +54,9 @@ class OpenAIEncoder(EventEncoder):
     ``timings`` when the backend measured them), then (when
     ``include_usage``) a chunk with ``choices: []`` and the usage, then ``data: [DONE]``. With
     ``include_usage`` every other chunk carries ``"usage": null``, as OpenAI's do. An error is
-    one ``data: {"error": {...}}`` event, and the stream ends without ``[DONE]``.
+    one ``data: {"error": {...}}`` event, and the stream ends without ``[DONE]``. With
+    ``logprobs`` each token's chunk carries its log-probabilities in OpenAI's shape
+    (:mod:`goml_async.server._logprobs`).
 
     Args:
         chat: chat chunks (True) or completion chunks (False).
@@ -56,9 +64,10 @@ class OpenAIEncoder(EventEncoder):
         include_usage: send the usage chunk.
         completion_id: the reply's ID (default: a fresh one).
         created: the reply's Unix time (default: now).
+        logprobs: None for no log-probabilities, else the alternatives per token.
     """
 
-    __slots__ = ("_chat", "_head", "_include_usage", "_tail")
+    __slots__ = ("_chat", "_head", "_include_usage", "_logprobs", "_tail")
 
     def __init__(
         self,
@@ -68,9 +77,11 @@ class OpenAIEncoder(EventEncoder):
         include_usage: bool = False,
         completion_id: str | None = None,
         created: int | None = None,
+        logprobs: int | None = None,
     ) -> None:
         self._chat = chat
         self._include_usage = include_usage
+        self._logprobs = None if logprobs is None else LogprobsCollector(chat=chat, top=logprobs)
         head = {
             "id": completion_id or new_completion_id(chat),
             "object": "chat.completion.chunk" if chat else "text_completion",
@@ -81,11 +92,17 @@ class OpenAIEncoder(EventEncoder):
         self._head = "data: " + dumps(head)[:-1]
         self._tail = ',"usage":null}\n\n' if include_usage else "}\n\n"
 
-    def _choice(self, delta_or_text: str, finish_reason: str | None, extra: str = "") -> str:
+    def _choice(
+        self,
+        delta_or_text: str,
+        finish_reason: str | None,
+        extra: str = "",
+        logprobs: str = "null",
+    ) -> str:
         finish = dumps(finish_reason)
         return (
             f'{self._head},"choices":[{{"index":0,{delta_or_text},'
-            f'"logprobs":null,"finish_reason":{finish}}}]{extra}{self._tail}'
+            f'"logprobs":{logprobs},"finish_reason":{finish}}}]{extra}{self._tail}'
         )
 
     def start(self) -> bytes:
@@ -99,6 +116,14 @@ class OpenAIEncoder(EventEncoder):
         if self._chat:
             return self._choice(f'"delta":{{"content":{dumps(text)}}}', None).encode()
         return self._choice(f'"text":{dumps(text)}', None).encode()
+
+    def encode_token(self, token: Token) -> bytes:
+        if self._logprobs is None or not token.text:
+            return self.token(token.text)
+        logprobs = dumps(self._logprobs.chunk(token))
+        text = dumps(token.text)
+        part = f'"delta":{{"content":{text}}}' if self._chat else f'"text":{text}'
+        return self._choice(part, None, logprobs=logprobs).encode()
 
     def end(self, finish_reason: str | None, metrics: GenerateMetrics | None) -> bytes:
         reason = openai_finish_reason(finish_reason)

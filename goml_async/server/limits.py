@@ -1,5 +1,5 @@
-"""The server's limits, without I/O: its config, the concurrency gate, the token clamp, the chat
-context window, the body-size limit and the bearer-token check.
+"""The server's limits, without I/O: its config, the token clamp, the chat context window, the
+body-size limit and the bearer-token check.
 
 Example:
     >>> config = ServerConfig(max_tokens=512, max_context=4)
@@ -21,7 +21,6 @@ from ..types import Message
 
 __all__ = [
     "BodyTooLarge",
-    "ConcurrencyGate",
     "DEFAULT_STATIC_DIR",
     "ServerConfig",
     "bearer_token_ok",
@@ -39,6 +38,29 @@ def _positive_int(name: str, value: object, *, minimum: int) -> None:
         raise ConfigError(name, f"must be an int >= {minimum}, got {value!r}")
 
 
+def _seconds(name: str, value: object) -> float | None:
+    """``value`` as seconds > 0, or None (no limit)."""
+    if value is None:
+        return None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise ConfigError(name, f"must be > 0 seconds or None, got {value!r}")
+    return float(value)
+
+
+def _names(name: str, value: object) -> tuple[str, ...]:
+    """A sequence of non-empty strings as a tuple without repeats (order kept)."""
+    if isinstance(value, str) or not isinstance(value, Sequence):
+        raise ConfigError(name, f"must be a sequence of str, got {value!r}")
+    if not all(isinstance(item, str) and item.strip() for item in value):
+        raise ConfigError(name, f"every item must be a non-empty str, got {value!r}")
+    return tuple(dict.fromkeys(item.strip() for item in value))
+
+
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
     """How :func:`~goml_async.server.create_app` serves a model.
@@ -46,7 +68,13 @@ class ServerConfig:
     Attributes:
         model_name: the name clients ask for and replies carry (default: the model's own name
             if it has one, else its ``model_type``).
-        max_concurrency: completion requests served at once; one more gets 429 + Retry-After.
+        aliases: other names accepted for the model (``"*"``: any name at all); each is
+            listed by ``/v1/models`` after ``model_name``.
+        max_concurrency: generation requests served at once; more wait in line.
+        max_queue: requests that may wait for a place, first come first served (0: none wait);
+            one more gets 429 + Retry-After.
+        queue_timeout: the longest wait in line in seconds (None: no limit); a request that
+            waits longer gets 429 + Retry-After.
         max_tokens: the cap on ``max_tokens``; a request without one (or with 0) gets the cap.
         timeout: seconds one completion may take (None: no limit); a non-streamed request that
             runs out gets 504, a stream gets an error event.
@@ -57,10 +85,18 @@ class ServerConfig:
             never shown in reprs.
         retry_after: the ``Retry-After`` seconds sent with 429.
         static_dir: the folder served at ``/`` (its ``index.html``) and ``/static/...``.
+        allowed_hosts: ``Host`` names accepted besides ``localhost``, ``*.localhost`` and IP
+            addresses (``"*"``: any; ``"*.example.com"``: its subdomains); any other gets 400,
+            which stops DNS-rebinding attacks.
+        allowed_origins: browser origins (``"https://app.example.com"``, or ``"*"``) that may
+            POST besides the page's own origin; another ``Origin`` gets 403.
     """
 
     model_name: str | None = None
+    aliases: tuple[str, ...] = ()
     max_concurrency: int = 4
+    max_queue: int = 64
+    queue_timeout: float | None = 120.0
     max_tokens: int = 4096
     timeout: float | None = 300.0
     max_context: int = 0
@@ -68,6 +104,8 @@ class ServerConfig:
     api_key: str | None = field(default=None, repr=False)
     retry_after: int = 1
     static_dir: Path = DEFAULT_STATIC_DIR
+    allowed_hosts: tuple[str, ...] = ()
+    allowed_origins: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.model_name is not None and (
@@ -76,74 +114,23 @@ class ServerConfig:
             raise ConfigError(
                 "model_name", f"must be a non-empty str or None, got {self.model_name!r}"
             )
+        set_ = object.__setattr__
+        set_(self, "aliases", _names("aliases", self.aliases))
         _positive_int("max_concurrency", self.max_concurrency, minimum=1)
+        _positive_int("max_queue", self.max_queue, minimum=0)
+        set_(self, "queue_timeout", _seconds("queue_timeout", self.queue_timeout))
         _positive_int("max_tokens", self.max_tokens, minimum=1)
         _positive_int("max_context", self.max_context, minimum=0)
         _positive_int("max_body_bytes", self.max_body_bytes, minimum=1)
         _positive_int("retry_after", self.retry_after, minimum=0)
-        if self.timeout is not None:
-            timeout = self.timeout
-            if (
-                isinstance(timeout, bool)
-                or not isinstance(timeout, int | float)
-                or not math.isfinite(timeout)
-                or timeout <= 0
-            ):
-                raise ConfigError("timeout", f"must be > 0 seconds or None, got {timeout!r}")
-            object.__setattr__(self, "timeout", float(timeout))
+        set_(self, "timeout", _seconds("timeout", self.timeout))
         if self.api_key is not None and (not isinstance(self.api_key, str) or not self.api_key):
             raise ConfigError("api_key", "must be a non-empty str or None")
         if not isinstance(self.static_dir, str | Path):
             raise ConfigError("static_dir", f"must be a path, got {self.static_dir!r}")
-        object.__setattr__(self, "static_dir", Path(self.static_dir))
-
-
-class ConcurrencyGate:
-    """Admits at most ``limit`` requests at once, without waiting: a full gate says no.
-
-    :meth:`try_enter` checks and counts in one step with no ``await`` in between, so two
-    requests can never both take the last place.
-
-    Example:
-        >>> gate = ConcurrencyGate(1)
-        >>> gate.try_enter(), gate.try_enter()
-        (True, False)
-        >>> gate.leave(); gate.active
-        0
-    """
-
-    __slots__ = ("_active", "_limit", "peak")
-
-    def __init__(self, limit: int) -> None:
-        _positive_int("limit", limit, minimum=1)
-        self._limit = limit
-        self._active = 0
-        #: The most requests that were admitted at once.
-        self.peak = 0
-
-    @property
-    def limit(self) -> int:
-        """How many requests may be in at once."""
-        return self._limit
-
-    @property
-    def active(self) -> int:
-        """How many requests are in now."""
-        return self._active
-
-    def try_enter(self) -> bool:
-        """Take a place if one is free; False when the gate is full."""
-        if self._active >= self._limit:
-            return False
-        self._active += 1
-        self.peak = max(self.peak, self._active)
-        return True
-
-    def leave(self) -> None:
-        """Give a place back (once per successful :meth:`try_enter`)."""
-        if self._active <= 0:
-            raise RuntimeError("ConcurrencyGate.leave() without a matching try_enter()")
-        self._active -= 1
+        set_(self, "static_dir", Path(self.static_dir))
+        set_(self, "allowed_hosts", _names("allowed_hosts", self.allowed_hosts))
+        set_(self, "allowed_origins", _names("allowed_origins", self.allowed_origins))
 
 
 def clamp_max_tokens(requested: int | None, cap: int) -> int:

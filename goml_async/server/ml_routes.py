@@ -10,8 +10,9 @@ Errors use the OpenAI server's shape, ``{"error": {"message", "type", "param", "
 field), 404 for a ``backend`` that is not registered (like the OpenAI server's unknown
 ``model``: the request names something that does not exist here), 413 for a body over the
 limit, 503 when the Service is not running, the backend is not available or no default backend
-exists, 504 on a timeout, 500 when generation fails. ``goml serve`` mounts these routes; this
-module needs the ``server`` extra (Starlette).
+exists, 504 on a timeout, 500 when generation fails. A client that hangs up stops its
+generation (and leaves the line if it was waiting for a place). ``goml serve`` mounts these
+routes; this module needs the ``server`` extra (Starlette).
 
 Example:
     ```python
@@ -29,7 +30,7 @@ import logging
 import math
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, TypeAlias
 
 import anyio
 from starlette.applications import Starlette
@@ -37,19 +38,30 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route, Router
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..errors import BackendUnavailable, ConfigError
 from ..service import Service, ServiceUnavailable, UnknownBackendError
-from ..types import GenerateMetrics, GenOpts
-from ._wire import ServerError, error_from_exception, usage
-from .app import read_json_body
+from ..types import GenerateMetrics, GenOpts, Result
+from ._http import ClientGone, read_json_body
+from ._wire import ServerError, error_from_exception, shown, usage
+from .guard import RequestGuard
 from .limits import ServerConfig, bearer_token_ok
+from .sse import run_until_disconnect, send_json_error
+from .stats import ServerStats
 
 __all__ = ["GenerateRequest", "create_ml_app", "ml_mount", "ml_routes", "parse_generate_request"]
 
 logger = logging.getLogger("goml_async.server")
 
 _FIELDS: Final = ("backend", "max_tokens", "model", "prompt", "system", "temperature")
+
+#: Holds a place for one generation: ``ServerApp.admit``, entered as ``async with admit():``.
+Admit: TypeAlias = Callable[[], contextlib.AbstractAsyncContextManager[None]]
+
+
+class _Gone(Exception):
+    """The client hung up: there is nobody to answer."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,8 +109,8 @@ def parse_generate_request(body: object) -> GenerateRequest:
     if unknown:
         raise ServerError(
             400,
-            f"unknown field(s) {', '.join(map(repr, unknown))}; known: {', '.join(_FIELDS)}",
-            param=unknown[0],
+            f"unknown field(s) {', '.join(map(shown, unknown[:5]))}; known: {', '.join(_FIELDS)}",
+            param=unknown[0][:100],
             code="unknown_field",
         )
     prompt = _text(body, "prompt", required=True)
@@ -110,12 +122,12 @@ def parse_generate_request(body: object) -> GenerateRequest:
         or not math.isfinite(temperature)
         or temperature < 0
     ):
-        raise _bad("temperature", f"must be a number >= 0, got {temperature!r}")
+        raise _bad("temperature", f"must be a number >= 0, got {shown(temperature)}")
     max_tokens = body.get("max_tokens")
     if max_tokens is not None and (
         isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 0
     ):
-        raise _bad("max_tokens", f"must be an integer >= 0, got {max_tokens!r}")
+        raise _bad("max_tokens", f"must be an integer >= 0, got {shown(max_tokens)}")
     return GenerateRequest(
         prompt=prompt,
         backend=_text(body, "backend") or "",
@@ -153,11 +165,13 @@ class _Handlers:
         self,
         service: Service,
         config: ServerConfig,
-        admit: Callable[[], contextlib.AbstractContextManager[None]] | None = None,
+        admit: Admit | None = None,
+        stats: ServerStats | None = None,
     ) -> None:
         self.service = service
         self.config = config
-        self.admit = admit or contextlib.nullcontext
+        self.admit: Admit = admit or contextlib.nullcontext
+        self.stats = stats
 
     def _authorize(self, request: Request) -> None:
         if not bearer_token_ok(request.headers, self.config.api_key):
@@ -175,7 +189,12 @@ class _Handlers:
         return await self._answer(request, self._status)
 
     async def generate(self, request: Request) -> Response:
-        return await self._answer(request, self._generate)
+        if self.stats is not None:
+            self.stats.requests += 1
+        response = await self._answer(request, self._generate)
+        if self.stats is not None and response.status_code == 200:
+            self.stats.completed += 1
+        return response
 
     async def _answer(
         self, request: Request, handler: Callable[[Request], Awaitable[dict[str, Any]]]
@@ -183,7 +202,14 @@ class _Handlers:
         try:
             self._authorize(request)
             body = await handler(request)
+        except _Gone:
+            if self.stats is not None:
+                self.stats.client_disconnects += 1
+            # Nobody reads it: the ASGI server drops a reply to a closed connection.
+            return Response(status_code=499)
         except ServerError as error:
+            if self.stats is not None:
+                self.stats.count_error(error)
             if error.status >= 500:
                 logger.warning(
                     "%s %s: %d %s", request.method, request.url.path, error.status, error
@@ -198,11 +224,12 @@ class _Handlers:
     async def _status(self, request: Request) -> dict[str, Any]:
         return self.service.status().to_dict()
 
-    async def _read(self, request: Request) -> object:
-        return await read_json_body(request, self.config.max_body_bytes)
-
     async def _generate(self, request: Request) -> dict[str, Any]:
-        parsed = parse_generate_request(await self._read(request))
+        try:
+            body = await read_json_body(request, self.config.max_body_bytes)
+        except ClientGone:
+            raise _Gone from None
+        parsed = parse_generate_request(body)
         max_tokens = min(parsed.max_tokens, self.config.max_tokens)
         try:
             opts = GenOpts(
@@ -211,10 +238,17 @@ class _Handlers:
             if self.service.state != "running":
                 raise ServiceUnavailable(self.service.state)
             name, _ = self.service.lookup(parsed.backend or None)
-            with self.admit(), anyio.fail_after(self.config.timeout):
-                result = await self.service.generate(
-                    name, parsed.prompt, opts, system=parsed.system
-                )
+
+            async def generate() -> Result:
+                # The place is held, and the timeout counts, only while generating.
+                async with self.admit():
+                    with anyio.fail_after(self.config.timeout):
+                        return await self.service.generate(
+                            name, parsed.prompt, opts, system=parsed.system
+                        )
+
+            # A client that hangs up cancels the generation (or its wait for a place).
+            result, gone = await run_until_disconnect(request.receive, generate)
         except TimeoutError:
             raise ServerError(
                 504,
@@ -225,6 +259,8 @@ class _Handlers:
             ) from None
         except Exception as exc:
             raise _service_error(exc, parsed) from exc
+        if gone or result is None:
+            raise _Gone
         return {
             "text": result.text,
             "backend": name,
@@ -238,7 +274,8 @@ def ml_routes(
     service: Service,
     config: ServerConfig | None = None,
     *,
-    admit: Callable[[], contextlib.AbstractContextManager[None]] | None = None,
+    admit: Admit | None = None,
+    stats: ServerStats | None = None,
 ) -> Router:
     """The ``/backends``, ``/status`` and ``/generate`` routes over ``service``.
 
@@ -248,16 +285,19 @@ def ml_routes(
             ``max_tokens`` (the cap on a request's ``max_tokens``; 0 or none asked keeps the
             backend's default), ``timeout`` (504 after it) and ``max_body_bytes`` (413).
             Default: ``ServerConfig()``.
-        admit: entered around each generation; ``goml serve`` passes
+        admit: entered (``async with``) around each generation; ``goml serve`` passes
             :meth:`ServerApp.admit <goml_async.server.app.ServerApp.admit>`, so these requests
-            share the OpenAI routes' concurrency cap (429) and shutdown drain (503).
+            share the OpenAI routes' concurrency cap, line (429 past it) and shutdown drain
+            (503).
+        stats: where ``/generate`` requests, replies, errors and disconnects are counted
+            (``goml serve`` passes the app's, so ``/healthz`` counts them).
 
     Returns:
         A Starlette Router: ``Mount("/v1/ml", app=ml_routes(service))``.
     """
     if not isinstance(service, Service):
         raise ConfigError("service", f"must be a Service, got {type(service).__name__}")
-    handlers = _Handlers(service, config if config is not None else ServerConfig(), admit)
+    handlers = _Handlers(service, config if config is not None else ServerConfig(), admit, stats)
     return Router(
         routes=[
             Route("/backends", handlers.backends, methods=["GET"]),
@@ -271,16 +311,19 @@ def ml_mount(
     service: Service,
     config: ServerConfig | None = None,
     *,
-    admit: Callable[[], contextlib.AbstractContextManager[None]] | None = None,
+    admit: Admit | None = None,
+    stats: ServerStats | None = None,
 ) -> Mount:
     """:func:`ml_routes` mounted at ``/v1/ml``, for ``create_app(..., routes=[...])``.
 
     Example:
         ```python
-        app = create_app(model, config, routes=lambda app: [ml_mount(service, admit=app.admit)])
+        app = create_app(
+            model, config, routes=lambda app: [ml_mount(service, admit=app.admit, stats=app.stats)]
+        )
         ```
     """
-    return Mount("/v1/ml", app=ml_routes(service, config, admit=admit))
+    return Mount("/v1/ml", app=ml_routes(service, config, admit=admit, stats=stats))
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -295,10 +338,11 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
 
 
-def create_ml_app(service: Service, config: ServerConfig | None = None) -> Starlette:
+def create_ml_app(service: Service, config: ServerConfig | None = None) -> ASGIApp:
     """A standalone ASGI app with :func:`ml_routes` mounted at ``/v1/ml``.
 
-    Unknown paths and methods get 404/405 in the same error shape.
+    Unknown paths and methods get 404/405 in the same error shape; requests pass the same
+    Host/Origin/Content-Type checks as ``goml serve`` (:mod:`goml_async.server.guard`).
 
     Example:
         ```python
@@ -307,7 +351,19 @@ def create_ml_app(service: Service, config: ServerConfig | None = None) -> Starl
             await uvicorn.Server(uvicorn.Config(create_ml_app(service), port=8091)).serve()
         ```
     """
-    return Starlette(
+    config = config if config is not None else ServerConfig()
+    app = Starlette(
         routes=[ml_mount(service, config)],
         exception_handlers={HTTPException: _http_error},
     )
+    guard = RequestGuard(config.allowed_hosts, config.allowed_origins)
+
+    async def guarded(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            refusal = guard.check(scope["method"], scope["headers"])
+            if refusal is not None:
+                await send_json_error(send, refusal)
+                return
+        await app(scope, receive, send)
+
+    return guarded

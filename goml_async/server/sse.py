@@ -30,6 +30,7 @@ __all__ = [
     "SSE_HEADERS",
     "TokenStreamSender",
     "run_until_disconnect",
+    "send_json_error",
 ]
 
 ASGIReceive: TypeAlias = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -196,7 +197,7 @@ class TokenStreamSender:
                     # The headers wait for the first token: an error before any output still
                     # gets its own HTTP status and a JSON body, as a non-streamed request would.
                     async for token in stream:
-                        data = encoder.token(token.text)
+                        data = encoder.encode_token(token)
                         if not self._started:
                             await self._start(send)
                             data = encoder.start() + data
@@ -221,15 +222,15 @@ class TokenStreamSender:
         self._finished = True
         if not self._started:
             if failure is not None:
-                await _send_json_error(send, failure)
+                await send_json_error(send, failure)
                 return
             await self._start(send)
             tail = encoder.start() + tail
         await send({"type": "http.response.body", "body": tail, "more_body": False})
 
 
-async def _send_json_error(send: ASGISend, error: ServerError) -> None:
-    """An error reply in OpenAI's JSON shape, with its own status."""
+async def send_json_error(send: ASGISend, error: ServerError) -> None:
+    """An error reply in OpenAI's JSON shape, with its own status, over plain ASGI."""
     body = json.dumps(error.body(), ensure_ascii=False).encode()
     headers = [
         (b"content-type", b"application/json"),

@@ -10,10 +10,10 @@ from typing import Any, TypeAlias
 
 import anyio
 
-from ..errors import ConfigError, GenerationError
+from ..errors import ConfigError, GenerationError, NotSupported
 from ..model import BaseTextModel
 from ..stream import StreamContext
-from ..types import ClassifyResult, GenerateConfig, GenerateMetrics, Message, Token
+from ..types import ClassifyResult, GenerateConfig, GenerateMetrics, Message, Token, TopLogprob
 
 __all__ = ["Reply", "ScriptedModel"]
 
@@ -31,6 +31,11 @@ class ScriptedModel(BaseTextModel):
         fail_after: after this many tokens, raise ``error`` instead of continuing.
         error: the exception raised by ``fail_after`` (default: a GenerationError).
         name: the model's ``model_type``.
+        logprobs: the log-probability of each token of the reply, by position; without it,
+            asking for ``logprobs`` raises NotSupported, as a backend that cannot do them does.
+        top_logprobs: the most likely tokens at each position (most likely first), of which
+            ``GenerateConfig.top_logprobs`` are given; without it, asking for any raises
+            NotSupported.
 
     Attributes:
         calls: every call as ``(prompt_or_messages, GenerateConfig)``, in order.
@@ -51,6 +56,8 @@ class ScriptedModel(BaseTextModel):
         fail_after: int | None = None,
         error: BaseException | None = None,
         name: str = "scripted",
+        logprobs: Sequence[float] | None = None,
+        top_logprobs: Sequence[Sequence[TopLogprob]] | None = None,
     ) -> None:
         if not callable(reply):
             reply = self._check_reply(reply)
@@ -64,11 +71,21 @@ class ScriptedModel(BaseTextModel):
             raise ConfigError("error", f"must be an exception instance, got {error!r}")
         if not isinstance(name, str) or not name:
             raise ConfigError("name", f"must be a non-empty str, got {name!r}")
+        if logprobs is not None and not all(
+            isinstance(value, int | float) and not isinstance(value, bool) for value in logprobs
+        ):
+            raise ConfigError("logprobs", f"must be a sequence of numbers, got {logprobs!r}")
+        if top_logprobs is not None and not all(
+            all(isinstance(alt, TopLogprob) for alt in alts) for alts in top_logprobs
+        ):
+            raise ConfigError("top_logprobs", "must be a sequence of TopLogprob sequences")
         super().__init__(model_type=name)
         self._reply = reply
         self._delay = float(delay)
         self._fail_after = fail_after
         self._error = error
+        self._logprobs = None if logprobs is None else [float(value) for value in logprobs]
+        self._top_logprobs = None if top_logprobs is None else [tuple(t) for t in top_logprobs]
         self.calls: list[tuple[str | list[Message], GenerateConfig]] = []
         self.max_concurrency = 0
         self._open = 0
@@ -97,6 +114,11 @@ class ScriptedModel(BaseTextModel):
         self, subject: str | list[Message], context: StreamContext
     ) -> AsyncIterator[Token]:
         self.calls.append((subject, context.config))
+        config = context.config
+        if config.logprobs and self._logprobs is None:
+            raise NotSupported("this ScriptedModel has no logprobs (give it logprobs=...)")
+        if config.top_logprobs and self._top_logprobs is None:
+            raise NotSupported("this ScriptedModel has no top_logprobs (give it top_logprobs=...)")
         texts = self._texts(subject)
         self._open += 1
         self.max_concurrency = max(self.max_concurrency, self._open)
@@ -112,7 +134,7 @@ class ScriptedModel(BaseTextModel):
                 if self._delay:
                     await anyio.sleep(self._delay)
                 produced += 1
-                yield Token(id=index, text=text)
+                yield self._token(index, text, config)
             if self._fail_after == len(texts):
                 raise self._failure(len(texts))
         finally:
@@ -121,6 +143,16 @@ class ScriptedModel(BaseTextModel):
             context.metrics = GenerateMetrics(
                 prompt_tokens=_count_words(subject), generated_tokens=produced
             )
+
+    def _token(self, index: int, text: str, config: GenerateConfig) -> Token:
+        logprobs, tops = self._logprobs, self._top_logprobs
+        if logprobs is None:
+            return Token(id=index, text=text)
+        wanted = config.top_logprobs if tops is not None else 0
+        if index >= len(logprobs) or (wanted and index >= len(tops or ())):
+            raise GenerationError(f"ScriptedModel: no logprobs scripted for token {index}")
+        alternatives = tops[index][:wanted] if tops is not None and wanted else ()
+        return Token(id=index, text=text, logprob=logprobs[index], top_logprobs=alternatives)
 
     def _failure(self, produced: int) -> BaseException:
         if self._error is not None:

@@ -63,15 +63,17 @@ async def drive(
     *,
     disconnect_when: Callable[[Exchange], bool] = lambda _: False,
     on_chunk: Callable[[Exchange], None] | None = None,
+    gone: anyio.Event | None = None,
 ) -> Exchange:
-    """POST ``body`` to ``app`` as an ASGI server would, disconnecting once ``disconnect_when``.
+    """POST ``body`` to ``app`` as an ASGI server would, disconnecting once ``disconnect_when``
+    (or once ``gone`` is set, when given: a client that hangs up before any reply).
 
     httpx's ASGITransport only sends ``http.disconnect`` once the response is complete, so the
     tests that drop a client mid-stream drive the app by hand (on asyncio and trio alike).
     """
     raw = json.dumps(body).encode()
     seen = Exchange()
-    gone = anyio.Event()
+    gone = gone or anyio.Event()
     sent_body = False
 
     async def receive() -> dict[str, Any]:
@@ -105,7 +107,7 @@ async def drive(
         "query_string": b"",
         "root_path": "",
         "headers": [
-            (b"host", b"test"),
+            (b"host", b"localhost"),
             (b"content-type", b"application/json"),
             (b"content-length", str(len(raw)).encode()),
         ],
@@ -145,6 +147,13 @@ async def uvicorn_serving(app: Any) -> AsyncIterator[str]:
             yield f"http://127.0.0.1:{port}"
         finally:
             server.should_exit = True
+
+
+async def wait_until(condition: Callable[[], bool], seconds: float = 5.0) -> None:
+    """Poll ``condition`` (the server's own counters, which have no event) until it holds."""
+    with anyio.fail_after(seconds):
+        while not condition():  # noqa: ASYNC110 (polling state that has no event to wait on)
+            await anyio.sleep(0.005)
 
 
 def child_pids(pid: int) -> list[int]:

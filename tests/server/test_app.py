@@ -33,7 +33,7 @@ REPLY = ["Hello", ",", " world", "!"]
 
 def client(app: Any, **headers: str) -> httpx.AsyncClient:
     return httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="http://test", headers=headers
+        transport=httpx.ASGITransport(app=app), base_url="http://localhost", headers=headers
     )
 
 
@@ -122,7 +122,7 @@ async def test_a_streamed_completion() -> None:
 async def test_the_http_backend_reads_the_app() -> None:
     model = ScriptedModel(REPLY)
     transport = httpx.ASGITransport(app=create_app(model, model_name="m"))
-    async with HTTPModel("http://test/v1", "m", transport=transport, max_retries=0) as remote:
+    async with HTTPModel("http://localhost/v1", "m", transport=transport, max_retries=0) as remote:
         chatted = await remote.chat([USER], max_tokens=3).collect()
         generated = await remote.generate("Once upon", temperature=0).collect()
     assert (chatted.text, chatted.finish_reason) == ("Hello, world", "length")
@@ -195,9 +195,9 @@ async def test_stop_sequences_cut_the_reply(stream: bool) -> None:
     assert (text, reason) == ("Hello ", "stop")
 
 
-async def test_a_burst_gets_exactly_max_concurrency_through() -> None:
+async def test_without_a_queue_a_burst_gets_exactly_max_concurrency_through() -> None:
     model = ScriptedModel(REPLY, delay=0.05)
-    app = create_app(model, max_concurrency=2, retry_after=3)
+    app = create_app(model, max_concurrency=2, max_queue=0, retry_after=3)
     responses: list[httpx.Response] = []
     async with client(app) as http:
 
@@ -239,7 +239,9 @@ async def test_a_chunked_body_is_read_only_up_to_the_limit() -> None:
             yield b" " * 100
 
     async with client(app) as http:
-        response = await http.post("/v1/chat/completions", content=body())
+        response = await http.post(
+            "/v1/chat/completions", content=body(), headers={"content-type": "application/json"}
+        )
     assert response.status_code == 413
     assert pulled < 20
 
@@ -249,7 +251,9 @@ async def test_a_chunked_body_is_read_only_up_to_the_limit() -> None:
 
 async def test_bad_json_is_400() -> None:
     async with client(create_app(ScriptedModel(REPLY))) as http:
-        response = await http.post("/v1/chat/completions", content=b"{nope")
+        response = await http.post(
+            "/v1/chat/completions", content=b"{nope", headers={"content-type": "application/json"}
+        )
     assert response.status_code == 400
     assert error_of(response)["code"] == "invalid_json"
 
@@ -500,7 +504,8 @@ async def test_a_client_leaving_a_plain_request_stops_the_model() -> None:
     async def send(message: dict[str, Any]) -> None:
         messages.append(message)
 
-    scope = {"type": "http", "method": "POST", "path": "/v1/chat/completions", "headers": []}
+    headers = [(b"host", b"localhost"), (b"content-type", b"application/json")]
+    scope = {"type": "http", "method": "POST", "path": "/v1/chat/completions", "headers": headers}
     scope |= {"query_string": b"", "root_path": "", "scheme": "http", "http_version": "1.1"}
     with anyio.fail_after(5):
         async with anyio.create_task_group() as group:

@@ -73,13 +73,14 @@ class Unavailable:
 
 def client(app: Any, **headers: str) -> httpx.AsyncClient:
     return httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="http://test", headers=headers
+        transport=httpx.ASGITransport(app=app), base_url="http://localhost", headers=headers
     )
 
 
 async def post(http: httpx.AsyncClient, body: Any) -> httpx.Response:
     if isinstance(body, bytes):
-        return await http.post("/v1/ml/generate", content=body)
+        headers = {"content-type": "application/json"}
+        return await http.post("/v1/ml/generate", content=body, headers=headers)
     return await http.post("/v1/ml/generate", json=body)
 
 
@@ -219,12 +220,12 @@ async def test_generate_shares_the_servers_concurrency_cap_and_drain() -> None:
     service.register("slow", backend)
     app = create_app(
         slow,
-        ServerConfig(max_concurrency=1),
+        ServerConfig(max_concurrency=1, max_queue=0),
         routes=lambda app: [ml_mount(service, admit=app.admit)],
     )
     chat = {"messages": [{"role": "user", "content": "hi"}]}
     async with service, client(app) as http:
-        with app.admit():  # the one slot is taken (as by a completion in progress)
+        async with app.admit():  # the one slot is taken (as by a completion in progress)
             busy = await post(http, {"prompt": "hi"})
             assert_error(busy, 429, "server_busy", None)
             assert busy.headers["Retry-After"]

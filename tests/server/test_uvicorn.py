@@ -86,7 +86,7 @@ async def test_a_chunked_upload_over_the_limit_is_refused_early() -> None:
         host, port = url.removeprefix("http://").split(":")
         with socket.create_connection((host, int(port))) as sock:
             head = (
-                "POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\n"
+                "POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\n"
                 "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
             )
             sock.sendall(head.encode())
@@ -100,9 +100,9 @@ async def test_a_chunked_upload_over_the_limit_is_refused_early() -> None:
     assert body["error"]["code"] == "request_too_large"
 
 
-async def test_a_burst_over_http_gets_exactly_max_concurrency_through() -> None:
+async def test_without_a_queue_a_burst_over_http_gets_exactly_max_concurrency_through() -> None:
     model = ScriptedModel(["a", "b", "c"], delay=0.05)
-    app = create_app(model, max_concurrency=3)
+    app = create_app(model, max_concurrency=3, max_queue=0)
     statuses: list[int] = []
     async with uvicorn_serving(app) as url, httpx.AsyncClient(base_url=url) as http:
 

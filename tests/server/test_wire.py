@@ -15,16 +15,11 @@ from goml_async.errors import (
     NotSupported,
 )
 from goml_async.server import ServerConfig
-from goml_async.server._wire import (
-    ServerError,
-    completion_reply,
-    error_from_exception,
-    parse_completion_request,
-)
+from goml_async.server._requests import parse_completion_request
+from goml_async.server._wire import ServerError, completion_reply, error_from_exception
 from goml_async.server.events import OpenAIEncoder, TextEncoder
 from goml_async.server.limits import (
     BodyTooLarge,
-    ConcurrencyGate,
     bearer_token_ok,
     clamp_max_tokens,
     read_body,
@@ -53,7 +48,9 @@ def test_a_chat_request_keeps_every_sampling_field() -> None:
         "repeat_penalty": 1.1,
         "seed": 7,
         "stop": ["\n\n", "END"],
-        "frequency_penalty": 0.2,  # unknown here, and fine
+        "frequency_penalty": 0.2,
+        "presence_penalty": -0.5,
+        "user": "someone",  # changes nothing in the reply: ignored
     }
     request = parse_completion_request(body, chat=True)
     assert request.chat and request.stream and request.include_usage
@@ -66,6 +63,8 @@ def test_a_chat_request_keeps_every_sampling_field() -> None:
         "repeat_penalty": 1.1,
         "seed": 7,
         "stop_sequences": ("\n\n", "END"),
+        "frequency_penalty": 0.2,
+        "presence_penalty": -0.5,
     }
 
 
@@ -332,18 +331,6 @@ def test_text_events_rejoin_line_breaks() -> None:
 
 
 # -- limits ---------------------------------------------------------------------------------------
-
-
-def test_the_gate_admits_up_to_its_limit() -> None:
-    gate = ConcurrencyGate(2)
-    assert [gate.try_enter() for _ in range(3)] == [True, True, False]
-    assert (gate.active, gate.peak) == (2, 2)
-    gate.leave()
-    assert gate.try_enter()
-    for _ in range(2):
-        gate.leave()
-    with pytest.raises(RuntimeError):
-        gate.leave()
 
 
 @pytest.mark.parametrize(("requested", "expected"), [(None, 64), (0, 64), (10, 10), (9000, 64)])
