@@ -23,11 +23,14 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import re
 import tomllib
 from contextvars import ContextVar
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic.fields import FieldInfo
@@ -39,7 +42,7 @@ from ..settings import default_cache_dir
 if TYPE_CHECKING:
     from .types import RemoteTransport
 
-__all__ = ["AgentConfig", "ENV_PREFIX", "default_work_dir"]
+__all__ = ["AgentConfig", "ENV_PREFIX", "WORK_DIR_IDENTITY", "default_work_dir"]
 
 logger = logging.getLogger(__name__)
 
@@ -64,9 +67,58 @@ _OPTIONAL_TEXT = (
 _FILE: ContextVar[tuple[Path, dict[str, Any]] | None] = ContextVar("_FILE", default=None)
 
 
-def default_work_dir() -> Path:
-    """``<user cache dir>/goml_async/agent``, e.g. ``~/.cache/goml_async/agent``."""
+#: The settings that tell one agent's job from another's: where the checkpoints come from, what
+#: scores them and where the results go. Agents that differ in any of them get their own default
+#: work_dir (and so their own buffer, state and lock); the other settings (timeouts, tokens, the
+#: judge, the loop's modes) change how a job runs, not which job it is.
+WORK_DIR_IDENTITY: Final = (
+    "host",
+    "port",
+    "user",
+    "adapter_base",
+    "filter",
+    "backend",
+    "base_model",
+    "api_url",
+    "model",
+    "influx_url",
+    "influx_api",
+    "influx_db",
+    "influx_org",
+    "influx_bucket",
+)
+
+
+def default_work_dir(config: AgentConfig) -> Path:
+    """The work_dir of a config that sets none: one folder per job under the user cache dir.
+
+    ``<user cache dir>/goml_async/agent/<host or "local">-<adapter_base's name>-<hash>``, where
+    the hash is the first 12 hex digits of the SHA-256 of the :data:`WORK_DIR_IDENTITY` settings
+    (as JSON), e.g. ``~/.cache/goml_async/agent/local-lem-1f0c4b2a9d3e``. Two agents with the
+    same job share it (and the second is refused by the work_dir lock); any other two do not.
+
+    Example:
+        >>> one = AgentConfig(adapter_base="/data/lem", base_model="default")
+        >>> two = AgentConfig(adapter_base="/data/lem", base_model="default",
+        ...                   influx_url="http://127.0.0.1:8086")
+        >>> one.work_dir.parent == two.work_dir.parent, one.work_dir == two.work_dir
+        (True, False)
+        >>> one.work_dir.name.startswith("local-lem-")
+        True
+    """
+    identity = {name: getattr(config, name) for name in WORK_DIR_IDENTITY}
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode("utf-8")).hexdigest()
+    where = PurePosixPath(config.adapter_base).name or "root"
+    slug = _UNSAFE_NAME.sub("_", f"{config.host or 'local'}-{where}")[:48]
+    return _agents_folder() / f"{slug}-{digest[:12]}"
+
+
+def _agents_folder() -> Path:
+    """``<user cache dir>/goml_async/agent``: the agents' default work_dirs are in it."""
     return default_cache_dir() / "agent"
+
+
+_UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 class _FileSettingsSource(PydanticBaseSettingsSource):
@@ -115,7 +167,9 @@ class AgentConfig(BaseSettings):
         influx_token: the Influx token; never shown in reprs or errors.
         influx_query: how scored labels are read back: ``influxql`` or ``sql`` (v3).
         influx_batch_size: lines per write request.
-        work_dir: where adapters are copied and the buffer and state files live.
+        work_dir: where adapters are copied and the buffer, state and lock files live
+            (default: a folder per job, see :func:`default_work_dir`). One agent at a time
+            uses a work_dir.
         poll_interval: seconds between discovery passes when there is nothing to do.
         one_shot: stop after one pass.
         dry_run: list what would be scored, score nothing.
@@ -165,7 +219,9 @@ class AgentConfig(BaseSettings):
     influx_batch_size: int = Field(default=5000, ge=1)
 
     # the loop
-    work_dir: Path = Field(default_factory=default_work_dir)
+    # Not set: _check picks this job's folder under the agents' folder (it depends on the
+    # other settings, so it cannot be a plain default).
+    work_dir: Path = Field(default_factory=_agents_folder)
     poll_interval: float = Field(default=300.0, ge=0)
     one_shot: bool = False
     dry_run: bool = False
@@ -322,6 +378,8 @@ class AgentConfig(BaseSettings):
             )
         if not self.influx_bucket:
             self.influx_bucket = self.influx_db
+        if "work_dir" not in self.model_fields_set:
+            self.work_dir = default_work_dir(self)
         if self.insecure_skip_host_key_check and self.host is not None:
             logger.warning(
                 "INSECURE: insecure_skip_host_key_check is set, so the host key of %s is NOT "

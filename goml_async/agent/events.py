@@ -10,7 +10,8 @@ Example:
         if event.kind == "probe":
             print(f"{event.checkpoint.label}: probe {event.done}/{event.total}")
 
-    summary = await Agent(config, on_event=show).run()
+    async with Agent(config, on_event=show) as agent:
+        summary = await agent.run()
     ```
 """
 
@@ -116,8 +117,8 @@ class PointSink(Protocol):
         """Write what is buffered, in order; how many records were written."""
         ...
 
-    async def scored_labels(self, measurement: str = "capability_score") -> set[tuple[str, str]]:
-        """The ``(run_id, label)`` pairs already in ``measurement``."""
+    async def scored_times(self) -> dict[tuple[str, str], int]:
+        """Each scored ``(run_id, label)`` and the time (ns) of its overall capability score."""
         ...
 
     async def aclose(self) -> None: ...

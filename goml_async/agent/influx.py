@@ -25,8 +25,9 @@ What each server answer does:
 | 400, 413, 422 (InfluxDB refused the data) | moved to ``<buffer>.rejected.jsonl``; SinkError |
 | 401, 403, 404, other 4xx (configuration) | kept in the buffer; SinkError |
 
-Reads (:meth:`InfluxSink.scored_labels`) use InfluxQL through ``/query`` (1.x, and the
-compatibility endpoint of 2.x and 3.x), or SQL through ``/api/v3/query_sql`` (3.x).
+Reads (:meth:`InfluxSink.scored_labels`, :meth:`InfluxSink.scored_times`) use InfluxQL through
+``/query`` (1.x, and the compatibility endpoint of 2.x and 3.x), or SQL through
+``/api/v3/query_sql`` (3.x).
 """
 
 from __future__ import annotations
@@ -48,11 +49,13 @@ import httpx
 from pydantic import SecretStr
 
 from ..errors import BackendUnavailable, ConfigError, NotSupported, SinkError
+from ._durable import append_durably
 from ._influx_wire import (
     REJECTED_DATA,
     Unavailable,
     describe,
     influxql_pairs,
+    influxql_times,
     module_exists,
     pack,
     quote_influxql,
@@ -60,9 +63,11 @@ from ._influx_wire import (
     raise_for_status,
     running_under_trio,
     sql_pairs,
+    sql_times,
 )
+from .points import CAPABILITY_SCORE as CAPABILITY
 from .types import Point
-from .wal import BufferedRecord, WriteAheadBuffer, _append_durably
+from .wal import BufferedRecord, WriteAheadBuffer
 
 if TYPE_CHECKING:
     from ._influx_v2 import V2Writer
@@ -353,6 +358,33 @@ class InfluxSink:
             return await self._scored_sql(measurement)
         return await self._scored_influxql(measurement)
 
+    async def scored_times(self) -> dict[tuple[str, str], int]:
+        """Each scored checkpoint's ``(run_id, label)`` and the time of its overall score (ns).
+
+        The time is that of the earliest ``capability_score`` point with ``category=overall``
+        (offset 0: the checkpoint's time base, in ns), read with InfluxQL ``SELECT
+        first("iteration") ... WHERE "category" = 'overall' GROUP BY "run_id", "label"`` or
+        SQL ``SELECT run_id, label, time ... WHERE category = 'overall'``. The agent skips the
+        checkpoints listed and writes a re-score onto the same times.
+
+        Raises:
+            SinkError: the server is unreachable or refused the query.
+        """
+        self._check_open()
+        if self.url is None:
+            return {}
+        if self.query == "sql":
+            statement = (
+                f"SELECT run_id, label, time FROM {quote_sql(CAPABILITY)} "
+                "WHERE category = 'overall'"
+            )
+            return sql_times(await self.query_sql(statement))
+        statement = (
+            f'SELECT first("iteration") FROM {quote_influxql(CAPABILITY)} '
+            f'WHERE "category" = \'overall\' GROUP BY "run_id", "label"'
+        )
+        return influxql_times(await self.query_influxql(statement))
+
     async def _scored_influxql(self, measurement: str) -> set[tuple[str, str]]:
         statement = f'SELECT count(*) FROM {quote_influxql(measurement)} GROUP BY "run_id", "label"'
         return influxql_pairs(await self.query_influxql(statement))
@@ -454,6 +486,6 @@ class InfluxSink:
 
 def _keep_rejected(path: Path, text: str) -> None:
     try:
-        _append_durably(path, text.encode("utf-8"))
+        append_durably(path, text.encode("utf-8"))
     except OSError as exc:
         raise SinkError(f"cannot write the rejected-records file {path}: {exc}") from exc

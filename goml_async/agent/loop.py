@@ -4,18 +4,22 @@
 
     discovery --(checkpoints)--> evaluation --(evaluations)--> publishing
 
-Each pass (go-ml's ``RunAgentLoop``) replays the write-ahead buffer, discovers the checkpoints,
-drops the scored ones (Influx's ``capability_score`` pairs plus the state file; an Influx query
-failure falls back to the state file), and takes the first unscored one (all with ``force``),
-or in ``dry_run`` only reports it. When they are published the next pass starts at once, or
-after ``poll_interval`` when nothing was left; ``one_shot`` stops after one pass.
+The agent first locks its ``work_dir`` (a second agent there fails, naming the first one's
+PID). Each pass (go-ml's ``RunAgentLoop``) replays the write-ahead buffer, discovers the
+checkpoints, drops the scored ones (Influx's overall ``capability_score`` points plus the state
+file; an Influx query failure falls back to the state file), and takes the first unscored one
+(all with ``force``), or in ``dry_run`` only reports it. When they are published the next pass
+starts at once, or after ``poll_interval`` when nothing was left; ``one_shot`` stops after one.
 
-Publishing buffers every batch durably before writing it, ``capability_score`` (the "scored"
-mark) last, and only then records the checkpoint in the state file; points have fixed
-identities (series + mtime-based time), so a ``kill -9`` at any moment loses nothing (buffered
-batches are replayed, the rest is evaluated again) and duplicates nothing (rewrites
-overwrite). Cancelling the group (SIGINT/SIGTERM in ``goml agent``) stops all three tasks; a
-publish in progress gets :data:`PUBLISH_GRACE` seconds to finish.
+Before evaluation a checkpoint's time base is fixed in the state file: the one recorded when
+it was first scored, else its overall score's time in InfluxDB, else its mtime. Publishing
+buffers every batch durably before writing it, ``capability_score`` (the "scored" mark) last,
+and only then records the checkpoint in the state file; a batch that cannot be buffered (disk
+full) fails the checkpoint, unrecorded, to be tried again. Points have fixed identities (series
++ time base), so a ``kill -9`` at any moment loses nothing (buffered batches are replayed, the
+rest is evaluated again) and duplicates nothing (rewrites and re-scores overwrite). Cancelling
+the group (SIGINT/SIGTERM in ``goml agent``) stops all three tasks; a publish in progress gets
+:data:`PUBLISH_GRACE` seconds to finish.
 
 Example:
     ```python
@@ -31,13 +35,14 @@ from __future__ import annotations
 import inspect
 import logging
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import TYPE_CHECKING, Final, Self
 
 import anyio
+import anyio.to_thread
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
 from ..errors import GomlError, SinkError
@@ -50,6 +55,7 @@ from .types import Checkpoint, RemoteTransport
 if TYPE_CHECKING:
     from .config import AgentConfig
     from .state import ScoredState
+    from .workdir import WorkDirLock
 
 __all__ = ["Agent", "PUBLISH_GRACE"]
 
@@ -57,6 +63,11 @@ logger = logging.getLogger(__name__)
 
 #: Seconds a publish in progress may still take after the loop was cancelled.
 PUBLISH_GRACE: Final = 30.0
+
+_NS: Final = 1_000_000_000
+
+#: ``(run_id, label) -> time (ns)`` of each checkpoint InfluxDB has scored; None: unknown.
+_InInflux = Mapping[tuple[str, str], int] | None
 
 
 @dataclass(eq=False, slots=True)
@@ -78,7 +89,9 @@ class Agent:
         on_event: called with every :class:`AgentEvent` (sync or async).
 
     What the agent creates it also closes (``aclose`` or ``async with``); a transport or sink
-    given to it stays open.
+    given to it stays open. :meth:`run`, :meth:`evaluate` and :meth:`replay` lock
+    ``config.work_dir`` first, and the lock is held until ``aclose``: one agent at a time
+    uses a work_dir.
     """
 
     def __init__(
@@ -99,6 +112,7 @@ class Agent:
         self._on_event = on_event
         self._failed_at: dict[tuple[str, str], float] = {}
         self._pass = 0
+        self._work_dir_lock: WorkDirLock | None = None
 
     @property
     def config(self) -> AgentConfig:
@@ -116,7 +130,7 @@ class Agent:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the transport and sink this agent created; idempotent."""
+        """Close the transport and sink this agent created, release the work_dir; idempotent."""
         with anyio.CancelScope(shield=True):
             if self._owns_sink and self._sink is not None:
                 sink, self._sink = self._sink, None
@@ -124,6 +138,8 @@ class Agent:
             if self._owns_transport and self._transport is not None:
                 transport, self._transport = self._transport, None
                 await transport.aclose()
+            if self._work_dir_lock is not None:
+                self._work_dir_lock.release()
 
     # -- the facade (go-ml's Agent methods) ------------------------------------------------------
 
@@ -142,21 +158,26 @@ class Agent:
         discovery does not know is taken as is (``adapters.safetensors`` in a directory).
 
         Raises:
-            ConfigError: ``target`` matches nothing usable.
+            ConfigError: ``target`` matches nothing usable, or ``work_dir`` is unusable or in
+                use by another agent.
             GomlError: the evaluation failed (see :func:`evaluate_checkpoint`).
         """
+        await self._hold_work_dir()
         transport = self._get_transport()
         checkpoint = (
             target
             if isinstance(target, Checkpoint)
             else await resolve_target(self._config, transport, target)
         )
+        summary = AgentSummary()
+        checkpoint = await self._with_time_base(checkpoint, await self._in_influx(summary))
         evaluation = await evaluate_checkpoint(self._config, transport, checkpoint)
-        await self._publish(evaluation, AgentSummary())
+        await self._publish(evaluation, summary)
         return evaluation
 
     async def replay(self) -> int:
         """Write the buffered records to Influx (go-ml's ``CollectMetrics``); how many."""
+        await self._hold_work_dir()
         return await self._get_sink().replay()
 
     # -- the loop --------------------------------------------------------------------------------
@@ -169,9 +190,10 @@ class Agent:
             after ``poll_interval``), never raised.
 
         Raises:
+            ConfigError: ``work_dir`` is unusable or in use by another agent.
             GomlError: discovery failed in a one-shot or dry run (a continuous run retries).
         """
-        await anyio.Path(self._config.work_dir).mkdir(parents=True, exist_ok=True)
+        await self._hold_work_dir()
         summary = AgentSummary()
         targets_send, targets_receive = anyio.create_memory_object_stream[Checkpoint | _PassEnd](1)
         results_send, results_receive = anyio.create_memory_object_stream[Evaluation | _PassEnd](1)
@@ -206,8 +228,9 @@ class Agent:
                     await self._warn(summary, f"discovery failed: {exc}")
                     await self._idle(config.poll_interval)
                     continue
+                in_influx = await self._in_influx(summary)
                 force = config.force and summary.passes == 1
-                unscored = checkpoints if force else await self._unscored(checkpoints, summary)
+                unscored = checkpoints if force else self._unscored(checkpoints, in_influx)
                 await self._emit("discovered", done=len(unscored), total=len(checkpoints))
                 if not unscored:
                     if stop_after_pass:
@@ -222,7 +245,12 @@ class Agent:
                     return
                 marker = _PassEnd()
                 for checkpoint in targets:
-                    await send.send(checkpoint)
+                    try:
+                        target = await self._with_time_base(checkpoint, in_influx)
+                    except SinkError as exc:  # the state file cannot be written (disk full)
+                        await self._failure(checkpoint, f"cannot record it: {exc}", summary)
+                        continue
+                    await send.send(target)
                 await send.send(marker)
                 await marker.done.wait()
                 if config.one_shot:
@@ -327,16 +355,44 @@ class Agent:
 
     # -- helpers ---------------------------------------------------------------------------------
 
-    async def _unscored(
-        self, checkpoints: list[Checkpoint], summary: AgentSummary
-    ) -> list[Checkpoint]:
-        scored: set[tuple[str, str]] = set()
+    async def _hold_work_dir(self) -> None:
+        """Lock ``work_dir`` (creating it) before anything in it is read or written."""
+        if self._work_dir_lock is None:
+            from .workdir import WorkDirLock
+
+            self._work_dir_lock = WorkDirLock(self._config.work_dir)
+        await anyio.to_thread.run_sync(self._work_dir_lock.acquire)
+
+    async def _in_influx(self, summary: AgentSummary) -> _InInflux:
+        """The checkpoints InfluxDB has scored, with their times; None when it cannot say."""
         try:
-            scored = await self._get_sink().scored_labels()
+            return await self._get_sink().scored_times()
         except SinkError as exc:
             await self._warn(
                 summary, f"cannot ask Influx what is scored ({exc}); using the state file"
             )
+            return None
+
+    async def _with_time_base(self, checkpoint: Checkpoint, in_influx: _InInflux) -> Checkpoint:
+        """The checkpoint with the time base of its points, recorded in the state file.
+
+        The base recorded the first time it was scored, else the time of its overall score in
+        InfluxDB (its local state was lost), else its own (its mtime): so a re-score overwrites
+        even when the file's mtime changed since (a copy without ``-p``).
+
+        Raises:
+            SinkError: the state file cannot be written.
+        """
+        state = self._get_state()
+        base = state.time_base(checkpoint.run_id, checkpoint.label)
+        if base is None:
+            found = (in_influx or {}).get((checkpoint.run_id, checkpoint.label))
+            base = checkpoint.points_time_base if found is None else found // _NS
+            await state.set_time_base(checkpoint.run_id, checkpoint.label, base)
+        return replace(checkpoint, time_base=base)
+
+    def _unscored(self, checkpoints: list[Checkpoint], in_influx: _InInflux) -> list[Checkpoint]:
+        scored = in_influx or {}
         state = self._get_state()
         retry_after = anyio.current_time() - self._config.poll_interval
         unscored = []

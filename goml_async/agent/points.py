@@ -4,11 +4,12 @@ Measurements, tags and fields are go-ml's (``agent_influx.go``), so existing das
 working, and so are the field types go-ml's code writes (a float ``score`` in ``content_score``
 and float judge scores rounded to two decimals, as its ``%d``/``%.2f`` formats give), so
 goml_async's points land in a database go-ml filled without a field type conflict. One thing
-is deliberately different: the time. go-ml wrote a synthetic time,
-``EpochBase + iteration * 1000 + offset`` seconds. Here the base is the checkpoint file's own
-modification time, rounded down to whole seconds, and the iteration is a field of every point::
+is deliberately different: the time. go-ml wrote a synthetic time, ``EpochBase + iteration *
+1000 + offset`` seconds. Here the base is the checkpoint's time base (its file's modification
+time, in whole seconds, when it was first scored; see ``Checkpoint.time_base``), and the
+iteration is a field of every point::
 
-    time = (int(checkpoint.mtime) + offset) seconds, in nanoseconds
+    time = (checkpoint.points_time_base + offset) seconds, in nanoseconds
 
 The offsets are go-ml's, so the points of one checkpoint never collide:
 
@@ -75,15 +76,18 @@ _SORTED_PROBE_IDS: Final[tuple[str, ...]] = tuple(sorted(probe.id for probe in C
 
 
 def timestamp_ns(checkpoint: Checkpoint, offset: int) -> int:
-    """The time of a point: the checkpoint's mtime in whole seconds, plus ``offset`` seconds, in ns.
+    """The time of a point: the checkpoint's time base plus ``offset`` seconds, in ns.
 
+    The time base is ``checkpoint.time_base``, or the mtime in whole seconds when it is None.
+
+    >>> from dataclasses import replace
     >>> from goml_async.agent.types import Checkpoint
     >>> cp = Checkpoint("/a", "1_adapters.safetensors", "a", 1, "a", "a @1", "a-capability-auto",
     ...                 12.9)
-    >>> timestamp_ns(cp, 3)
-    15000000000
+    >>> timestamp_ns(cp, 3), timestamp_ns(replace(cp, time_base=7), 3)
+    (15000000000, 10000000000)
     """
-    return (int(checkpoint.mtime) + offset) * _NS
+    return (checkpoint.points_time_base + offset) * _NS
 
 
 def _tags(checkpoint: Checkpoint, run_id: str | None = None, **extra: str) -> dict[str, str]:

@@ -62,9 +62,12 @@ class Checkpoint:
         model_tag: the model family's tag, e.g. ``gemma-3-27b``.
         label: ``"{short} @{iteration digits}"``, e.g. ``G27-v2 @0000100``.
         run_id: ``"{stem}-capability-auto"``.
-        mtime: the adapter file's modification time (Unix seconds); the base of every point's
-            timestamp, so results of the same checkpoint always land on the same series and
-            time, and a replay or a re-run overwrites instead of duplicating.
+        mtime: the adapter file's modification time (Unix seconds).
+        time_base: the whole Unix second every point's time is counted from (None: the
+            mtime, rounded down). The agent fixes it the first time it scores a checkpoint and
+            keeps it in its state file (or reads it back from InfluxDB), so results of the same
+            checkpoint always land on the same series and times, and a replay or a re-score
+            overwrites instead of duplicating, even after a copy changed the file's mtime.
     """
 
     remote_dir: str
@@ -75,6 +78,12 @@ class Checkpoint:
     label: str
     run_id: str
     mtime: float = 0.0
+    time_base: int | None = None
+
+    @property
+    def points_time_base(self) -> int:
+        """The time base of the checkpoint's points: :attr:`time_base`, else ``int(mtime)``."""
+        return int(self.mtime) if self.time_base is None else self.time_base
 
     @property
     def remote_path(self) -> str:

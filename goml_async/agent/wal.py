@@ -18,13 +18,22 @@ away and reports it (:attr:`WriteAheadBuffer.torn` and a warning in the log). An
 that is not a valid record is corruption, not a crash artefact, and raises
 :class:`~goml_async.errors.SinkError` naming the file and line rather than being dropped.
 
+An append that fails (a full disk: ENOSPC, or an I/O error) leaves the file exactly as it was:
+the bytes it managed to write are cut off again before the error is raised as a SinkError, so
+a failed append is never glued to the next one, and the caller knows the record is not durable.
+
+Lines are validated strictly: a record is ``seq`` (an int >= 1, not a bool), ``key`` (str),
+``lines`` (a list of str) and an optional ``at`` (str); an ack is ``ack`` (an int >= 1),
+``key`` and an optional ``rejected`` (str). A line with other keys or other types is corruption.
+
 When every record is acknowledged the file is deleted; when acknowledged records pile up it is
 compacted: the pending records are written to a temporary file, fsynced and renamed over it.
-One process writes one buffer file at a time.
+One process writes one buffer file at a time (the agent locks its work_dir for that).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -38,6 +47,7 @@ import anyio
 import anyio.to_thread
 
 from ..errors import SinkError
+from ._durable import append_durably, fsync_dir, replace_durably
 
 __all__ = ["BufferedRecord", "WriteAheadBuffer"]
 
@@ -94,6 +104,10 @@ class WriteAheadBuffer:
         self._records: dict[int, BufferedRecord] | None = None
         self._next_seq = 1
         self._acked_in_file = 0
+        #: Where the file's valid content ends: its size after the last write that succeeded.
+        self._size = 0
+        #: A failed append could not be cut off again: the next write cuts it off first.
+        self._fragment = False
         self._lock = anyio.Lock()
 
     # -- reading ---------------------------------------------------------------------------------
@@ -126,6 +140,7 @@ class WriteAheadBuffer:
         try:
             data = self.path.read_bytes()
         except FileNotFoundError:
+            self._size = 0
             return {}
         except OSError as exc:
             raise SinkError(f"cannot read the Influx buffer {self.path}: {exc}") from exc
@@ -140,6 +155,7 @@ class WriteAheadBuffer:
                 self.torn,
             )
             self._truncate(complete)
+        self._size = complete
         records: dict[int, BufferedRecord] = {}
         acked = 0
         for number, raw in enumerate(data[:complete].split(b"\n")[:-1], start=1):
@@ -165,7 +181,7 @@ class WriteAheadBuffer:
                 file.flush()
                 os.fsync(file.fileno())
         except OSError as exc:
-            raise SinkError(f"cannot truncate the torn tail of {self.path}: {exc}") from exc
+            raise SinkError(f"cannot cut the torn tail off {self.path}: {exc}") from exc
 
     # -- writing ---------------------------------------------------------------------------------
 
@@ -212,7 +228,11 @@ class WriteAheadBuffer:
             if not records or (
                 self._acked_in_file >= _COMPACT_AFTER and self._acked_in_file > len(records)
             ):
-                await self._compact_locked()
+                try:
+                    await self._compact_locked()
+                except SinkError as exc:
+                    # The acks are durable and the file is still valid, only longer: go on.
+                    logger.warning("%s; it is compacted on a later ack", exc)
             return len(done)
 
     async def compact(self) -> None:
@@ -243,26 +263,34 @@ class WriteAheadBuffer:
         self._acked_in_file = 0
 
     def _write(self, entries: list[dict[str, Any]]) -> None:
+        """Append entries durably; on failure the file is as it was and SinkError is raised."""
         payload = "".join(_dumps(entry) + "\n" for entry in entries).encode("utf-8")
+        if self._fragment:
+            self._truncate(self._size)
+            self._fragment = False
         try:
-            _append_durably(self.path, payload)
+            self._size = append_durably(self.path, payload, expected_size=self._size)
         except OSError as exc:
-            raise SinkError(f"cannot write the Influx buffer {self.path}: {exc}") from exc
+            with contextlib.suppress(OSError):
+                self._fragment = self.path.stat().st_size > self._size
+            raise SinkError(
+                f"cannot write the Influx buffer {self.path}: {exc} (nothing was added to it)"
+            ) from exc
 
     def _rewrite(self, pending: list[BufferedRecord]) -> None:
         try:
             if not pending:
                 self.path.unlink(missing_ok=True)
-            else:
-                tmp = self.path.with_name(self.path.name + ".tmp")
-                with tmp.open("wb") as file:
-                    for record in pending:
-                        entry = {"seq": record.seq, "key": record.key, "lines": list(record.lines)}
-                        file.write((_dumps(entry) + "\n").encode("utf-8"))
-                    file.flush()
-                    os.fsync(file.fileno())
-                os.replace(tmp, self.path)
-            _fsync_dir(self.path.parent)
+                fsync_dir(self.path.parent)
+                self._size = 0
+                return
+            entries = (
+                {"seq": record.seq, "key": record.key, "lines": list(record.lines)}
+                for record in pending
+            )
+            data = "".join(_dumps(entry) + "\n" for entry in entries).encode("utf-8")
+            replace_durably(self.path, data)
+            self._size = len(data)
         except OSError as exc:
             raise SinkError(f"cannot compact the Influx buffer {self.path}: {exc}") from exc
 
@@ -277,17 +305,32 @@ def _parse(raw: bytes, path: Path, number: int) -> BufferedRecord | int:
             "move it aside to start a fresh one (its pending points would then be lost)"
         ) from exc
     if isinstance(entry, dict):
-        if isinstance(entry.get("ack"), int):
-            return int(entry["ack"])
-        seq, key, lines = entry.get("seq"), entry.get("key"), entry.get("lines")
-        if (
-            isinstance(seq, int)
-            and isinstance(key, str)
-            and isinstance(lines, list)
-            and all(isinstance(line, str) for line in lines)
+        if "ack" in entry:
+            if (
+                entry.keys() <= _ACK_KEYS
+                and _is_seq(entry["ack"])
+                and all(isinstance(entry.get(name, ""), str) for name in ("key", "rejected"))
+            ):
+                return int(entry["ack"])
+        elif (
+            entry.keys() <= _RECORD_KEYS
+            and _is_seq(entry.get("seq"))
+            and isinstance(entry.get("key"), str)
+            and isinstance(entry.get("lines"), list)
+            and all(isinstance(line, str) for line in entry["lines"])
+            and isinstance(entry.get("at", ""), str)
         ):
-            return BufferedRecord(seq, key, tuple(lines))
+            return BufferedRecord(entry["seq"], entry["key"], tuple(entry["lines"]))
     raise SinkError(f"{path} line {number} is neither a record nor an ack: {raw[:80]!r}")
+
+
+_ACK_KEYS = frozenset({"ack", "key", "rejected"})
+_RECORD_KEYS = frozenset({"seq", "key", "lines", "at"})
+
+
+def _is_seq(value: object) -> bool:
+    """A sequence number: an int >= 1 (JSON ``true`` is a Python bool, an int subclass: no)."""
+    return type(value) is int and value >= 1
 
 
 def _dumps(entry: dict[str, Any]) -> str:
@@ -296,33 +339,6 @@ def _dumps(entry: dict[str, Any]) -> str:
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
-def _append_durably(path: Path, payload: bytes) -> None:
-    """Append ``payload`` to ``path`` and fsync it (and the folder, when the file is new)."""
-    created = not path.exists()
-    if created:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("ab") as file:
-        file.write(payload)
-        file.flush()
-        os.fsync(file.fileno())
-    if created:
-        _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make a create, rename or unlink in ``folder`` durable (where the OS allows it)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return  # e.g. Windows cannot open directories; the rename is still atomic
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some filesystems refuse fsync on a directory
-    finally:
-        os.close(fd)
 
 
 async def _shielded(work: Callable[[], _T]) -> _T:

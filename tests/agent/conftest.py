@@ -3,6 +3,9 @@
 ``checkpoint_tree`` is a folder laid out like a training host's adapter base, holding real tiny
 LoRA adapters in mlx-lm's format for the 2-layer ``tiny_mlx`` model (so they load on it).
 
+``small_disk`` is a real 1 MiB tmpfs mounted on a temporary folder, which a test can fill up
+(ENOSPC) and free again.
+
 ``asyncssh_server`` is an in-process asyncssh server (exec + SFTP) on a free loopback port,
 running in its own thread and event loop so that asyncio and trio tests can both use it; it
 counts connections and records commands. ``openssh_server`` is Debian's ``/usr/sbin/sshd`` on a
@@ -13,6 +16,7 @@ free loopback port with its own config and keys (one per test session). Both yie
 from __future__ import annotations
 
 import asyncio
+import errno
 import getpass
 import json
 import os
@@ -149,6 +153,78 @@ def checkpoint_tree(tmp_path: Path) -> CheckpointTree:
     (root / "adapters-empty").mkdir()
     write_mlx_adapter(root / "checkpoints-old" / "0000100_adapters.safetensors", seed=98)
     return CheckpointTree(root, dict(TREE_CHECKPOINTS))
+
+
+# -- a small real disk ----------------------------------------------------------------------------
+
+
+@dataclass
+class SmallDisk:
+    """A mounted tmpfs of ``size`` bytes at ``path``; :meth:`fill` uses up its space."""
+
+    path: Path
+    size: int
+
+    @property
+    def _filler(self) -> Path:
+        return self.path / "filler"
+
+    def fill(self, *, leave: int = 0) -> None:
+        """Write a filler file until the disk is full (ENOSPC), then free ``leave`` bytes of it.
+
+        tmpfs counts whole pages, so ``leave`` is rounded up to a multiple of 4096.
+        """
+        fd = os.open(self._filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        try:
+            block = b"\0" * 4096
+            while True:
+                try:
+                    os.write(fd, block)
+                except OSError as exc:
+                    if exc.errno != errno.ENOSPC:
+                        raise
+                    break
+            if leave:
+                size = os.fstat(fd).st_size
+                os.ftruncate(fd, max(0, size - -(-leave // 4096) * 4096))
+        finally:
+            os.close(fd)
+
+    def free(self) -> None:
+        """Remove the filler file: the space is free again."""
+        self._filler.unlink(missing_ok=True)
+
+    def files(self, folder: str | Path) -> dict[str, bytes]:
+        """Every file under ``path / folder``, by relative name, with its bytes."""
+        root = self.path / folder
+        return {
+            str(file.relative_to(root)): file.read_bytes()
+            for file in sorted(root.rglob("*"))
+            if file.is_file()
+        }
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[SmallDisk]:
+    """A real 1 MiB tmpfs, mounted for the test (root only; CI runs as root)."""
+    mount_point = tmp_path / "small-disk"
+    mount_point.mkdir()
+    size = 1024 * 1024
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(mount_point)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        _missing(
+            "cannot mount a tmpfs to fill up (it needs root, or CAP_SYS_ADMIN): "
+            + (mounted.stderr.strip() or f"mount exited with {mounted.returncode}")
+        )
+    try:
+        yield SmallDisk(mount_point, size)
+    finally:
+        subprocess.run(["umount", "--lazy", str(mount_point)], check=True)
 
 
 # -- SSH servers ----------------------------------------------------------------------------------

@@ -14,7 +14,8 @@ bucket and precision parameters and the ``Authorization: Token`` header, parses 
 (measurement, escaped tags, typed fields, integer timestamp), answers 400 for a bad line and
 stores the points; with ``upstream`` it forwards valid writes to an influxd's ``/write`` (and
 passes ``/query`` through) so they can be read back with InfluxQL. ``POST /api/v3/query_sql``
-answers ``SELECT DISTINCT run_id, label FROM "m"`` from the stored points.
+answers ``SELECT DISTINCT run_id, label FROM "m"`` and ``SELECT run_id, label, time FROM "m"
+WHERE category = 'overall'`` from the stored points.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -494,17 +496,32 @@ class V2Endpoint:
         request = json.loads(body)
         with self._lock:
             self.sql_queries.append(request)
-        match = re.fullmatch(r'SELECT DISTINCT run_id, label FROM "([^"]+)"', request.get("q", ""))
-        if match is None or request.get("db") != self.bucket:
+        query = request.get("q", "")
+        distinct = re.fullmatch(r'SELECT DISTINCT run_id, label FROM "([^"]+)"', query)
+        timed = re.fullmatch(
+            r'SELECT run_id, label, time FROM "([^"]+)" WHERE category = \'overall\'', query
+        )
+        found = distinct or timed
+        if found is None or request.get("db") != self.bucket:
             self._reply_json(handler, 400, {"error": f"unsupported query {request!r}"})
             return
         with self._lock:
-            pairs = {
-                (p.tags["run_id"], p.tags["label"])
+            points = [
+                p
                 for p in self.points
-                if p.measurement == match.group(1) and "run_id" in p.tags and "label" in p.tags
-            }
-        self._reply_json(handler, 200, [{"run_id": r, "label": lab} for r, lab in sorted(pairs)])
+                if p.measurement == found.group(1) and "run_id" in p.tags and "label" in p.tags
+            ]
+        if distinct is not None:
+            pairs = sorted({(p.tags["run_id"], p.tags["label"]) for p in points})
+            self._reply_json(handler, 200, [{"run_id": r, "label": lab} for r, lab in pairs])
+            return
+        # InfluxDB 3 writes times in JSON as RFC 3339 without a zone, in UTC.
+        rows = [
+            {"run_id": p.tags["run_id"], "label": p.tags["label"], "time": _rfc3339(p.time_ns)}
+            for p in points
+            if p.tags.get("category") == "overall" and p.time_ns is not None
+        ]
+        self._reply_json(handler, 200, rows)
 
     @staticmethod
     def _reply(
@@ -525,6 +542,12 @@ class V2Endpoint:
         self._reply(
             handler, status, json.dumps(data).encode(), {"Content-Type": "application/json"}
         )
+
+
+def _rfc3339(time_ns: int) -> str:
+    seconds, fraction = divmod(time_ns, 1_000_000_000)
+    moment = datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{moment}.{fraction:09d}" if fraction else moment
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ import pytest
 from goml_async.cli import main
 from goml_async.testing import FakeOpenAIServer, Script
 
-from .conftest import CheckpointTree
+from .conftest import CheckpointTree, SmallDisk
 
 
 @pytest.fixture(autouse=True)
@@ -164,6 +165,42 @@ def test_expand_bad_input_is_a_one_line_error(
     assert err.startswith("goml: error: prompts: ") and "seeds.jsonl:1" in err
     assert main([*argv, "--limit", "-1"]) == 2
     assert "--limit: must be >= 0" in capsys.readouterr().err
+
+
+def _unusable_work_dir_error(
+    work_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], *extra: str
+) -> str:
+    argv = ["agent", "--adapter-base", str(tmp_path), "--backend", "http"]
+    argv += ["--api-url", "http://127.0.0.1:9/v1", "--work-dir", str(work_dir), *extra]
+    assert main(argv) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines  # not a traceback
+    assert lines[0].startswith("goml: error: work_dir: ")
+    assert "--work-dir (GOML_AGENT_WORK_DIR, or work_dir in the config file)" in lines[0]
+    return lines[0]
+
+
+@pytest.mark.parametrize("mode", ["--one-shot", "--dry-run"])
+def test_a_work_dir_that_is_a_file_is_a_one_line_error(
+    mode: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    file = tmp_path / "not-a-folder"
+    file.write_text("x")
+    error = _unusable_work_dir_error(file, tmp_path, capsys, mode)
+    assert f"{str(file)!r} is a file, not a folder" in error
+    error = _unusable_work_dir_error(file / "sub", tmp_path, capsys, mode)
+    assert f"cannot create {str(file / 'sub')!r}: Not a directory" in error
+
+
+def test_a_read_only_work_dir_is_a_one_line_error(
+    small_disk: SmallDisk, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (small_disk.path / "work").mkdir()
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk.path)], check=True)
+    error = _unusable_work_dir_error(small_disk.path / "work", tmp_path, capsys, "--one-shot")
+    assert "cannot write in" in error and "Read-only file system" in error
+    error = _unusable_work_dir_error(small_disk.path / "new", tmp_path, capsys, "--one-shot")
+    assert "cannot create" in error and "Read-only file system" in error
 
 
 def test_a_failing_discovery_ends_a_one_shot_run_with_one_line(

@@ -49,10 +49,38 @@ def test_defaults(tmp_path: Path) -> None:
     assert (config.poll_interval, config.inter_checkpoint_delay) == (300.0, 5.0)
     assert (config.capability_max_tokens, config.content_max_tokens) == (500, 1000)
     assert not (config.one_shot or config.dry_run or config.force)
-    assert config.work_dir == default_work_dir() == default_cache_dir() / "agent"
-    assert config.work_dir == tmp_path / "cache" / "goml_async" / "agent"
+    assert config.work_dir == default_work_dir(config)
+    # one folder per job under the cache dir; the name must never change between releases, or
+    # an upgraded agent would no longer find its buffer and state
+    assert config.work_dir == tmp_path / "cache" / "goml_async" / "agent" / "local-lem-5c28f1bc8a4c"
+    assert config.work_dir.parent == default_cache_dir() / "agent"
     assert config.buffer_path == config.work_dir / "influx_buffer.jsonl"
     assert config.state_path == config.work_dir / "scored.json"
+
+
+def test_the_default_work_dir_is_one_per_job(monkeypatch: pytest.MonkeyPatch) -> None:
+    one = AgentConfig(**BASE)
+    assert AgentConfig(**BASE).work_dir == one.work_dir  # the same job: the same folder
+    # settings that change how a job runs, not which job it is, keep the folder
+    same_job = AgentConfig(**BASE, poll_interval=5, judge_url="http://127.0.0.1:9/v1", force=True)
+    assert same_job.work_dir == one.work_dir
+    others = [
+        AgentConfig(**{**BASE, "adapter_base": "/data/other"}),
+        AgentConfig(**BASE, filter="27b"),
+        AgentConfig(**BASE, influx_url="http://127.0.0.1:8086"),
+        AgentConfig(**BASE, influx_url="http://127.0.0.1:8086", influx_db="other"),
+        AgentConfig(**BASE, backend="http", api_url="http://127.0.0.1:8080/v1"),
+        AgentConfig(**BASE, host="trainer.example.org", user="train"),
+        AgentConfig(**BASE, host="trainer.example.org", user="train", port=2222),
+    ]
+    folders = {config.work_dir for config in [one, *others]}
+    assert len(folders) == len(others) + 1
+    assert {folder.parent for folder in folders} == {default_cache_dir() / "agent"}
+    assert others[5].work_dir.name == "trainer.example.org-lem-6c1c51e181ab"
+    # given explicitly (argument, env var or file), it is used as it is
+    assert AgentConfig(**BASE, work_dir="/w").work_dir == Path("/w")
+    monkeypatch.setenv("GOML_AGENT_WORK_DIR", "/from-env")
+    assert AgentConfig(**BASE).work_dir == Path("/from-env")
 
 
 def test_env_vars(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

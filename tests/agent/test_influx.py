@@ -197,6 +197,41 @@ async def test_v1_scored_labels_with_influxql(influxd: InfluxServer, tmp_path: P
         assert await sink.scored_labels() == set()
 
 
+def overall_point(label: str, time_ns: int, *, run_id: str = RUN) -> Point:
+    tags = {"model": "gemma-3-27b", "run_id": run_id, "label": label, "category": "overall"}
+    return Point("capability_score", tags, {"accuracy": 50.0, "iteration": 100}, time_ns)
+
+
+@pytest.mark.slow
+async def test_v1_scored_times_with_influxql(influxd: InfluxServer, tmp_path: Path) -> None:
+    db = new_db(influxd)
+    async with v1_sink(influxd, db, tmp_path) as sink:
+        assert await sink.scored_times() == {}  # no measurement yet
+        await sink.publish(score_points("G27 @0000100"), key="categories only")
+        await sink.publish([overall_point("G27 @0000100", T0 + 10**9)], key="a")
+        await sink.publish([overall_point("G27 @0000100", T0)], key="a earlier")
+        await sink.publish([overall_point("odd, label=x", T0 + 5, run_id="r 2")], key="b")
+        assert await sink.scored_times() == {
+            (RUN, "G27 @0000100"): T0,  # the earliest overall point
+            ("r 2", "odd, label=x"): T0 + 5,
+        }
+    async with v1_sink(influxd, "no_such_db", tmp_path) as sink:
+        assert await sink.scored_times() == {}
+
+
+@ASYNCIO_ONLY
+async def test_scored_times_with_sql(v2_endpoint: V2Endpoint, tmp_path: Path) -> None:
+    """The same through ``/api/v3/query_sql`` (a fake InfluxDB 3.x: none exists here)."""
+    async with v2_sink(v2_endpoint, tmp_path, query="sql", database="training") as sink:
+        await sink.publish([overall_point("G27 @0000100", T0 + 7)], key="a")
+        await sink.publish([overall_point("G27 @0000100", T0 + 3)], key="a earlier")
+        await sink.publish(score_points("G27 @0000200"), key="categories only")
+        assert await sink.scored_times() == {(RUN, "G27 @0000100"): T0 + 3}
+    assert v2_endpoint.sql_queries[-1]["q"] == (
+        "SELECT run_id, label, time FROM \"capability_score\" WHERE category = 'overall'"
+    )
+
+
 @pytest.mark.slow
 async def test_goml_points_go_into_a_database_go_ml_filled(
     influxd: InfluxServer, tmp_path: Path

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -30,11 +31,12 @@ from goml_async.agent.loop import Agent
 from goml_async.agent.points import CONTENT_DIMENSIONS
 from goml_async.agent.state import ScoredState
 from goml_async.agent.types import Point
-from goml_async.errors import SinkError
+from goml_async.agent.wal import WriteAheadBuffer
+from goml_async.errors import ConfigError, SinkError
 from goml_async.scoring.probes import CAPABILITY_PROBES, CONTENT_PROBES
 from goml_async.testing import FakeOpenAIServer, Script
 
-from .conftest import CheckpointTree
+from .conftest import CheckpointTree, SmallDisk
 from .influxd import InfluxServer, influxd, own_influxd  # noqa: F401  (fixtures)
 
 CATEGORIES = len({probe.category for probe in CAPABILITY_PROBES})
@@ -305,8 +307,8 @@ class _SlowOrFailingSink:
     async def replay(self) -> int:
         return await self.inner.replay()
 
-    async def scored_labels(self, measurement: str = "capability_score") -> set[tuple[str, str]]:
-        return await self.inner.scored_labels(measurement)
+    async def scored_times(self) -> dict[tuple[str, str], int]:
+        return await self.inner.scored_times()
 
     async def aclose(self) -> None:
         await self.inner.aclose()
@@ -350,6 +352,110 @@ async def test_a_refused_publish_is_a_failure_not_a_crash(
         ("Vi1 @0000300", "publishing failed: InfluxDB answered 400: field type conflict")
     ]
     assert not ScoredState(config.state_path).load().pairs  # not scored: tried again later
+
+
+@pytest.mark.anyio
+async def test_a_second_agent_on_the_same_work_dir_is_refused(
+    checkpoint_tree: CheckpointTree, tmp_path: Path, server: FakeOpenAIServer
+) -> None:
+    values = _values(checkpoint_tree, tmp_path / "work", server, None, "training")
+    config = AgentConfig(**values, dry_run=True)
+    async with Agent(config) as first:
+        await first.run()
+        lock = (tmp_path / "work" / "agent.lock").read_text()
+        assert lock == f"{os.getpid()}\n"  # the holder's PID, for whoever is refused
+        for refused in (Agent(config).run(), Agent(config).replay()):
+            with pytest.raises(ConfigError) as caught:
+                await refused
+            message = str(caught.value)
+            assert caught.value.field == "work_dir" and "\n" not in message
+            assert f"is in use by another goml agent (PID {os.getpid()})" in message
+        await first.run()  # the holder itself goes on
+    async with Agent(config) as third:  # closing the first one released the work_dir
+        assert (await third.run()).would_process
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("local_state", ["kept", "lost"])
+async def test_rescoring_a_checkpoint_whose_mtime_changed_overwrites_its_points(
+    local_state: str,
+    checkpoint_tree: CheckpointTree,
+    tmp_path: Path,
+    server: FakeOpenAIServer,
+    influxd: InfluxServer,  # noqa: F811
+    database: str,
+) -> None:
+    work = tmp_path / "work"
+    values = _values(checkpoint_tree, work, server, influxd.url, database)
+    async with Agent(AgentConfig(**values, one_shot=True, filter="vi")) as agent:
+        assert (await agent.run()).written == 1
+    assert _counts(influxd, database) == _expected(["Vi1 @0000300"])
+    times = sorted(row["time"] for row in influxd.rows(database, "capability_score"))
+    # A copy without -p (or a checkout, an rsync without -t) gives the file a new mtime.
+    adapter = checkpoint_tree.path("adapters-vi/0000300_adapters.safetensors")
+    copied = adapter.stat().st_mtime + 86_400.0
+    os.utime(adapter, (copied, copied))
+    if local_state == "lost":  # then the time base is read back from InfluxDB
+        shutil.rmtree(work)
+    async with Agent(AgentConfig(**values, one_shot=True, force=True, filter="vi")) as agent:
+        summary = await agent.run()
+    assert (summary.evaluated, summary.written, summary.warnings) == (1, 1, [])
+    assert _counts(influxd, database) == _expected(["Vi1 @0000300"])  # overwritten, not doubled
+    assert sorted(row["time"] for row in influxd.rows(database, "capability_score")) == times
+    base = ScoredState(work / "scored.json").load().time_base("vi-capability-auto", "Vi1 @0000300")
+    assert base is not None and base * 10**9 == times[0] != int(copied) * 10**9
+
+
+@pytest.mark.anyio
+@pytest.mark.slow
+async def test_a_full_disk_fails_the_checkpoint_and_loses_nothing(
+    checkpoint_tree: CheckpointTree,
+    small_disk: SmallDisk,
+    server: FakeOpenAIServer,
+    influxd: InfluxServer,  # noqa: F811
+    database: str,
+) -> None:
+    """ENOSPC while recording a checkpoint, then while buffering its points; then a restart."""
+    work = small_disk.path / "work"
+    values = _values(checkpoint_tree, work, server, None, database)  # InfluxDB not there yet
+    config = AgentConfig(**values, filter="vi")
+    pair = ("vi-capability-auto", "Vi1 @0000300")
+    phase, failures, done = "start", [], anyio.Event()
+
+    def on_event(event: AgentEvent) -> None:
+        nonlocal phase
+        if phase == "start" and event.kind == "discovered" and event.done:
+            small_disk.fill()  # the time base cannot be recorded
+            phase = "state full"
+        elif phase == "state full" and event.kind == "evaluated":
+            small_disk.fill(leave=4096)  # part of the first batch fits, not all of it
+            phase = "buffer full"
+        elif event.kind == "failed":
+            assert phase in ("state full", "buffer full"), (phase, event.message)
+            assert pair not in ScoredState(config.state_path).load()  # never marked scored
+            failures.append(event.message)
+            small_disk.free()
+        elif phase == "buffer full" and event.kind == "published":
+            done.set()
+
+    with anyio.fail_after(60):
+        async with Agent(config, on_event=on_event) as agent, anyio.create_task_group() as tg:
+            tg.start_soon(agent.run)
+            await done.wait()
+            tg.cancel_scope.cancel()
+    assert len(failures) == 2, failures
+    assert "cannot record it: cannot write the scored-state file" in failures[0]
+    assert "publishing failed: cannot write the Influx buffer" in failures[1]
+    assert all("No space left on device" in failure for failure in failures)
+    assert pair in ScoredState(config.state_path).load()
+    buffered = WriteAheadBuffer(config.buffer_path).records()  # a restart reads it whole
+    assert [r.key.rsplit("|", 1)[1] for r in buffered] == ["content", "judge", "capability"]
+    # the restart writes every buffered point to InfluxDB, each exactly once
+    values["influx_url"] = influxd.url
+    async with Agent(AgentConfig(**values, filter="vi", one_shot=True)) as agent:
+        summary = await agent.run()
+    assert (summary.replayed, summary.evaluated, summary.warnings) == (3, 0, [])
+    assert _counts(influxd, database) == _expected(["Vi1 @0000300"])
 
 
 # -- real processes: kill -9, InfluxDB down, SIGTERM ---------------------------------------------
@@ -539,6 +645,77 @@ async def test_influx_stopped_mid_run_is_replayed_on_the_next_pass(
     assert summary.evaluated == 0 and summary.replayed == 12
     assert _counts(own_influxd, database) == _expected(ALL_LABELS)
     assert not config.buffer_path.exists()
+
+
+@pytest.mark.slow
+def test_a_second_goml_agent_on_the_same_work_dir_is_refused_naming_the_first(
+    checkpoint_tree: CheckpointTree,
+    tmp_path: Path,
+    server: FakeOpenAIServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GOML_AGENT_")}
+    env["XDG_CACHE_HOME"] = str(tmp_path / "cache")  # both use the default work_dir there
+    monkeypatch.setenv("XDG_CACHE_HOME", env["XDG_CACHE_HOME"])
+    for name in [n for n in os.environ if n.startswith("GOML_AGENT_")]:
+        monkeypatch.delenv(name)
+    flags = {
+        "adapter_base": str(checkpoint_tree.root),
+        "backend": "http",
+        "api_url": server.base_url,
+        "judge_url": server.base_url,
+        "capability_max_tokens": 4,
+        "content_max_tokens": 4,
+        "filter": "27b",
+        "inter_checkpoint_delay": 0,
+    }
+    command = [sys.executable, "-m", "goml_async", "agent"]
+    for name, value in flags.items():
+        command += [f"--{name.replace('_', '-')}", str(value)]
+    work = AgentConfig(**flags).work_dir  # the same default as the agents compute
+    assert work.parent == tmp_path / "cache" / "goml_async" / "agent"
+    seen = []
+    with subprocess.Popen(
+        command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, cwd=ROOT, env=env
+    ) as first:
+        assert first.stderr is not None
+        for line in first.stderr:
+            seen.append(line)
+            if line.startswith("evaluating "):
+                break  # it holds the work_dir now
+        second = subprocess.run(
+            command, capture_output=True, text=True, cwd=ROOT, env=env, timeout=60
+        )
+        for line in first.stderr:
+            seen.append(line)
+            if line.startswith("nothing to score"):
+                break  # both checkpoints published; it waits for the next pass
+        first.send_signal(signal.SIGTERM)
+        _, rest = first.communicate(timeout=30)
+    assert first.returncode == 0, "".join(seen) + rest
+    assert second.returncode == 2, second.stderr
+    assert second.stderr.splitlines() == [
+        f"goml: error: work_dir: {str(work)!r} is in use by another goml agent "
+        f"(PID {first.pid}); stop it, or set --work-dir (GOML_AGENT_WORK_DIR, or work_dir in "
+        "the config file) to a folder of this agent's own"
+    ]
+    # Only the first agent wrote: each of its 6 batches buffered exactly once, none lost.
+    records = WriteAheadBuffer(work / "influx_buffer.jsonl").records()
+    keys = [record.key for record in records]
+    assert sorted(keys) == sorted(
+        f"27b-v2-capability-auto|{label}|{kind}"
+        for label in LABELS_27B
+        for kind in ("content", "judge", "capability")
+    )
+    assert len({record.seq for record in records}) == 6
+    assert {label for _, label in ScoredState(work / "scored.json").load()} == set(LABELS_27B)
+    # Once the first agent is gone, the work_dir is free again.
+    again = subprocess.run(
+        [*command, "--one-shot"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=60
+    )
+    assert again.returncode == 0, again.stderr
+    assert "0 evaluated, 0 written, 0 buffered, 0 failed" in again.stderr
+    assert [r.key for r in WriteAheadBuffer(work / "influx_buffer.jsonl").records()] == keys
 
 
 @pytest.mark.slow

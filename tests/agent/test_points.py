@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from goml_async.agent.points import (
@@ -201,6 +203,16 @@ def test_streamed_probe_point_is_the_same_point_as_in_the_batch() -> None:
 def test_timestamps_are_whole_seconds_of_the_mtime() -> None:
     assert timestamp_ns(CHECKPOINT, 0) == BASE * 10**9
     assert timestamp_ns(CHECKPOINT, 7) == (BASE + 7) * 10**9
+
+
+def test_a_recorded_time_base_wins_over_the_mtime() -> None:
+    copied = replace(CHECKPOINT, mtime=BASE + 86_400.5, time_base=BASE)  # a copy without -p
+    assert timestamp_ns(copied, 7) == (BASE + 7) * 10**9
+    everything = [capability_points, judge_points]
+    assert [_lines(f(copied, RESULT)) for f in everything] == [
+        _lines(f(CHECKPOINT, RESULT)) for f in everything
+    ]
+    assert _lines(content_points(copied, CONTENT)) == _lines(content_points(CHECKPOINT, CONTENT))
 
 
 def test_tags_and_strings_are_escaped_and_parse_back() -> None:

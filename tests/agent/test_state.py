@@ -33,7 +33,36 @@ async def test_add_is_durable_and_reloads(tmp_path: Path) -> None:
     assert reloaded.pairs == {(RUN, "G27 @0000100"), (RUN, "G27, odd = label")}
     assert list(reloaded) == sorted(reloaded.pairs)
     data = json.loads(state.path.read_text())
-    assert data["version"] == 1 and [RUN, "G27 @0000100"] in data["scored"]
+    assert data["version"] == 2 and [RUN, "G27 @0000100"] in data["scored"]
+
+
+async def test_time_bases_are_durable_and_kept_apart_from_the_scored_set(tmp_path: Path) -> None:
+    state = ScoredState(tmp_path / "scored.json")
+    assert state.time_base(RUN, "a") is None
+    await state.set_time_base(RUN, "a", 1_750_000_100)
+    await state.set_time_base(RUN, "b", 1_750_000_200)
+    await state.add(RUN, "a")
+    reloaded = ScoredState(state.path)
+    assert reloaded.time_base(RUN, "a") == 1_750_000_100
+    assert reloaded.time_base(RUN, "b") == 1_750_000_200
+    assert reloaded.pairs == {(RUN, "a")}  # a time base alone does not mean scored
+    data = json.loads(state.path.read_text())
+    assert data["time_bases"] == [[RUN, "a", 1_750_000_100], [RUN, "b", 1_750_000_200]]
+    with pytest.raises(TypeError, match="whole Unix seconds"):
+        await state.set_time_base(RUN, "c", 1.5)  # type: ignore[arg-type]
+
+
+async def test_a_version_1_file_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "scored.json"
+    path.write_text(json.dumps({"version": 1, "scored": [[RUN, "a"]]}))
+    state = ScoredState(path)
+    assert state.pairs == {(RUN, "a")} and state.time_base(RUN, "a") is None
+    await state.set_time_base(RUN, "a", 5)
+    assert json.loads(path.read_text()) == {
+        "version": 2,
+        "scored": [[RUN, "a"]],
+        "time_bases": [[RUN, "a", 5]],
+    }
 
 
 async def test_load_rereads_the_file(tmp_path: Path) -> None:
@@ -95,6 +124,10 @@ async def test_a_failed_write_changes_nothing(
     with pytest.raises(SinkError, match="No space left"):
         await state.add(RUN, "b")
     assert state.pairs == {(RUN, "a")} == ScoredState(state.path).pairs
+    with pytest.raises(SinkError, match="No space left"):
+        await state.set_time_base(RUN, "a", 7)
+    assert state.time_base(RUN, "a") is None is ScoredState(state.path).time_base(RUN, "a")
+    assert sorted(os.listdir(tmp_path)) == ["s.json"]  # the temporary file is gone too
 
 
 @pytest.mark.parametrize(
@@ -102,11 +135,15 @@ async def test_a_failed_write_changes_nothing(
     [
         ('{"version": 1, "scored": [["a", "b"]', "not valid JSON"),
         ("", "not valid JSON"),
-        ('[["a", "b"]]', '"version": 1'),
-        ('{"version": 2, "scored": []}', '"version": 1'),
+        ('[["a", "b"]]', '"version": 2'),
+        ('{"version": 3, "scored": []}', '"version": 2'),
         ('{"version": 1, "scored": {"a": "b"}}', "must be a list"),
         ('{"version": 1, "scored": [["a"]]}', "not a \\[run_id, label\\] pair"),
         ('{"version": 1, "scored": [["a", 1]]}', "not a \\[run_id, label\\] pair"),
+        ('{"version": 2, "scored": [], "time_bases": {}}', '"time_bases" must be a list'),
+        ('{"version": 2, "scored": [], "time_bases": [["a", "b", true]]}', "not a \\[run_id"),
+        ('{"version": 2, "scored": [], "time_bases": [["a", "b", 1.5]]}', "time base: "),
+        ('{"version": 2, "scored": [], "time_bases": [["a", 5, 5]]}', "time base: "),
     ],
 )
 async def test_a_corrupt_file_is_a_clear_error(tmp_path: Path, content: str, problem: str) -> None:

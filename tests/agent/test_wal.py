@@ -15,6 +15,8 @@ from hypothesis import strategies as st
 from goml_async.agent.wal import BufferedRecord, WriteAheadBuffer
 from goml_async.errors import SinkError
 
+from .conftest import SmallDisk
+
 pytestmark = pytest.mark.anyio
 
 
@@ -211,6 +213,104 @@ async def test_an_append_cancelled_while_writing_still_completes(
         await buffer.append("a", ["m v=1i 1"])  # the write is shielded from the cancellation
     assert scope.cancel_called  # the deadline passed while the append was writing
     assert _keys(buffer) == ["a"] == _keys(WriteAheadBuffer(buffer.path))
+
+
+async def test_a_full_disk_leaves_the_file_as_it_was_and_loses_nothing(
+    small_disk: SmallDisk,
+) -> None:
+    path = small_disk.path / "work" / "buffer.jsonl"
+    buffer = WriteAheadBuffer(path)
+    long = "k" * 2500  # acks repeat the key: two of them take more than a page
+    first = await buffer.append(f"{long}1", ["m v=1i 1"])
+    second = await buffer.append(f"{long}2", ["m v=2i 2"])
+    await buffer.append("third", ["m v=3i 3"])
+    small_disk.fill(leave=8192)  # room for part of the next record, not all of it
+    big = [f'm s="{"x" * 1000}",v={i}i {i}' for i in range(64)]  # about 64 KB
+    before = path.read_bytes()
+    with pytest.raises(SinkError, match=r"No space left on device \(nothing was added to it\)"):
+        await buffer.append("too big", big)
+    assert path.read_bytes() == before  # no fragment left to glue the next append onto
+    small_disk.fill()  # now not even the acks fit
+    with pytest.raises(SinkError, match="No space left"):
+        await buffer.ack([first.seq, second.seq])
+    assert path.read_bytes() == before
+    assert _keys(buffer) == [f"{long}1", f"{long}2", "third"]  # still pending
+    small_disk.free()
+    await buffer.append("after", big)
+    await buffer.ack([first.seq])
+    reopened = WriteAheadBuffer(path)  # a restart: every record there, each exactly once
+    records = reopened.records()
+    assert [r.key for r in records] == [f"{long}2", "third", "after"] and reopened.torn is None
+    assert [r.seq for r in records] == [2, 3, 4]  # the failed append used no sequence number
+    assert records[2].lines == tuple(big)
+
+
+async def test_a_failed_write_is_cut_off_before_the_next_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """If even cutting a failed write off fails, the next append cuts it off first."""
+    path = tmp_path / "buffer.jsonl"
+    buffer = WriteAheadBuffer(path)
+    await buffer.append("a", ["m v=1i 1"])
+    before = path.read_bytes()
+    real_write, real_ftruncate = os.write, os.ftruncate
+
+    def half_then_enospc(fd: int, data: bytes | memoryview) -> int:
+        if len(data) > 10:
+            return real_write(fd, bytes(data[: len(data) // 2]))
+        raise OSError(28, "No space left on device")
+
+    def cannot_cut(fd: int, size: int) -> None:
+        if os.fstat(fd).st_size > size:
+            raise OSError(5, "Input/output error")
+        real_ftruncate(fd, size)
+
+    monkeypatch.setattr(os, "write", half_then_enospc)
+    monkeypatch.setattr(os, "ftruncate", cannot_cut)
+    with pytest.raises(SinkError, match="No space left"):
+        await buffer.append("b", ["m v=2i 2"])
+    assert len(path.read_bytes()) > len(before)  # the fragment is still there
+    monkeypatch.setattr(os, "write", real_write)
+    monkeypatch.setattr(os, "ftruncate", real_ftruncate)
+    await buffer.append("c", ["m v=3i 3"])
+    assert _keys(WriteAheadBuffer(path)) == ["a", "c"]
+
+
+async def test_a_file_changed_by_another_writer_is_refused_not_overwritten(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "buffer.jsonl"
+    mine, other = WriteAheadBuffer(path), WriteAheadBuffer(path)
+    await mine.append("a", ["m v=1i 1"])
+    await other.append("b", ["m v=2i 2"])  # a second writer (the agent's lock prevents it)
+    before = path.read_bytes()
+    with pytest.raises(SinkError, match="something else changed it"):
+        await mine.append("c", ["m v=3i 3"])
+    assert path.read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        '{"ack": true}',  # JSON true is a Python bool, and a bool is an int
+        '{"ack": 1.0}',
+        '{"ack": "1"}',
+        '{"ack": 0}',
+        '{"ack": 1, "key": 5}',
+        '{"ack": 1, "seq": 2, "key": "b", "lines": []}',
+        '{"seq": true, "key": "b", "lines": []}',
+        '{"seq": 2, "key": "b", "lines": [], "extra": 1}',
+        '{"seq": 2, "key": "b", "lines": ["x"], "at": 5}',
+        '{"seq": -2, "key": "b", "lines": []}',
+    ],
+)
+async def test_a_line_of_the_wrong_types_is_corruption_not_an_ack(
+    tmp_path: Path, line: str
+) -> None:
+    path = tmp_path / "buffer.jsonl"
+    path.write_text(json.dumps({"seq": 1, "key": "a", "lines": ["m v=1i 1"]}) + "\n" + line + "\n")
+    with pytest.raises(SinkError, match=r"line 2 is neither a record nor an ack"):
+        WriteAheadBuffer(path).records()
 
 
 async def test_a_single_string_is_not_a_list_of_lines(tmp_path: Path) -> None:
