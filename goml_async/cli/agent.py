@@ -39,9 +39,11 @@ the top level or under [agent]), then defaults. Each pass scores the first unsco
 --one-shot stops after one pass, --dry-run only lists what a pass would score.
 
 Results go to a write-ahead buffer (work_dir/influx_buffer.jsonl) before InfluxDB, and the
-scored checkpoints to work_dir/scored.json, so a crash or an unreachable InfluxDB loses
-nothing: the next pass replays what was not written. The Influx token is read from
-GOML_AGENT_INFLUX_TOKEN or the config file, never from a flag.
+scored checkpoints to work_dir/scored.json, so a crash, a full disk or an unreachable InfluxDB
+loses nothing: the next pass replays what was not written. One agent at a time uses a work_dir
+(a second one is refused, naming the first one's PID); without --work-dir each job (host,
+adapter base, filter, model, InfluxDB target) gets its own folder under the user cache dir. The
+Influx token is read from GOML_AGENT_INFLUX_TOKEN or the config file, never from a flag.
 """
 _AGENT_EPILOG = """\
 examples:
@@ -88,7 +90,7 @@ _AGENT_FLAGS: tuple[tuple[str, str, Any, str], ...] = (
     ("--influx-org", "influx_org", str, "v2 organisation"),
     ("--influx-bucket", "influx_bucket", str, "v2 bucket (default: --influx-db)"),
     ("--influx-query", "influx_query", str, "influxql (default) or sql (InfluxDB 3)"),
-    ("--work-dir", "work_dir", Path, "adapter copies, buffer and state file"),
+    ("--work-dir", "work_dir", Path, "adapter copies, buffer, state (default: one per job)"),
     ("--poll-interval", "poll_interval", float, "seconds between idle passes (default: 300)"),
     ("--inter-checkpoint-delay", "inter_checkpoint_delay", float, "default: 5"),
 )
