@@ -23,7 +23,16 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["SSEDecoder", "ServerSentEvent"]
+__all__ = ["DEFAULT_MAX_EVENT_CHARS", "SSEDecoder", "SSETooLarge", "ServerSentEvent"]
+
+#: The longest line, and the most data one event may hold, in characters (8 Mi): far above
+#: anything an LLM server sends in one event, and a bound on what a hostile one can make us hold.
+DEFAULT_MAX_EVENT_CHARS = 8 * 1024 * 1024
+
+
+class SSETooLarge(ValueError):
+    """A line or an event of the stream is longer than the decoder's limit."""
+
 
 # The C-level decoder, called directly: codecs' incremental decoder classes wrap this very
 # function in Python-level methods, which costs a few hundred ns per chunk on the hot path.
@@ -107,22 +116,38 @@ class SSEDecoder:
     __slots__ = (
         "_bom_pending",
         "_buffer",
+        "_buffered",
         "_data",
         "_event",
         "_last_id",
+        "_max_chars",
         "_pending_bytes",
         "_retry",
         "_skip_lf",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, *, max_event_chars: int = DEFAULT_MAX_EVENT_CHARS) -> None:
+        """Create a decoder.
+
+        Args:
+            max_event_chars: the longest line, and the most data one event may carry; beyond
+                it :meth:`feed` raises :class:`SSETooLarge` (memory stays bounded whatever
+                the server sends).
+        """
+        if isinstance(max_event_chars, bool) or not isinstance(max_event_chars, int):
+            raise TypeError("max_event_chars must be an int")
+        if max_event_chars < 1:
+            raise ValueError("max_event_chars must be >= 1")
+        self._max_chars = max_event_chars
         self._reset()
 
     def _reset(self) -> None:
         # Incomplete trailing bytes of a UTF-8 character, kept for the next chunk.
         self._pending_bytes = b""
-        # Text after the last line ending: an incomplete line.
-        self._buffer = ""
+        # Text after the last line ending (an incomplete line), in the pieces it came in: a
+        # line that never ends costs one append per chunk, not a copy of everything so far.
+        self._buffer: list[str] = []
+        self._buffered = 0
         # True until the first non-empty text, so a BOM split across chunks is still found.
         self._bom_pending = True
         # The previous chunk ended with CR: an LF starting the next text belongs to that CRLF.
@@ -141,7 +166,10 @@ class SSEDecoder:
         Returns:
             The events completed by this chunk, in order (often empty).
         """
-        return self._process(self._lines(chunk))
+        events = self._process(self._lines(chunk))
+        if self._data:
+            self._check_pending()
+        return events
 
     def feed_data(self, chunk: bytes) -> list[str]:
         """Like :meth:`feed`, but return only each completed event's ``data``.
@@ -149,7 +177,10 @@ class SSEDecoder:
         The fast path for consumers that read nothing else (OpenAI-style streams): no event
         objects are built. Every other field is still parsed, so the two methods can be mixed.
         """
-        return self._process_data(self._lines(chunk))
+        data = self._process_data(self._lines(chunk))
+        if self._data:
+            self._check_pending()
+        return data
 
     def _lines(self, chunk: bytes) -> list[str]:
         """Decode a chunk into the complete lines it finishes (without their endings)."""
@@ -170,16 +201,36 @@ class SSEDecoder:
             self._skip_lf = False
             if text[0] == "\n":
                 text = text[1:]
-        if self._buffer:
-            text = self._buffer + text
         if "\r" in text:
             # A trailing CR ends its line now (so the event is not held back until more data
             # arrives); remember it so an LF at the start of the next chunk is not a 2nd line.
             self._skip_lf = text[-1] == "\r"
             text = text.replace("\r\n", "\n").replace("\r", "\n")
+        if self._buffer:
+            if "\n" not in text:
+                self._hold(text)
+                return []
+            text = "".join(self._buffer) + text
+            self._buffer, self._buffered = [], 0
         lines = text.split("\n")
-        self._buffer = lines.pop()
+        tail = lines.pop()
+        if tail:
+            self._hold(tail)
         return lines
+
+    def _hold(self, text: str) -> None:
+        """Keep part of a line that has not ended yet, within the limit."""
+        self._buffered += len(text)
+        if self._buffered > self._max_chars:
+            self._reset()
+            raise SSETooLarge(f"an event-stream line is longer than {self._max_chars} characters")
+        self._buffer.append(text)
+
+    def _check_pending(self) -> None:
+        """Refuse an event whose data, still incomplete, has grown past the limit."""
+        if sum(map(len, self._data)) > self._max_chars:
+            self._reset()
+            raise SSETooLarge(f"an event carries more than {self._max_chars} characters of data")
 
     def flush(self) -> list[ServerSentEvent]:
         """Signal the end of the stream and return any event still pending.
@@ -204,14 +255,15 @@ class SSEDecoder:
     def _final_lines(self) -> list[str]:
         """The unterminated last line (if any) and a blank line that ends the last block."""
         lines: list[str] = []
+        buffer = "".join(self._buffer)
         if self._pending_bytes:
             # Truncated UTF-8 at the very end becomes U+FFFD, like anywhere else.
             text = self._pending_bytes.decode("utf-8", "replace")
             if self._bom_pending and text and text[0] == "\ufeff":
                 text = text[1:]
-            self._buffer += text
-        if self._buffer:
-            lines.append(self._buffer)
+            buffer += text
+        if buffer:
+            lines.append(buffer)
         lines.append("")
         return lines
 

@@ -12,6 +12,7 @@ import importlib
 import importlib.util
 import json
 import platform
+import re
 import sys
 import threading
 from dataclasses import dataclass
@@ -203,10 +204,20 @@ def default_backend(settings: GomlSettings | None = None) -> ModelBackend:
     )
 
 
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+
+
 def _infer_backend(path: str) -> str:
     """Pick a backend from what ``path`` is: URL -> http, .gguf -> llama, MLX folder -> mlx."""
-    if path.startswith(("http://", "https://")):
-        return "http"
+    scheme = _SCHEME.match(path)
+    if scheme is not None:
+        if scheme.group(1).lower() in ("http", "https"):
+            return "http"
+        raise ModelLoadError(
+            path,
+            f"{scheme.group(1)}:// URLs are not supported: give the http:// or https:// base "
+            "URL of an OpenAI-compatible server, a .gguf file or an MLX model folder",
+        )
     target = Path(path).expanduser()
     if not target.exists():
         raise ModelLoadError(path, "no such file or directory")
@@ -222,13 +233,17 @@ def _infer_backend(path: str) -> str:
 _LOAD_FIELDS = frozenset(LoadConfig.__dataclass_fields__)
 
 
-async def load_model(path_or_url: str, backend: str | None = None, **options: Any) -> TextModel:
+async def load_model(
+    path_or_url: str | None = None, backend: str | None = None, **options: Any
+) -> TextModel:
     """Load a model and return it as a TextModel.
 
     A folder with config.json + *.safetensors goes to MLX, a ``.gguf`` file to llama, an
-    ``http(s)://`` URL to the HTTP backend; ``backend=`` overrides. LoadConfig fields
-    (``context_len``, ``gpu_layers``, ``parallel_slots``, ``adapter_path``) are taken from
-    ``options``; the rest pass through to the backend.
+    ``http(s)://`` URL to the HTTP backend; ``backend=`` overrides. With no ``path_or_url``,
+    the server named by ``GOML_BASE_URL`` or ``OPENAI_BASE_URL`` is used, as openai-python
+    does. LoadConfig fields (``context_len``, ``gpu_layers``, ``parallel_slots``,
+    ``adapter_path``) are taken from ``options``; the rest pass through to the backend (for a
+    URL: ``model``, ``api_key``, deadlines, ``probe_timeout``, ``probe=False`` ...).
 
     Example:
         ```python
@@ -240,6 +255,14 @@ async def load_model(path_or_url: str, backend: str | None = None, **options: An
         ModelLoadError: the file or folder is missing or not a model.
         BackendUnavailable: the backend is unknown or its extra is not installed.
     """
+    if path_or_url is None:
+        path_or_url = GomlSettings().server_url()
+        if path_or_url is None:
+            raise ConfigError(
+                "path_or_url",
+                "none given, and neither GOML_BASE_URL nor OPENAI_BASE_URL is set (give a "
+                "path, a URL, or use load_default_model() for the bundled model)",
+            )
     if not isinstance(path_or_url, str | Path) or not str(path_or_url):
         raise ConfigError("path_or_url", f"must be a non-empty path or URL, got {path_or_url!r}")
     path = str(path_or_url)

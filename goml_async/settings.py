@@ -28,6 +28,9 @@ def default_cache_dir() -> Path:
     return Path(base) / "goml_async"
 
 
+#: Environment variables read under another name than ``GOML_<FIELD>``, and their field.
+_ALIASES = {"OPENAI_API_KEY": "api_key", "OPENAI_BASE_URL": "openai_base_url"}
+
 _SUITES = frozenset({"all", "heuristic", "semantic", "content", "standard", "exact"})
 
 
@@ -38,10 +41,16 @@ class GomlSettings(BaseSettings):
         default_backend: backend used when none is named (``mlx``, ``llama``, ``http``).
         api_key: API key for OpenAI-compatible servers (``GOML_API_KEY``, then
             ``OPENAI_API_KEY``); never shown in reprs or logs.
-        base_url: default base URL of an OpenAI-compatible server.
+        base_url: default base URL of an OpenAI-compatible server (``GOML_BASE_URL``): the
+            ``goml`` commands use it when no ``--model`` is given, instead of the bundled model.
+        openai_base_url: ``OPENAI_BASE_URL``, read as openai-python reads it: the server an
+            :class:`~goml_async.backends.http.HTTPModel` (or ``load_model()``) talks to when no
+            URL is given and ``GOML_BASE_URL`` is not set. The commands do not fall back to it,
+            so a shell set up for OpenAI never sends a ``goml`` prompt there unasked.
         llama_server: path of a ``llama-server`` binary (``GOML_LLAMA_SERVER``).
         llama_startup_timeout: seconds a llama-server may take to answer ``/health``.
-        model_dir: a folder of local models.
+        model_dir: a folder of local models (``GOML_MODEL_DIR``), listed by ``goml models list``
+            when no folder is given.
         cache_dir: where converted models and built binaries are cached.
         mlx_cache_limit: MLX's buffer cache limit in bytes (None: MLX's default).
         mlx_memory_limit: MLX's memory limit in bytes (None: MLX's default).
@@ -67,6 +76,9 @@ class GomlSettings(BaseSettings):
         default=None, validation_alias=AliasChoices("GOML_API_KEY", "OPENAI_API_KEY")
     )
     base_url: str | None = None
+    openai_base_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("OPENAI_BASE_URL", "openai_base_url")
+    )
     llama_server: Path | None = None
     llama_startup_timeout: float = Field(default=120.0, gt=0)
     model_dir: Path | None = None
@@ -85,13 +97,16 @@ class GomlSettings(BaseSettings):
             super().__init__(**values)
         except ValidationError as exc:
             first = exc.errors()[0]
-            field = ".".join(str(part) for part in first["loc"]) or "settings"
+            where = ".".join(str(part) for part in first["loc"]) or "settings"
+            # A value read under an alias (OPENAI_BASE_URL) is reported by that name.
+            field = _ALIASES.get(where.upper(), where)
+            variable = where if field != where else f"GOML_{field.upper()}"
             if field not in type(self).model_fields:
                 raise ConfigError(field, f"unknown setting: {first['msg']}") from None
             # Secrets are never echoed, and the chained ValidationError would repeat them.
             secret = field in ("api_key", "server_api_key", "influx_token")
             shown = "<hidden>" if secret else repr(first.get("input"))
-            problem = f"{first['msg']} (got {shown}; env var GOML_{field.upper()})"
+            problem = f"{first['msg']} (got {shown}; env var {variable})"
             error = ConfigError(field, problem)
             raise error from (None if secret else exc)
 
@@ -106,12 +121,16 @@ class GomlSettings(BaseSettings):
             )
         return ",".join(sorted(names))
 
-    @field_validator("base_url", "judge_url")
+    @field_validator("base_url", "openai_base_url", "judge_url")
     @classmethod
     def _check_url(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith(("http://", "https://")):
             raise ValueError(f"must start with http:// or https://, got {value!r}")
         return value
+
+    def server_url(self) -> str | None:
+        """The server to use when none is named: ``GOML_BASE_URL``, then ``OPENAI_BASE_URL``."""
+        return self.base_url or self.openai_base_url
 
     @field_validator("default_backend")
     @classmethod

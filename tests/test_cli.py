@@ -52,6 +52,7 @@ def isolated_registry(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     saved = dict(registry._backends)
     registry._backends.clear()
     monkeypatch.delenv("GOML_DEFAULT_BACKEND", raising=False)
+    monkeypatch.delenv("GOML_BASE_URL", raising=False)  # commands would use that server
     monkeypatch.setenv("COLUMNS", "100")  # argparse and rich size their output from COLUMNS
     try:
         yield
@@ -371,3 +372,47 @@ def test_models_list_missing_directory(capsys: pytest.CaptureFixture[str]) -> No
     line = _error_line(capsys)
     assert line.startswith("goml: error: ")
     assert "/nonexistent" in line
+
+
+def test_models_list_with_no_dir_lists_model_dir_bundled_model_and_mlx_cache(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("COLUMNS", "1000")
+    mine = _model_folder(tmp_path / "models" / "mine")
+    cached = _model_folder(tmp_path / "cache" / "mlx" / "SmolLM2-converted")
+    monkeypatch.setenv("GOML_MODEL_DIR", str(tmp_path / "models"))
+    monkeypatch.setenv("GOML_CACHE_DIR", str(tmp_path / "cache"))
+    assert main(["models", "list"]) == 0
+    out = capsys.readouterr().out
+    assert str(mine.resolve()) in out
+    assert str(cached.resolve()) in out
+    assert str(registry.bundled_model_path()) in out
+
+
+def test_models_list_with_no_dir_names_an_unusable_model_dir(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GOML_MODEL_DIR", "/nonexistent/models")
+    assert main(["models", "list"]) == 2
+    assert _error_line(capsys) == (
+        "goml: error: GOML_MODEL_DIR: not a directory: '/nonexistent/models'"
+    )
+
+
+def test_generate_with_goml_base_url_talks_to_that_server(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from goml_async.testing import FakeOpenAIServer, Script
+
+    registry._register_builtin_backends()  # the real http backend, nothing else
+    with FakeOpenAIServer(Script(tokens=["From", " the", " server"])) as server:
+        url = server.base_url
+        monkeypatch.setenv("GOML_BASE_URL", url)
+        assert main(["generate", "Who are you?"]) == 0
+        [request] = [r for r in server.requests if r.method == "POST"]
+    captured = capsys.readouterr()
+    assert captured.out == "From the server\n"
+    assert f"loading {url} ..." in captured.err
+    assert request.path == "/v1/chat/completions"
+    assert request.json is not None
+    assert request.json["messages"][-1] == {"role": "user", "content": "Who are you?"}

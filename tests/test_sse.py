@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from goml_async._sse import ServerSentEvent, SSEDecoder, _make_event
+from goml_async._sse import ServerSentEvent, SSEDecoder, SSETooLarge, _make_event
 
 MULTIBYTE = "é漢🙂"
 
@@ -455,3 +455,47 @@ def test_feed_data_matches_feed_for_every_rule() -> None:
         data += data_decoder.flush_data()
         assert data == [event.data for event in events]
         assert data == ['{"a":\n1}', "", "café\n[DONE]"]
+
+
+# --- hostile streams: bounded time and memory -------------------------------------------------
+
+
+def test_a_line_that_never_ends_costs_linear_time() -> None:
+    # 20,000 chunks of 4 KiB with no line ending: re-joining the line per chunk would copy
+    # about 800 GB in all; holding the pieces copies nothing until the line ends.
+    decoder = SSEDecoder(max_event_chars=100 * 1024 * 1024)
+    chunk = b"x" * 4096
+    decoder.feed(b"data: ")
+    for _ in range(20_000):
+        assert decoder.feed(chunk) == []
+    events = decoder.feed(b"\n\n")
+    assert len(events) == 1
+    assert len(events[0].data) == 20_000 * 4096
+
+
+@pytest.mark.parametrize("feed", ["feed", "feed_data"])
+def test_a_line_longer_than_the_limit_is_refused(feed: str) -> None:
+    decoder = SSEDecoder(max_event_chars=1000)
+    getattr(decoder, feed)(b"data: " + b"x" * 900)
+    with pytest.raises(SSETooLarge, match="longer than 1000 characters"):
+        getattr(decoder, feed)(b"y" * 200)
+    # The decoder dropped what it held: memory is bounded, and it can decode a new stream.
+    assert getattr(decoder, feed)(b"data: ok\n\n") in ([msg("ok")], ["ok"])
+
+
+def test_an_event_of_many_short_data_lines_is_refused() -> None:
+    decoder = SSEDecoder(max_event_chars=1000)
+    with pytest.raises(SSETooLarge, match="more than 1000 characters of data"):
+        for _ in range(100):
+            decoder.feed_data(b"data: " + b"z" * 50 + b"\n")
+
+
+def test_events_under_the_limit_are_untouched() -> None:
+    decoder = SSEDecoder(max_event_chars=64)
+    assert decoder.feed(b"data: " + b"a" * 60 + b"\n\n") == [msg("a" * 60)]
+
+
+@pytest.mark.parametrize("bad", [0, -1, True, 1.5])
+def test_the_limit_must_be_a_positive_int(bad: object) -> None:
+    with pytest.raises((TypeError, ValueError)):
+        SSEDecoder(max_event_chars=bad)  # type: ignore[arg-type]

@@ -21,12 +21,11 @@ import httpx
 from anyio.lowlevel import RunVar
 from pydantic import SecretStr
 
-from .._retry import RetryPolicy, parse_retry_after
-from .._sse import SSEDecoder
+from .._retry import RetryPolicy
+from .._sse import SSEDecoder, SSETooLarge
 from ..compat import InferenceAdapter
 from ..errors import (
     APIConnectionError,
-    APIStatusError,
     ConfigError,
     GenerationError,
     ModelLoadError,
@@ -44,6 +43,7 @@ from ..types import (
     Token,
     coerce_messages,
 )
+from . import _http_reply as _reply
 from . import _openai
 from ._loop_clients import LoopClients
 from ._pool import ShardedTransport
@@ -68,7 +68,8 @@ class HTTPModel(BaseTextModel):
     """A TextModel served by an OpenAI-compatible HTTP server.
 
     Args:
-        base_url: e.g. ``http://127.0.0.1:8080/v1`` (``/v1`` is added when there is no path).
+        base_url: e.g. ``http://127.0.0.1:8080/v1`` (``/v1`` is added when there is no path);
+            None takes ``GOML_BASE_URL``, then ``OPENAI_BASE_URL`` (as openai-python does).
         model: the model name to request ("" lets a single-model server choose).
         api_key: sent as a bearer token; defaults to ``GOML_API_KEY`` or ``OPENAI_API_KEY``.
             Never shown in reprs or logs.
@@ -97,7 +98,7 @@ class HTTPModel(BaseTextModel):
 
     def __init__(
         self,
-        base_url: str,
+        base_url: str | None = None,
         model: str = "",
         *,
         api_key: str | None = None,
@@ -141,10 +142,17 @@ class HTTPModel(BaseTextModel):
             }
         )
         super().__init__(model_type="http", default_config=base)
+        settings = settings or GomlSettings()
+        if base_url is None:
+            base_url = settings.server_url()
+            if base_url is None:
+                raise ConfigError(
+                    "base_url", "none given, and neither GOML_BASE_URL nor OPENAI_BASE_URL is set"
+                )
         self._base_url = normalize_base_url(base_url)
         self._model_name = model
         if api_key is None:
-            secret = (settings or GomlSettings()).api_key
+            secret = settings.api_key
         else:
             if not isinstance(api_key, str):
                 raise ConfigError("api_key", "must be a str")
@@ -237,12 +245,8 @@ class HTTPModel(BaseTextModel):
                 [Message("user", prompt)], config, model=model, extra_body=extra_body, **options
             )
         return self._open_stream(
-            lambda context: self._request(
-                "/completions",
-                _openai.completion_body(
-                    self._pick_model(model), prompt, context.config, self._merged(extra_body)
-                ),
-                context,
+            lambda context: self._completion_source(
+                prompt, context, self._pick_model(model), self._merged(extra_body)
             ),
             config,
             options,
@@ -260,24 +264,42 @@ class HTTPModel(BaseTextModel):
         """Stream a chat reply; ``model`` and ``extra_body`` override the model's for this call."""
         conversation = coerce_messages(messages)
         return self._open_stream(
-            lambda context: self._request(
-                "/chat/completions",
-                _openai.chat_body(
-                    self._pick_model(model), conversation, context.config, self._merged(extra_body)
-                ),
-                context,
+            lambda context: self._chat_source(
+                conversation, context, self._pick_model(model), self._merged(extra_body)
             ),
             config,
             options,
         )
 
     def _stream_prompt(self, prompt: str, context: StreamContext) -> AsyncIterator[Token]:
-        body = _openai.completion_body(self._model_name, prompt, context.config, self._extra_body)
-        return self._request("/completions", body, context)
+        return self._completion_source(prompt, context, self._model_name, self._extra_body)
 
     def _stream_chat(self, messages: list[Message], context: StreamContext) -> AsyncIterator[Token]:
-        body = _openai.chat_body(self._model_name, messages, context.config, self._extra_body)
-        return self._request("/chat/completions", body, context)
+        return self._chat_source(messages, context, self._model_name, self._extra_body)
+
+    def _completion_source(
+        self, prompt: str, context: StreamContext, model: str, extra_body: Mapping[str, Any]
+    ) -> AsyncIterator[Token]:
+        """The tokens of one ``/completions`` request (LlamaModel uses llama.cpp's own route)."""
+        body = _openai.completion_body(model, prompt, context.config, extra_body)
+        tokens = self._request("/completions", body, context)
+        if context.config.logprobs:
+            return _openai.checked_logprobs(tokens, context.config, self._base_url)
+        return tokens
+
+    def _chat_source(
+        self,
+        messages: list[Message],
+        context: StreamContext,
+        model: str,
+        extra_body: Mapping[str, Any],
+    ) -> AsyncIterator[Token]:
+        """The tokens of one ``/chat/completions`` request."""
+        body = _openai.chat_body(model, messages, context.config, extra_body)
+        tokens = self._request("/chat/completions", body, context)
+        if context.config.logprobs:
+            return _openai.checked_logprobs(tokens, context.config, self._base_url)
+        return tokens
 
     def _pick_model(self, model: str | None) -> str:
         if model is None:
@@ -312,10 +334,21 @@ class HTTPModel(BaseTextModel):
                         "POST", url, content=payload, headers={"Content-Type": "application/json"}
                     )
                     response = await client.send(request, stream=True)
+                    kind = _reply.reply_kind(response.headers.get("content-type"))
                     if response.status_code != 200:
-                        error, retry_after = await self._status_failure(response)
+                        error, retry_after = await _reply.status_error(response, self._where(url))
                         if not self._retry.should_retry(attempt, response.status_code):
                             raise error
+                    elif kind == "json":
+                        # A server that ignores ``stream: true`` answers with the whole reply.
+                        token = await _reply.whole_reply(response, self._where(url), reply)
+                        if token is not None:
+                            delivered += 1
+                            yield token
+                        self._report(reply, context)
+                        return
+                    elif kind == "other":
+                        raise await _reply.not_a_stream(response, self._where(url), self._base_url)
                     else:
                         decoder = SSEDecoder()
                         # The body is read to its end even after [DONE] (which servers send
@@ -328,6 +361,9 @@ class HTTPModel(BaseTextModel):
                                     if token is not None:
                                         delivered += 1
                                         yield token
+                                        while reply.pending:  # a chunk of several tokens
+                                            delivered += 1
+                                            yield reply.pending.popleft()
                                     if reply.done:
                                         break
                         for data in decoder.flush_data() if not reply.done else ():
@@ -335,10 +371,18 @@ class HTTPModel(BaseTextModel):
                             if token is not None:
                                 delivered += 1
                                 yield token
+                                while reply.pending:
+                                    delivered += 1
+                                    yield reply.pending.popleft()
                         if not reply.done:
                             raise httpx.RemoteProtocolError("the stream ended before [DONE]")
                         self._report(reply, context)
                         return
+                except SSETooLarge as exc:
+                    raise GenerationError(
+                        f"{self._where(url)} sent an event stream the client will not hold: {exc}",
+                        tokens_generated=delivered,
+                    ) from exc
                 except GenerationError as exc:
                     if delivered and not isinstance(exc, StreamInterrupted):
                         raise StreamInterrupted(
@@ -374,22 +418,9 @@ class HTTPModel(BaseTextModel):
         """Why the server is gone, when this model can tell (a managed server that exited)."""
         return None
 
-    async def _status_failure(
-        self, response: httpx.Response
-    ) -> tuple[APIStatusError, float | None]:
-        """The error for a non-200 answer, and the server's Retry-After in seconds."""
-        body = (await response.aread()).decode("utf-8", errors="replace")
-        try:
-            detail = _openai.error_message(json.loads(body))
-        except (json.JSONDecodeError, TypeError):
-            detail = _openai.error_message(body)
-        error = APIStatusError(
-            f"{response.request.url} answered {response.status_code} "
-            f"{response.reason_phrase}: {detail}",
-            status_code=response.status_code,
-            body=body,
-        )
-        return error, parse_retry_after(response.headers)
+    def _where(self, url: str) -> str:
+        """How errors name the server behind ``url`` (a managed server names its model)."""
+        return url
 
     def _report(self, reply: _openai.StreamState, context: StreamContext) -> None:
         context.finish_reason = _openai.finish_reason(reply.finish_reason)
@@ -399,38 +430,49 @@ class HTTPModel(BaseTextModel):
 
     # -- server facts -----------------------------------------------------------------------------
 
-    async def refresh_info(self) -> ModelInfo:
+    async def refresh_info(self, *, seconds: float = 10.0, strict: bool = False) -> ModelInfo:
         """Ask ``GET /models`` about the model and keep what it says for :meth:`info`.
 
         llama.cpp reports the vocabulary and embedding sizes in ``meta``; other servers report
-        less, and a server without ``/models`` leaves the info as it was.
+        less. Numbers that are not counts (``"abc"``, ``1e400``) count as unknown.
+
+        Args:
+            seconds: how long the whole probe may take, connecting included.
+            strict: raise when the answer is not an OpenAI model listing (``load_model`` checks
+                a URL this way); otherwise such an answer leaves the info as it was.
 
         Raises:
-            APIConnectionError: the server cannot be reached.
+            APIConnectionError: the server cannot be reached, or did not answer in time.
+            ModelLoadError: (strict) the server answered, but not with a model listing.
         """
+        url = self._base_url + "/models"
+        client = self._client()
         try:
-            response = await self._client().get(self._base_url + "/models")
+            with anyio.fail_after(seconds):
+                request = client.build_request(
+                    "GET", url, timeout=httpx.Timeout(seconds, connect=self._connect_timeout)
+                )
+                response = await client.send(request, stream=True)
+                try:
+                    raw, more = await _reply.read_capped(response, _reply.MAX_LISTING)
+                finally:
+                    await response.aclose()
+        except TimeoutError:
+            raise APIConnectionError(
+                f"{self._where(url)} did not answer within {seconds:g} s"
+            ) from None
         except httpx.TransportError as exc:
-            raise APIConnectionError(f"cannot reach {self._base_url}/models: {exc!r}") from exc
-        if response.status_code != 200:
-            return self._info
-        try:
-            listing = response.json()
-        except json.JSONDecodeError:
-            return self._info
-        entries = listing.get("data") if isinstance(listing, dict) else None
-        entries = entries if isinstance(entries, list) else []
-        chosen = next(
-            (e for e in entries if isinstance(e, dict) and e.get("id") == self._model_name),
-            entries[0] if entries and isinstance(entries[0], dict) else {},
+            raise APIConnectionError(f"cannot reach {self._where(url)}: {exc!r}") from exc
+        found = _reply.model_listing(
+            response.status_code,
+            response.headers.get("content-type"),
+            None if more else raw,
+            self._model_name,
         )
-        found_meta = chosen.get("meta")
-        meta: dict[str, Any] = found_meta if isinstance(found_meta, dict) else {}
-        self._info = ModelInfo(
-            architecture=str(meta.get("general.architecture") or "http"),
-            vocab_size=int(meta.get("n_vocab") or 0),
-            hidden_size=int(meta.get("n_embd") or 0),
-        )
+        if isinstance(found, ModelInfo):
+            self._info = found
+        elif strict:
+            raise ModelLoadError(self._base_url, f"GET {url} {found}")
         return self._info
 
     def __repr__(self) -> str:
@@ -499,15 +541,35 @@ class HTTPModelBackend:
         return True
 
     async def load_model(self, path: str, config: LoadConfig, **options: Any) -> HTTPModel:
-        """An HTTPModel for the URL ``path``, after checking that the server answers.
+        """An HTTPModel for the URL ``path``, after checking that it serves the OpenAI API.
+
+        The check is ``GET /models``, bounded by ``probe_timeout`` seconds (default 10);
+        ``probe=False`` skips it, for a server without ``/models``.
 
         Raises:
-            ModelLoadError: the server cannot be reached.
+            ModelLoadError: the server cannot be reached, does not answer in time, or answers
+                with something other than an OpenAI model listing.
         """
+        probe = options.pop("probe", True)
+        probe_timeout = options.pop("probe_timeout", 10.0)
+        if not isinstance(probe, bool):
+            raise ConfigError("probe", f"must be True or False, got {probe!r}")
+        if (
+            isinstance(probe_timeout, bool)
+            or not isinstance(probe_timeout, int | float)
+            or not 0 < probe_timeout < float("inf")
+        ):
+            raise ConfigError("probe_timeout", f"must be > 0 seconds, got {probe_timeout!r}")
         model = HTTPModel(path, **options)
+        if not probe:
+            return model
         try:
-            await model.refresh_info()
+            await model.refresh_info(seconds=float(probe_timeout), strict=True)
         except APIConnectionError as exc:
             await model.aclose()
-            raise ModelLoadError(path, f"the server does not answer ({exc})") from exc
+            raise ModelLoadError(model.base_url, f"the server does not answer ({exc})") from exc
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await model.aclose()
+            raise
         return model

@@ -10,8 +10,9 @@ from rich.console import Console
 
 from goml_async.model import TextModel
 from goml_async.registry import bundled_model_path, load_default_model, load_model
+from goml_async.settings import GomlSettings
 
-__all__ = ["describe_target", "is_url", "load_target", "served_name"]
+__all__ = ["default_target", "describe_target", "is_url", "load_target", "served_name"]
 
 _DEFAULT_LABEL = "the bundled default model (SmolLM2-135M-Instruct)"
 
@@ -31,8 +32,17 @@ def served_name(spec: str) -> str:
     return Path(spec.rstrip("/")).name.removesuffix(".gguf") or spec
 
 
+def default_target() -> str | None:
+    """What a command runs on when no ``--model`` is given: ``GOML_BASE_URL``, or None (the
+    bundled model). ``OPENAI_BASE_URL`` is deliberately not used here: a shell set up for
+    OpenAI must not send ``goml`` prompts there unasked."""
+    return GomlSettings().base_url
+
+
 def describe_target(spec: str | None) -> str:
     """A human label for a ``--model``/``--judge`` value."""
+    if not spec:
+        spec = default_target()
     return _DEFAULT_LABEL if spec in (None, "", "default") else str(spec)
 
 
@@ -43,12 +53,15 @@ async def load_target(
     http_model: str = "",
     console: Console | None = None,
 ) -> TextModel:
-    """Load ``spec``: ``default``/None (the bundled model), a path, or a server's base URL.
+    """Load ``spec``: ``default`` (the bundled model), a path, or a server's base URL; None
+    means :func:`default_target` (``GOML_BASE_URL`` if set, else the bundled model).
 
     ``http_model`` is the model name sent to a server (``--judge-model``). The wait is shown as
     a spinner on a terminal and as one plain line otherwise.
     """
     err = console or Console(stderr=True)
+    if not spec:
+        spec = default_target()
     label = describe_target(spec)
     started = time.perf_counter()
     spinner = err.status(f"loading {label} ...", spinner="dots") if err.is_terminal else None

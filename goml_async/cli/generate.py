@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
-import time
 from typing import Any
 
 import anyio
 from rich.console import Console
 
 from goml_async.errors import ConfigError
-from goml_async.registry import load_default_model, load_model
 from goml_async.types import GenerateConfig, Message
+
+from ._common import load_target
 
 __all__ = ["DEFAULT_SYSTEM", "add_parser", "run"]
 
@@ -24,8 +23,9 @@ _HELP = "stream a completion of PROMPT to stdout"
 _DESCRIPTION = """\
 Stream a completion of PROMPT to stdout, token by token.
 
-With no --model, the bundled default model (SmolLM2-135M-Instruct) is used. --model takes a
-.gguf file (llama.cpp), an MLX model folder, or the base URL of an OpenAI-compatible server.
+With no --model, the bundled default model (SmolLM2-135M-Instruct) is used, or the server
+in GOML_BASE_URL when that is set. --model takes a .gguf file (llama.cpp), an MLX model
+folder, the base URL of an OpenAI-compatible server, or "default" (the bundled model).
 PROMPT "-" reads the prompt from stdin. Without --raw the prompt is sent as a chat message.
 """
 _EPILOG = """\
@@ -85,19 +85,7 @@ def run(args: argparse.Namespace) -> int:
 
 async def _generate(args: argparse.Namespace, prompt: str, config: GenerateConfig) -> int:
     err = Console(stderr=True)
-    label = args.model or "the bundled default model (SmolLM2-135M-Instruct)"
-    started = time.perf_counter()
-    # A spinner on a terminal; one plain line otherwise (logs, CI), so the wait is explained.
-    progress = err.status(f"loading {label} ...", spinner="dots") if err.is_terminal else None
-    if progress is None:
-        err.print(f"loading {label} ...", highlight=False)
-    with progress or contextlib.nullcontext():
-        if args.model:
-            model = await load_model(args.model, backend=args.backend)
-        else:
-            model = await load_default_model(backend=args.backend)
-    if progress is not None:
-        err.print(f"[dim]loaded {label} in {time.perf_counter() - started:.1f} s[/dim]")
+    model = await load_target(args.model, backend=args.backend, console=err)
     async with model:
         if args.raw:
             stream = model.generate(prompt, config)

@@ -10,7 +10,10 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from goml_async.registry import discover_gguf_models, discover_models
+from goml_async.errors import ConfigError, ModelLoadError
+from goml_async.registry import bundled_model_path, discover_gguf_models, discover_models
+from goml_async.settings import GomlSettings
+from goml_async.types import DiscoveredModel
 
 __all__ = ["add_parser", "run_convert", "run_list"]
 
@@ -28,12 +31,21 @@ def add_parser(commands: Any) -> None:
         description=(
             "List the models in DIR and its immediate subfolders: GGUF files (llama backend) "
             "and MLX model folders (config.json plus *.safetensors), with their format, "
-            "architecture, quantisation and size. Piped output is tab-separated."
+            "architecture, quantisation and size. Without DIR: the models in GOML_MODEL_DIR "
+            "(when set), the bundled default model, and the MLX folders converted into the "
+            "cache (GOML_CACHE_DIR/mlx). Piped output is tab-separated."
         ),
     )
-    listing.epilog = "examples:\n  goml models list ~/models\n  goml models list . | cut -f1"
+    listing.epilog = (
+        "examples:\n  goml models list\n  goml models list ~/models\n  goml models list . | cut -f1"
+    )
     listing.formatter_class = argparse.RawDescriptionHelpFormatter
-    listing.add_argument("directory", metavar="DIR", help="folder to search")
+    listing.add_argument(
+        "directory",
+        metavar="DIR",
+        nargs="?",
+        help="folder to search (default: GOML_MODEL_DIR, the bundled model and the cache)",
+    )
     listing.set_defaults(run=run_list)
 
     convert = actions.add_parser(
@@ -62,14 +74,44 @@ def add_parser(commands: Any) -> None:
     convert.set_defaults(run=run_convert)
 
 
+def _known_models() -> tuple[list[DiscoveredModel], str]:
+    """The models of GOML_MODEL_DIR, the bundled model and the MLX cache, and where we looked."""
+    settings = GomlSettings()
+    found: list[DiscoveredModel] = []
+    places = []
+    if settings.model_dir is not None:
+        found += _models_in(str(settings.model_dir), "GOML_MODEL_DIR")
+        places.append(f"GOML_MODEL_DIR ({settings.model_dir})")
+    try:
+        bundled = bundled_model_path()
+    except ModelLoadError:
+        places.append("the bundled model (not installed)")
+    else:
+        found += [m for m in discover_gguf_models(bundled.parent) if m.path == str(bundled)]
+        places.append("the bundled model")
+    cache = settings.cache_dir / "mlx"
+    if cache.is_dir():
+        found += discover_models(cache)
+    places.append(f"the MLX cache ({cache})")
+    return found, ", ".join(places)
+
+
+def _models_in(directory: str, source: str = "DIR") -> list[DiscoveredModel]:
+    try:
+        return [*discover_models(directory), *discover_gguf_models(directory)]
+    except ConfigError as exc:
+        raise ConfigError(source, exc.problem) from None
+
+
 def run_list(args: argparse.Namespace) -> int:
-    found = sorted(
-        [*discover_models(args.directory), *discover_gguf_models(args.directory)],
-        key=lambda model: model.path,
-    )
+    if args.directory is None:
+        models, where = _known_models()
+    else:
+        models, where = _models_in(args.directory), args.directory
+    found = sorted({model.path: model for model in models}.values(), key=lambda m: m.path)
     console = Console()
     if not found:
-        console.print(f"no models found in {args.directory}")
+        console.print(f"no models found in {where}", highlight=False)
         return 0
     rows = [
         (
