@@ -5,6 +5,8 @@ generate, classify, batch) runs on that model's own thread, one at a time. Token
 event loop through a memory object stream with no buffer: the worker blocks on each token until
 the consumer has taken it, so nothing is generated ahead of the reader, and a consumer that
 leaves makes the worker's next hand-over fail, which stops generation at the next token.
+Long jobs (a prefill, a batch) check between their steps whether their caller left, so one that
+is cancelled frees the worker within a step.
 """
 
 from __future__ import annotations
@@ -103,8 +105,14 @@ class MLXWorker:
             raise GomlError("the MLX model is closed")
         self._jobs.put(job)
 
-    async def call(self, func: Callable[[], T]) -> T:
-        """Run ``func`` on the worker thread and await its result (or exception)."""
+    async def call(self, func: Callable[[], T], *, stop: threading.Event | None = None) -> T:
+        """Run ``func`` on the worker thread and await its result (or exception).
+
+        A job cannot be interrupted half way through an MLX call, so the caller always waits
+        for ``func`` to return. Without ``stop`` a cancelled caller waits for all of it; with
+        ``stop``, cancelling the caller sets the event, which ``func`` checks between steps
+        (raising :class:`ConsumerGone`), so the worker is free again within one step.
+        """
         done = anyio.Event()
         token = anyio.lowlevel.current_token()
         outcome: list[Any] = []
@@ -118,9 +126,17 @@ class MLXWorker:
                 anyio.from_thread.run_sync(done.set, token=token)
 
         self.submit(job)
-        with anyio.CancelScope(shield=True):
-            # A job cannot be interrupted half way through MLX; the caller waits for it.
-            await done.wait()
+        if stop is None:
+            with anyio.CancelScope(shield=True):
+                await done.wait()
+        else:
+            try:
+                await done.wait()
+            except anyio.get_cancelled_exc_class():
+                stop.set()
+                with anyio.CancelScope(shield=True):
+                    await done.wait()
+                raise
         ok, value = outcome[0]
         if ok:
             return value  # type: ignore[no-any-return]

@@ -18,6 +18,7 @@ from goml_async import (
     get_backend,
     load_model,
 )
+from goml_async.backends import _mlx_sampling as mlx_sampling
 from goml_async.backends import mlx as mlx_backend
 from goml_async.backends.mlx import MLXModel, load_mlx_model, set_memory_limits
 
@@ -130,8 +131,8 @@ async def test_sampling_options_reach_mlx_lm(
     tiny: MLXModel, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     made: dict[str, Any] = {}
-    real_sampler = mlx_backend.make_sampler
-    real_processors = mlx_backend.make_logits_processors
+    real_sampler = mlx_sampling.make_sampler
+    real_processors = mlx_sampling.make_logits_processors
 
     def sampler(**kwargs: Any) -> Any:
         made["sampler"] = kwargs
@@ -141,8 +142,8 @@ async def test_sampling_options_reach_mlx_lm(
         made["processors"] = kwargs
         return real_processors(**kwargs)
 
-    monkeypatch.setattr(mlx_backend, "make_sampler", sampler)
-    monkeypatch.setattr(mlx_backend, "make_logits_processors", processors)
+    monkeypatch.setattr(mlx_sampling, "make_sampler", sampler)
+    monkeypatch.setattr(mlx_sampling, "make_logits_processors", processors)
     result = await tiny.generate(
         "hello", max_tokens=5, temperature=0.8, top_p=0.9, top_k=20, repeat_penalty=1.2, seed=7
     ).collect()
