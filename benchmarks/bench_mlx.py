@@ -6,7 +6,7 @@ folder twice in the same process: with :func:`~goml_async.backends.mlx.load_mlx_
 and with ``mlx_lm.load`` (the peer). By default the folder is the bundled SmolLM2-135M-Instruct
 converted to float32 MLX by :func:`~goml_async.backends.mlx_convert.default_mlx_model`;
 ``--model PATH`` takes any mlx-lm folder, and ``--tiny`` builds a tiny random llama (2 layers,
-hidden 64, vocab 512: ``write_tiny_gguf`` of tests/backends/conftest.py, converted with
+hidden 64, vocab 512: ``write_tiny_gguf`` of tests/model_fixtures.py, converted with
 ``convert_gguf_to_mlx``), where the per-token cost of the bridge is most visible. It measures:
 
 1. Decode tokens/s. goml's ``model.generate(PROMPT, max_tokens=N, temperature=0)`` against the
@@ -25,8 +25,9 @@ hidden 64, vocab 512: ``write_tiny_gguf`` of tests/backends/conftest.py, convert
    it is closed. A generation of up to 1000 tokens is left with ``break`` after 5 tokens inside
    ``async with stream:``; "stop" is the time from the break to the last response produced after
    it (0 when none was). Right after leaving the ``async with``, a 1-token request follows on
-   the same model: "next start" is when its ``stream_generate`` was called (the worker was free
-   again) and "next TTFT" its time to first token (MLX may still finish the step that was in
+   the same model: "next start" is when the worker began it (goml's paced prefill of the prompt,
+   wrapped the same way, or the ``stream_generate`` call: the worker was free again) and
+   "next TTFT" its time to first token (MLX may still finish the step that was in
    flight). The peer breaks out of its own ``for`` loop and closes the generator. Median over
    ``--trials`` trials each, alternating. Target: goml's stop < 100 ms median.
 
@@ -69,7 +70,7 @@ CANCEL_MAX_TOKENS = 1000
 BREAK_AFTER = 5
 CLOSE_TIMEOUT = 30.0  # seconds the worker may take to close stream_generate after a break
 ROOT = Path(__file__).resolve().parents[1]
-TINY_FIXTURE = ROOT / "tests" / "backends" / "conftest.py"
+TINY_FIXTURE = ROOT / "tests" / "model_fixtures.py"
 GOML = "goml MLXModel.generate"
 RAW = "mlx_lm.stream_generate"
 MARK_START = "<!-- bench_mlx:start -->"
@@ -96,7 +97,8 @@ SECTION_NOTES = (
     "- Break to stop: `mlx_lm.stream_generate` is wrapped to timestamp its calls, responses and "
     "close. stop = from `break` to the last response produced after it (0 if none); closed = to "
     "the generator's close; back = until control returns after `async with stream`; next start "
-    "= until the following 1-token request's `stream_generate` is called; next TTFT = that "
+    "= until the worker begins the following 1-token request (goml's paced prefill or its "
+    "`stream_generate` call); next TTFT = that "
     "request's time to first token (the step MLX had in flight finishes first)."
 )
 STREAM_COLUMNS = (
@@ -312,13 +314,16 @@ class Call:
 class Probe:
     """Stands in for ``mlx_lm.stream_generate``: timestamps each call, response and close.
 
-    Responses are appended from the worker thread; they are read only once the worker has
-    moved on to the next request, so the lists are complete by then.
+    ``prefills`` timestamps each call of goml's paced prefill, which runs before
+    ``stream_generate`` on the worker. Responses are appended from the worker thread; they are
+    read only once the worker has moved on to the next request, so the lists are complete by
+    then.
     """
 
     def __init__(self, real: Callable[..., Responses]) -> None:
         self.real = real
         self.calls: list[Call] = []
+        self.prefills: list[float] = []
 
     def __call__(self, *args: Any, **kwargs: Any) -> Responses:
         call = Call(time.perf_counter())
@@ -337,14 +342,23 @@ class Probe:
 
 
 @contextlib.contextmanager
-def probing(module: Any) -> Iterator[Probe]:
-    """Replace ``module.stream_generate`` by a Probe while the block runs."""
+def probing(backend: Any) -> Iterator[Probe]:
+    """Replace the backend's ``mlx_lm.stream_generate`` by a Probe, and time its ``prefill``."""
+    module = backend.mlx_lm  # patched where the backend looks it up: its mlx_lm module
     probe = Probe(module.stream_generate)
+    real_prefill = backend.prefill
+
+    def prefill(*args: Any, **kwargs: Any) -> None:
+        probe.prefills.append(time.perf_counter())
+        real_prefill(*args, **kwargs)
+
     module.stream_generate = probe
+    backend.prefill = prefill
     try:
         yield probe
     finally:
         module.stream_generate = probe.real
+        backend.prefill = real_prefill
 
 
 @dataclass(frozen=True, slots=True)
@@ -368,20 +382,23 @@ class Marks(NamedTuple):
     next_first: float
 
 
-def cancel_run(client: str, calls: list[Call], delivered: int, marks: Marks) -> CancelRun:
+def cancel_run(client: str, probe: Probe, delivered: int, marks: Marks) -> CancelRun:
     """The CancelRun of a trial from the probe's two calls: the broken one and the next."""
     broke, back, next_start, next_first = marks
+    calls = probe.calls
     if delivered != BREAK_AFTER:
         raise RuntimeError(f"{client}: the stream ended after {delivered} token(s) before break")
     if len(calls) != 2 or calls[0].closed is None:
         raise RuntimeError(f"{client}: expected 2 stream_generate calls, the first closed")
     after = [moment for moment in calls[0].produced if moment > broke]
+    # The worker began the next request when it prefilled (goml) or called stream_generate.
+    began = min([calls[1].started, *(moment for moment in probe.prefills if moment > broke)])
     return CancelRun(
         stop_ms=((max(after) if after else broke) - broke) * 1000,
         extra_tokens=len(after),
         closed_ms=(calls[0].closed - broke) * 1000,
         back_ms=(back - broke) * 1000,
-        next_start_ms=(calls[1].started - broke) * 1000,
+        next_start_ms=(began - broke) * 1000,
         next_ttft_ms=(next_first - next_start) * 1000,
     )
 
@@ -397,6 +414,7 @@ async def goml_first_token(model: Any) -> tuple[float, float]:
 
 async def goml_cancel(model: Any, probe: Probe) -> CancelRun:
     probe.calls.clear()
+    probe.prefills.clear()
     delivered, broke = 0, 0.0
     stream = model.generate(PROMPT, max_tokens=CANCEL_MAX_TOKENS, temperature=0)
     async with stream:
@@ -408,7 +426,7 @@ async def goml_cancel(model: Any, probe: Probe) -> CancelRun:
     back = time.perf_counter()
     next_start, next_first = await goml_first_token(model)
     await wait_closed(probe)
-    return cancel_run(GOML, probe.calls, delivered, Marks(broke, back, next_start, next_first))
+    return cancel_run(GOML, probe, delivered, Marks(broke, back, next_start, next_first))
 
 
 def raw_first_token(peer: Peer, probe: Probe) -> tuple[float, float]:
@@ -424,6 +442,7 @@ def raw_first_token(peer: Peer, probe: Probe) -> tuple[float, float]:
 async def raw_cancel(peer: Peer, probe: Probe) -> CancelRun:
     """The peer: break out of its own loop and close the generator, as ``async with`` does."""
     probe.calls.clear()
+    probe.prefills.clear()
     delivered, broke = 0, 0.0
     responses = peer.responses(CANCEL_MAX_TOKENS, probe)
     with contextlib.closing(responses):
@@ -434,7 +453,7 @@ async def raw_cancel(peer: Peer, probe: Probe) -> CancelRun:
                 break
     back = time.perf_counter()
     next_start, next_first = raw_first_token(peer, probe)
-    return cancel_run(RAW, probe.calls, delivered, Marks(broke, back, next_start, next_first))
+    return cancel_run(RAW, probe, delivered, Marks(broke, back, next_start, next_first))
 
 
 async def wait_closed(probe: Probe) -> None:
@@ -545,8 +564,7 @@ async def measure_streaming(
 async def measure_cancel(model: Any, peer: Peer, trials: int) -> list[CancelSummary]:
     from goml_async.backends import mlx
 
-    backend: Any = mlx  # patched where the backend looks it up: its mlx_lm module
-    with probing(backend.mlx_lm) as probe:
+    with probing(mlx) as probe:
         samples = await _report.round_robin(
             {GOML: lambda: goml_cancel(model, probe), RAW: lambda: raw_cancel(peer, probe)},
             trials,
