@@ -121,6 +121,7 @@ class SSEDecoder:
         "_event",
         "_last_id",
         "_max_chars",
+        "_more",
         "_pending_bytes",
         "_retry",
         "_skip_lf",
@@ -144,9 +145,11 @@ class SSEDecoder:
     def _reset(self) -> None:
         # Incomplete trailing bytes of a UTF-8 character, kept for the next chunk.
         self._pending_bytes = b""
-        # Text after the last line ending (an incomplete line), in the pieces it came in: a
-        # line that never ends costs one append per chunk, not a copy of everything so far.
-        self._buffer: list[str] = []
+        # Text after the last line ending: an incomplete line. When it spans more chunks, the
+        # later pieces wait in _more (with their length in _buffered): a line that never ends
+        # costs one append per chunk, not a copy of everything so far, and is bounded.
+        self._buffer = ""
+        self._more: list[str] = []
         self._buffered = 0
         # True until the first non-empty text, so a BOM split across chunks is still found.
         self._bom_pending = True
@@ -166,10 +169,7 @@ class SSEDecoder:
         Returns:
             The events completed by this chunk, in order (often empty).
         """
-        events = self._process(self._lines(chunk))
-        if self._data:
-            self._check_pending()
-        return events
+        return self._process(self._lines(chunk))
 
     def feed_data(self, chunk: bytes) -> list[str]:
         """Like :meth:`feed`, but return only each completed event's ``data``.
@@ -177,10 +177,7 @@ class SSEDecoder:
         The fast path for consumers that read nothing else (OpenAI-style streams): no event
         objects are built. Every other field is still parsed, so the two methods can be mixed.
         """
-        data = self._process_data(self._lines(chunk))
-        if self._data:
-            self._check_pending()
-        return data
+        return self._process_data(self._lines(chunk))
 
     def _lines(self, chunk: bytes) -> list[str]:
         """Decode a chunk into the complete lines it finishes (without their endings)."""
@@ -206,25 +203,29 @@ class SSEDecoder:
             # arrives); remember it so an LF at the start of the next chunk is not a 2nd line.
             self._skip_lf = text[-1] == "\r"
             text = text.replace("\r\n", "\n").replace("\r", "\n")
+        lines = text.split("\n")
         if self._buffer:
-            if "\n" not in text:
+            if len(lines) == 1:
                 self._hold(text)
                 return []
-            text = "".join(self._buffer) + text
-            self._buffer, self._buffered = [], 0
-        lines = text.split("\n")
-        tail = lines.pop()
-        if tail:
-            self._hold(tail)
+            head = self._buffer
+            if self._more:
+                head += "".join(self._more)
+                self._more = []
+            lines[0] = head + lines[0]
+        # One chunk's tail is no longer than the chunk; only _hold accumulates.
+        self._buffer = lines.pop()
         return lines
 
     def _hold(self, text: str) -> None:
-        """Keep part of a line that has not ended yet, within the limit."""
+        """Keep one more piece of a line that has not ended yet, within the limit."""
+        if not self._more:
+            self._buffered = len(self._buffer)
         self._buffered += len(text)
         if self._buffered > self._max_chars:
             self._reset()
             raise SSETooLarge(f"an event-stream line is longer than {self._max_chars} characters")
-        self._buffer.append(text)
+        self._more.append(text)
 
     def _check_pending(self) -> None:
         """Refuse an event whose data, still incomplete, has grown past the limit."""
@@ -255,7 +256,7 @@ class SSEDecoder:
     def _final_lines(self) -> list[str]:
         """The unterminated last line (if any) and a blank line that ends the last block."""
         lines: list[str] = []
-        buffer = "".join(self._buffer)
+        buffer = self._buffer + "".join(self._more)
         if self._pending_bytes:
             # Truncated UTF-8 at the very end becomes U+FFFD, like anywhere else.
             text = self._pending_bytes.decode("utf-8", "replace")
@@ -287,6 +288,8 @@ class SSEDecoder:
                 data.append(line[6:])
             else:
                 self._field(line)
+        if data:
+            self._check_pending()
         return events
 
     def _process_data(self, lines: list[str]) -> list[str]:
@@ -304,6 +307,8 @@ class SSEDecoder:
                 data.append(line[6:])
             else:
                 self._field(line)
+        if data:
+            self._check_pending()
         return completed
 
     def _field(self, line: str) -> None:
