@@ -7,12 +7,13 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
 
 import anyio
 import httpx
 import pytest
 
-from goml_async import GenerateConfig, GenerationTimeout, GenOpts
+from goml_async import GenerateConfig, GenerationTimeout, GenOpts, NotSupported
 from goml_async.backends.http import HTTPBackend, HTTPModel
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
@@ -143,3 +144,46 @@ async def test_refresh_info_reads_llama_cpp_metadata(llama_url: str) -> None:
         info = await model.refresh_info()
     assert info.vocab_size == 49152
     assert info.hidden_size == 576
+
+
+# -- log-probabilities, penalties and stop tokens through the OpenAI routes ------------------------
+
+
+@pytest.mark.parametrize("endpoint", ["completions", "chat"])
+async def test_logprobs_come_with_llama_cpps_token_ids(
+    llama_url: str, endpoint: Literal["completions", "chat"]
+) -> None:
+    async with HTTPModel(llama_url, generate_endpoint=endpoint) as model:
+        stream = model.generate(QUESTION, max_tokens=8, temperature=0, top_logprobs=3)
+        tokens = [token async for token in stream]
+        plain = await model.generate(QUESTION, max_tokens=8, temperature=0).collect()
+    assert "".join(token.text for token in tokens) == plain.text
+    for token in tokens:
+        assert token.id >= 0  # llama.cpp names the ID in each log-probability entry
+        assert token.logprob is not None and token.logprob <= 0
+        assert len(token.top_logprobs) == 3
+        best = token.top_logprobs[0]
+        assert (best.id, best.logprob) == (token.id, token.logprob)  # greedy: the top one
+
+
+async def test_logprobs_without_alternatives(llama_url: str) -> None:
+    async with HTTPModel(llama_url) as model:
+        tokens = [token async for token in model.generate(QUESTION, max_tokens=4, logprobs=True)]
+    assert tokens
+    assert all(token.logprob is not None and token.top_logprobs == () for token in tokens)
+
+
+async def test_penalties_reach_llama_cpp(llama_url: str) -> None:
+    prompt = "Repeat after me: the the the the the the the the"
+    async with HTTPModel(llama_url) as model:
+        plain = await model.generate(prompt, max_tokens=16, temperature=0).collect()
+        penalised = await model.generate(
+            prompt, max_tokens=16, temperature=0, presence_penalty=2.0, frequency_penalty=2.0
+        ).collect()
+    assert plain.text != penalised.text
+
+
+async def test_stop_tokens_stay_refused_over_plain_http(llama_url: str) -> None:
+    async with HTTPModel(llama_url) as model:
+        with pytest.raises(NotSupported, match="stop_tokens"):
+            await model.generate(QUESTION, stop_tokens=[2]).collect()
