@@ -5,6 +5,11 @@ as an :class:`~goml_async.backends.http.HTTPModel` (SSE, deadlines, cancellation
 server's slot). :meth:`LlamaModel.info` reads the GGUF's own metadata. A server that crashes
 mid-stream is reported with its exit code and last log lines.
 
+Tokens carry their IDs: ``generate`` streams from llama.cpp's native completion route, which
+names every token's ID; ``chat`` uses its OpenAI chat route (chat template, end-of-turn
+handling) and asks for IDs only when the call needs them (``stop_tokens``, ``logprobs``), as
+they come there only with log-probabilities, which cost the server a softmax per token.
+
 Example:
     ```python
     from goml_async import load_model
@@ -18,19 +23,34 @@ Example:
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import replace
 from types import TracebackType
 from typing import Any, Self
 
 import anyio
+import httpx
 
 from ..compat import InferenceAdapter
-from ..errors import BackendUnavailable
+from ..errors import APIConnectionError, BackendUnavailable, GenerationError, GenerationTimeout
+from ..model import _check_prompts
 from ..settings import GomlSettings
-from ..types import GenOpts, LoadConfig, MessageLike, ModelInfo, Result
+from ..stream import StreamContext
+from ..types import (
+    ClassifyResult,
+    GenerateConfig,
+    GenOpts,
+    LoadConfig,
+    Message,
+    MessageLike,
+    ModelInfo,
+    Result,
+    Token,
+)
+from . import _http_reply, _llama_wire, _openai
 from .gguf_meta import gguf_model_info, read_gguf_metadata
 from .http import HTTPModel
 from .llama_launcher import INSTALL_HINT
@@ -56,15 +76,116 @@ class LlamaModel(HTTPModel):
         self._model_type = "llama"
         self._server = server
         self._info = info
+        # Requests go to the server's root routes: the native completion route has no /v1 form.
+        self._base_url = server.base_url
 
     @property
     def server(self) -> LlamaServer:
         """The llama-server process behind this model."""
         return self._server
 
+    @property
+    def base_url(self) -> str:
+        """The server's OpenAI base URL (``http://host:port/v1``), for other OpenAI clients."""
+        return self._server.base_url + "/v1"
+
     def info(self) -> ModelInfo:
         """Architecture, layers, sizes and quantisation, from the GGUF file itself."""
         return self._info
+
+    # -- token sources -----------------------------------------------------------------------------
+
+    def _completion_source(
+        self, prompt: str, context: StreamContext, model: str, extra_body: Mapping[str, Any]
+    ) -> AsyncIterator[Token]:
+        config = context.config
+        body = _llama_wire.completion_body(model, prompt, config, extra_body)
+        tokens = self._request(_llama_wire.COMPLETION_PATH, body, context)
+        return self._trimmed(tokens, config, body)
+
+    def _chat_source(
+        self,
+        messages: list[Message],
+        context: StreamContext,
+        model: str,
+        extra_body: Mapping[str, Any],
+    ) -> AsyncIterator[Token]:
+        config = context.config
+        body = _llama_wire.chat_body(model, messages, config, extra_body)
+        tokens = self._request(_llama_wire.CHAT_PATH, body, context)
+        return self._trimmed(tokens, config, body)
+
+    def _trimmed(
+        self, tokens: AsyncIterator[Token], config: GenerateConfig, body: Mapping[str, Any]
+    ) -> AsyncIterator[Token]:
+        """``tokens``, cut to ``top_logprobs`` alternatives when more were asked for."""
+        if body.get("n_probs", 0) != config.top_logprobs:
+            return _openai.checked_logprobs(tokens, config, self._server.base_url)
+        return tokens
+
+    # -- classify ----------------------------------------------------------------------------------
+
+    async def classify(
+        self, prompts: Sequence[str], config: GenerateConfig | None = None, **options: Any
+    ) -> list[ClassifyResult]:
+        """Prefill each prompt and sample the token at its last position, in one request.
+
+        The sampled token carries its ID, text and log-probability (and ``top_logprobs``
+        alternatives when asked for). With ``return_logits``, ``logits`` holds the whole
+        vocabulary's log-probabilities by token ID: llama.cpp exposes no raw logits, and
+        these are the raw logits minus their log-sum-exp (same softmax, argmax and
+        differences). Only temperature, top-k, top-p and seed apply, as on MLX.
+        ``total_timeout`` (or ``first_token_timeout``) bounds the request.
+
+        Raises:
+            GenerationError: a prompt encodes to no tokens, or the server failed.
+            GenerationTimeout: the deadline passed.
+            APIConnectionError: the server cannot be reached.
+        """
+        resolved = self._resolve(config, options)
+        checked = _check_prompts(prompts)
+        if not checked:
+            return []
+        vocab = self._info.vocab_size
+        if resolved.return_logits and vocab <= 0:
+            raise GenerationError("the GGUF names no vocabulary size: cannot return the logits")
+        body = _llama_wire.classify_body(checked, resolved, vocab)
+        deadline = resolved.total_timeout or resolved.first_token_timeout
+        kind = "total" if resolved.total_timeout else "first_token"
+        try:
+            with anyio.fail_after(deadline):
+                reply = await self._post_json(_llama_wire.COMPLETION_PATH, body)
+        except TimeoutError:
+            raise GenerationTimeout(
+                f"classify of {len(checked)} prompt(s) did not finish within {deadline:g} s",
+                deadline=kind,
+                seconds=deadline or 0.0,
+            ) from None
+        return _llama_wire.classify_results(reply, checked, resolved, vocab)
+
+    async def _post_json(self, path: str, body: dict[str, Any]) -> object:
+        """POST ``body`` and return the JSON answer (one attempt, no stream)."""
+        url = self._base_url + path
+        client = self._client()
+        try:
+            request = client.build_request("POST", url, json=body)
+            response = await client.send(request, stream=True)
+            try:
+                if response.status_code != 200:
+                    error, _ = await _http_reply.status_error(response, self._where(url))
+                    raise error
+                raw = await response.aread()
+            finally:
+                await response.aclose()
+        except httpx.TransportError as exc:
+            gone = await self._server_failure()
+            raise APIConnectionError(gone or f"cannot reach {self._where(url)}: {exc!r}") from exc
+        try:
+            return json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise GenerationError(f"{self._where(url)} answered with malformed JSON") from exc
+
+    # -- the server --------------------------------------------------------------------------------
 
     async def _server_failure(self) -> str | None:
         # A dropped connection usually means the process died: give it a moment to be reaped
