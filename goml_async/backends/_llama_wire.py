@@ -162,8 +162,10 @@ def _classify_one(
     ids = result.get("tokens")
     if not ids:
         raise GenerationError(f"prompt {prompt!r} encodes to no tokens: nothing to classify")
-    state = _openai.StreamState()
     probabilities = result.get("completion_probabilities")
+    if not isinstance(ids, list) or not isinstance(probabilities, list | None):
+        raise GenerationError(f"llama.cpp's classify reply is malformed: {result!r}"[:300])
+    state = _openai.StreamState()
     if probabilities:
         token = _openai.parse_native_chunk(
             {"content": result.get("content"), "completion_probabilities": probabilities[:1]},
