@@ -416,3 +416,14 @@ def test_generate_with_goml_base_url_talks_to_that_server(
     assert request.path == "/v1/chat/completions"
     assert request.json is not None
     assert request.json["messages"][-1] == {"role": "user", "content": "Who are you?"}
+
+
+def test_a_multi_line_error_is_one_line_ending_with_its_last_detail() -> None:
+    from goml_async.cli import one_line
+
+    message = "llama-server exited with exit code 1; last 3 log lines:\n    a\n\n    error: bad"
+    assert one_line(message) == (
+        "llama-server exited with exit code 1; last 3 log lines: ... error: bad"
+    )
+    assert one_line("plain") == "plain"
+    assert len(one_line("first\n" + "x" * 500)) < 240

@@ -18,7 +18,7 @@ from goml_async.errors import GomlError
 
 from . import agent, bench, chat, compare, generate, mcp_server, models, probe, score, serve
 
-__all__ = ["CommandParser", "Terminated", "build_parser", "main"]
+__all__ = ["CommandParser", "Terminated", "build_parser", "main", "one_line"]
 
 _EPILOG = """\
 examples:
@@ -134,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with _clean_exit_on_termination():
             status: int = args.run(args)
     except GomlError as exc:
-        print(f"goml: error: {exc}", file=sys.stderr)
+        print(f"goml: error: {one_line(str(exc))}", file=sys.stderr)
         return _exit_status(exc)
     except KeyboardInterrupt:
         print("goml: interrupted", file=sys.stderr)
@@ -143,6 +143,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"goml: stopped by {signal.Signals(exc.signum).name}", file=sys.stderr)
         return 128 + exc.signum
     return status
+
+
+def one_line(message: str, *, width: int = 200) -> str:
+    """A message as one line: its first line, and the last of the others (for example a
+    server's last log line, which usually says what went wrong)."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    if len(lines) <= 1:
+        return lines[0] if lines else message
+    last = lines[-1] if len(lines[-1]) <= width else lines[-1][: width - 3] + "..."
+    return f"{lines[0]} ... {last}"
 
 
 def _exit_status(exc: GomlError) -> int:
