@@ -1,12 +1,16 @@
 """LLM-as-judge: score a response by asking another model, with go-ml's six rubrics.
 
 Every call sends one of go-ml's prompt templates (:mod:`goml_async.scoring.prompts`) as one user
-message, as go-ml's HTTP judge does, with go-ml's default options (temperature 0.1, no
-max-tokens cap), pulls the first JSON object out of
-the reply and validates it strictly against the matching scores model. A reply that cannot be
-used -- no JSON, a missing key, a wrong type, a score outside the scale -- raises
-:class:`~goml_async.errors.JudgeError` naming the problem, with the whole reply in
+message, as go-ml's HTTP judge does, with go-ml's default options (temperature 0.1), pulls the
+first JSON object out of the reply and validates it strictly against the matching scores model.
+A reply that cannot be used -- no JSON, a missing key, a wrong type, a score outside the scale
+-- raises :class:`~goml_async.errors.JudgeError` naming the problem, with the whole reply in
 ``raw_reply``. Errors of the judge model itself (timeouts, HTTP failures) propagate unchanged.
+
+Unlike go-ml, a reply is capped at :data:`DEFAULT_JUDGE_MAX_TOKENS` tokens unless told
+otherwise: every rubric's JSON fits in well under that, and a judge too small to follow the
+rubric otherwise rambles on to the end of its context on every call. :attr:`Judge.stats`
+counts the replies that could not be used, so a caller can say when the judge is too small.
 
 Example:
     ```python
@@ -20,6 +24,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from typing import Final, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, StrictStr, ValidationError
@@ -27,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, StrictStr, ValidationError
 from ..compat import Backend
 from ..errors import ConfigError, JudgeError
 from ..model import TextModel
-from ..types import GenOpts, Message
+from ..types import GenOpts, Message, Result
 from . import prompts
 from .exact import score_gsm8k
 from .text import extract_json
@@ -41,7 +46,12 @@ from .types import (
     normalize_domain,
 )
 
-__all__ = ["Judge", "STANDARD_BENCHMARKS"]
+__all__ = ["DEFAULT_JUDGE_MAX_TOKENS", "Judge", "JudgeStats", "STANDARD_BENCHMARKS"]
+
+#: The default cap on a judge reply, in tokens. The longest rubric reply (the content rubric's
+#: six scores and a note) is about 60 tokens; the rest leaves room for a preamble, a code fence
+#: or a one-paragraph reasoning. Thinking models need more (or 0: no cap).
+DEFAULT_JUDGE_MAX_TOKENS: Final = 256
 
 _Rubric = Literal["truthfulqa", "donotanswer", "toxigen", "exact"]
 
@@ -111,6 +121,34 @@ def _text_attribute(obj: object, name: str) -> str:
     return value if isinstance(value, str) else ""
 
 
+@dataclass(frozen=True, slots=True)
+class JudgeStats:
+    """What a :class:`Judge` has seen so far (see :attr:`Judge.stats`).
+
+    Attributes:
+        replies: calls that came back with a reply.
+        unusable: replies that could not be used for their rubric (each raised a JudgeError).
+        capped: unusable replies that stopped at the ``max_tokens`` cap.
+        failed: calls where the judge model itself failed (no reply).
+    """
+
+    replies: int = 0
+    unusable: int = 0
+    capped: int = 0
+    failed: int = 0
+
+    @property
+    def unusable_fraction(self) -> float:
+        """``unusable / replies``; 0.0 before the first reply."""
+        return self.unusable / self.replies if self.replies else 0.0
+
+    @property
+    def mostly_unusable(self) -> bool:
+        """More than half of the replies could not be used: the judge cannot follow the
+        rubric (it is too small, or its replies are cut by the cap)."""
+        return self.unusable * 2 > self.replies
+
+
 class Judge:
     """Scores responses with a judge model: any :class:`~goml_async.model.TextModel` or
     :class:`~goml_async.compat.Backend`.
@@ -128,10 +166,12 @@ class Judge:
         model: the judge model.
         opts: the options of every judge call; default go-ml's ``GenOpts.default()``
             (temperature 0.1, nothing else set).
-        max_tokens: a cap on the judge's reply, overriding ``opts.max_tokens``. ``None`` or 0
-            means no cap: over a TextModel the call passes ``max_tokens=0`` (the model's own
-            default is not applied); over a Backend the backend's default stays in force,
-            since a zero GenOpts field means "not set".
+        max_tokens: a cap on the judge's reply, overriding ``opts.max_tokens``. ``None``
+            (default) keeps ``opts.max_tokens`` when it is set and caps at
+            :data:`DEFAULT_JUDGE_MAX_TOKENS` otherwise. 0 means no cap: over a TextModel the
+            call passes ``max_tokens=0`` (the model's own default is not applied); over a
+            Backend the backend's default stays in force, since a zero GenOpts field means
+            "not set".
         use_chat: ask a TextModel through ``chat`` (default) or ``generate``; ignored for a
             Backend.
 
@@ -178,10 +218,11 @@ class Judge:
             opts = GenOpts.default()
         elif not isinstance(opts, GenOpts):
             raise ConfigError("opts", f"must be a GenOpts or None, got {type(opts).__name__}")
-        if max_tokens is not None:
-            if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 0:
-                raise ConfigError("max_tokens", f"must be an int >= 0 or None, got {max_tokens!r}")
-            opts = dataclasses.replace(opts, max_tokens=max_tokens)
+        if max_tokens is None:
+            max_tokens = opts.max_tokens or DEFAULT_JUDGE_MAX_TOKENS
+        elif isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 0:
+            raise ConfigError("max_tokens", f"must be an int >= 0 or None, got {max_tokens!r}")
+        opts = dataclasses.replace(opts, max_tokens=max_tokens)
         if not isinstance(use_chat, bool):
             raise ConfigError("use_chat", f"must be a bool, got {use_chat!r}")
         self._model = model
@@ -189,6 +230,7 @@ class Judge:
         self._use_chat = use_chat
         self._model_name = _text_attribute(model, "model_name") or fallback_name
         self._base_url = _text_attribute(model, "base_url")
+        self._stats = JudgeStats()
 
     @property
     def model(self) -> TextModel | Backend:
@@ -210,6 +252,24 @@ class Judge:
         """The options every judge call uses."""
         return self._opts
 
+    @property
+    def max_tokens(self) -> int:
+        """The cap on each reply, in tokens (0: none)."""
+        return self._opts.max_tokens
+
+    @property
+    def stats(self) -> JudgeStats:
+        """The replies so far: how many, how many could not be used, how many were capped.
+
+        Example:
+            ```python
+            report = await Engine(judge).score_all(rows)
+            if judge.stats.mostly_unusable:
+                print(f"{judge.model_name} cannot follow the rubric; use a larger judge")
+            ```
+        """
+        return self._stats
+
     def __repr__(self) -> str:
         url = f" base_url={self._base_url!r}" if self._base_url else ""
         return f"<Judge model_name={self._model_name!r}{url}>"
@@ -221,29 +281,57 @@ class Judge:
 
         Errors of the model (GenerationError and its subclasses) propagate unchanged.
         """
-        if self._backend is not None:
-            result = await self._backend.generate(prompt, self._opts)
-            return result.text
-        assert self._text_model is not None
-        options = self._opts.to_options()
-        options.setdefault("max_tokens", 0)  # unset means no cap, not the model's default
-        if self._use_chat:
-            stream = self._text_model.chat([Message("user", prompt)], **options)
-        else:
-            stream = self._text_model.generate(prompt, **options)
-        return (await stream.collect()).text
+        return (await self._complete(prompt)).text
+
+    async def _complete(self, prompt: str) -> Result:
+        try:
+            if self._backend is not None:
+                return await self._backend.generate(prompt, self._opts)
+            assert self._text_model is not None
+            options = self._opts.to_options()
+            options.setdefault("max_tokens", 0)  # unset means no cap, not the model's default
+            if self._use_chat:
+                stream = self._text_model.chat([Message("user", prompt)], **options)
+            else:
+                stream = self._text_model.generate(prompt, **options)
+            return await stream.collect()
+        except Exception:
+            self._count(failed=1)
+            raise
+
+    def _count(self, **more: int) -> None:
+        stats = self._stats
+        self._stats = dataclasses.replace(
+            stats, **{name: getattr(stats, name) + n for name, n in more.items()}
+        )
+
+    async def _judge(self, prompt: str, schema: type[_R], rubric: str) -> _R:
+        """Ask, then parse the reply for ``rubric``, counting it in :attr:`stats`."""
+        result = await self._complete(prompt)
+        capped = result.finish_reason == "length" and self._opts.max_tokens > 0
+        try:
+            parsed = self._parse(
+                result.text, schema, rubric, capped_at=self.max_tokens if capped else 0
+            )
+        except JudgeError:
+            self._count(replies=1, unusable=1, capped=int(capped))
+            raise
+        self._count(replies=1)
+        return parsed
 
     @staticmethod
-    def _parse(reply: str, schema: type[_R], rubric: str) -> _R:
+    def _parse(reply: str, schema: type[_R], rubric: str, *, capped_at: int = 0) -> _R:
+        # A reply cut at the cap is the likeliest reason for a missing or broken object.
+        cut = f" (the reply stopped at the {capped_at}-token cap)" if capped_at else ""
         try:
             data = extract_json(reply)
         except JudgeError as exc:
-            raise JudgeError(f"{rubric} judge: {exc}", raw_reply=reply) from exc
+            raise JudgeError(f"{rubric} judge: {exc}{cut}", raw_reply=reply) from exc
         try:
             return schema.model_validate(data)
         except ValidationError as exc:
             raise JudgeError(
-                f"{rubric} judge reply is not valid: {_describe(exc)}", raw_reply=reply
+                f"{rubric} judge reply is not valid: {_describe(exc)}{cut}", raw_reply=reply
             ) from exc
 
     # -- the rubrics ------------------------------------------------------------------------------
@@ -255,8 +343,9 @@ class Judge:
             JudgeError: the reply is not valid for the rubric (``raw_reply`` keeps it).
             ConfigError: an argument is not a str.
         """
-        reply = await self.ask(prompts.format_semantic(prompt, response))
-        return self._parse(reply, SemanticScores, "semantic")
+        return await self._judge(
+            prompts.format_semantic(prompt, response), SemanticScores, "semantic"
+        )
 
     async def score_content(self, probe: ContentProbe, response: str) -> ContentScores:
         """The content rubric for one of the content probes, 1-5 on six dimensions.
@@ -265,8 +354,7 @@ class Judge:
             JudgeError: the reply is not valid for the rubric (``raw_reply`` keeps it).
             ConfigError: ``probe`` is not a ContentProbe or ``response`` not a str.
         """
-        reply = await self.ask(prompts.format_content(probe, response))
-        return self._parse(reply, ContentScores, "content")
+        return await self._judge(prompts.format_content(probe, response), ContentScores, "content")
 
     async def score_capability(self, prompt: str, expected: str, response: str) -> CapabilityScores:
         """Reasoning, correctness and clarity, 0.0-10.0 each.
@@ -275,8 +363,9 @@ class Judge:
             JudgeError: the reply is not valid for the rubric (``raw_reply`` keeps it).
             ConfigError: an argument is not a str.
         """
-        reply = await self.ask(prompts.format_capability(prompt, expected, response))
-        return self._parse(reply, CapabilityScores, "capability")
+        return await self._judge(
+            prompts.format_capability(prompt, expected, response), CapabilityScores, "capability"
+        )
 
     async def score_truthfulqa(
         self, question: str, best_answer: str, response: str
@@ -287,8 +376,11 @@ class Judge:
             JudgeError: the reply is not valid for the rubric (``raw_reply`` keeps it).
             ConfigError: an argument is not a str.
         """
-        reply = await self.ask(prompts.format_truthfulqa(question, best_answer, response))
-        parsed = self._parse(reply, _TruthfulQAReply, "truthfulqa")
+        parsed = await self._judge(
+            prompts.format_truthfulqa(question, best_answer, response),
+            _TruthfulQAReply,
+            "truthfulqa",
+        )
         return StandardScores(
             truthfulness=parsed.truthfulness,
             informativeness=parsed.informativeness,
@@ -304,8 +396,11 @@ class Judge:
             JudgeError: the reply is not valid for the rubric (``raw_reply`` keeps it).
             ConfigError: an argument is not a str.
         """
-        reply = await self.ask(prompts.format_donotanswer(question, risk_area, response))
-        parsed = self._parse(reply, _DoNotAnswerReply, "donotanswer")
+        parsed = await self._judge(
+            prompts.format_donotanswer(question, risk_area, response),
+            _DoNotAnswerReply,
+            "donotanswer",
+        )
         return StandardScores(
             safety=parsed.safety, nuance=parsed.nuance, reasoning=parsed.reasoning
         )
@@ -317,8 +412,9 @@ class Judge:
             JudgeError: the reply is not valid for the rubric (``raw_reply`` keeps it).
             ConfigError: an argument is not a str.
         """
-        reply = await self.ask(prompts.format_toxigen(prompt, response))
-        parsed = self._parse(reply, _ToxigenReply, "toxigen")
+        parsed = await self._judge(
+            prompts.format_toxigen(prompt, response), _ToxigenReply, "toxigen"
+        )
         return StandardScores(
             kindness=parsed.kindness, awareness=parsed.awareness, reasoning=parsed.reasoning
         )

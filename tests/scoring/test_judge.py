@@ -13,7 +13,12 @@ from goml_async import GenerateConfig, GenerationError, GenOpts, InferenceAdapte
 from goml_async.backends.http import HTTPBackend
 from goml_async.errors import ConfigError, JudgeError
 from goml_async.scoring import prompts
-from goml_async.scoring.judge import STANDARD_BENCHMARKS, Judge
+from goml_async.scoring.judge import (
+    DEFAULT_JUDGE_MAX_TOKENS,
+    STANDARD_BENCHMARKS,
+    Judge,
+    JudgeStats,
+)
 from goml_async.scoring.types import (
     CapabilityScores,
     ContentProbe,
@@ -142,9 +147,9 @@ async def test_the_prompt_sent_is_the_template_with_inputs_verbatim(rubric: str)
     # One user message holding the template with the inputs, as go-ml's HTTP judge sends it.
     assert sent == [Message("user", PROMPTS[rubric])]
     assert RESPONSE in PROMPTS[rubric]
-    # go-ml's DefaultGenOpts: temperature 0.1 and no max-tokens cap.
+    # go-ml's DefaultGenOpts (temperature 0.1), and a cap that fits the rubric's JSON.
     assert config.temperature == pytest.approx(0.1)
-    assert config.max_tokens == 0
+    assert config.max_tokens == DEFAULT_JUDGE_MAX_TOKENS
 
 
 def broken(rubric: str, **changes: Any) -> str:
@@ -214,7 +219,7 @@ async def test_use_chat_false_sends_a_raw_completion() -> None:
     sent, config = model.calls[0]
     assert sent == prompts.format_semantic("p", RESPONSE)
     assert config.temperature == pytest.approx(0.1)
-    assert config.max_tokens == 0
+    assert config.max_tokens == DEFAULT_JUDGE_MAX_TOKENS
 
 
 async def test_works_over_a_backend() -> None:
@@ -235,9 +240,49 @@ async def test_max_tokens_and_opts_override_the_defaults() -> None:
     await Judge(model, opts=GenOpts(temperature=0.5, max_tokens=32)).score_toxigen("s", "r")
     assert model.calls[-1][1].temperature == pytest.approx(0.5)
     assert model.calls[-1][1].max_tokens == 32
+    # Options without a cap get the default one; max_tokens=0 asks for none at all.
+    await Judge(model, opts=GenOpts(temperature=0.5)).score_toxigen("s", "r")
+    assert model.calls[-1][1].max_tokens == DEFAULT_JUDGE_MAX_TOKENS
+    judge = Judge(model, opts=GenOpts(max_tokens=32), max_tokens=0)
+    await judge.score_toxigen("s", "r")
+    assert model.calls[-1][1].max_tokens == 0 == judge.max_tokens
     backend_model = ScriptedModel([json.dumps(GOOD["toxigen"])])
     await Judge(InferenceAdapter(backend_model), max_tokens=16).score_toxigen("s", "r")
     assert backend_model.calls[-1][1] == GenerateConfig(max_tokens=16, temperature=0.1)
+    await Judge(InferenceAdapter(backend_model)).score_toxigen("s", "r")
+    assert backend_model.calls[-1][1].max_tokens == DEFAULT_JUDGE_MAX_TOKENS
+
+
+async def test_stats_count_unusable_capped_and_failed_replies() -> None:
+    replies = iter(
+        [
+            [json.dumps(GOOD["semantic"])],  # usable
+            ["I would rate it a 4."],  # no JSON, ended on its own
+            ["Let", " me", " think", " about", " it"],  # no JSON, cut at the cap of 3
+        ]
+    )
+    model = ScriptedModel(lambda prompt: next(replies))
+    judge = Judge(model, max_tokens=3)
+    assert judge.stats == JudgeStats() and not judge.stats.mostly_unusable
+    await judge.score_semantic("p", "r")
+    assert judge.stats == JudgeStats(replies=1)
+    with pytest.raises(JudgeError, match=r"semantic judge: no JSON object found") as plain:
+        await judge.score_semantic("p", "r")
+    assert "cap" not in str(plain.value)
+    assert judge.stats == JudgeStats(replies=2, unusable=1) and not judge.stats.mostly_unusable
+    with pytest.raises(JudgeError) as capped:
+        await judge.score_semantic("p", "r")
+    assert str(capped.value).endswith("(the reply stopped at the 3-token cap)")
+    assert capped.value.raw_reply == "Let me think"
+    assert judge.stats == JudgeStats(replies=3, unusable=2, capped=1)
+    assert judge.stats.mostly_unusable
+    assert judge.stats.unusable_fraction == pytest.approx(2 / 3)
+
+    failing = Judge(ScriptedModel(["{"], fail_after=0))
+    with pytest.raises(GenerationError):
+        await failing.score_semantic("p", "r")
+    assert failing.stats == JudgeStats(failed=1)
+    assert not failing.stats.mostly_unusable  # no reply is not an unusable reply
 
 
 def test_metadata_from_a_text_model_and_an_http_backend() -> None:

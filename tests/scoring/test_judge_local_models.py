@@ -1,4 +1,5 @@
-"""The judge on local models: MLX (the tiny random model) and llama.cpp (the tiny GGUF).
+"""The judge on local models: MLX (the tiny random model) and llama.cpp (the tiny GGUF), and its
+default cap on the bundled SmolLM2.
 
 Random weights cannot produce a valid verdict, so every call must end in a JudgeError that keeps
 exactly what the model said; a scorer that returned a null or a default here would be hiding a
@@ -14,6 +15,7 @@ import pytest
 import goml_async
 from goml_async import GenOpts, JudgeError
 from goml_async.scoring import Engine, Judge, Response
+from goml_async.scoring.judge import DEFAULT_JUDGE_MAX_TOKENS
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
@@ -58,3 +60,16 @@ def _semantic_prompt(prompt: str, response: str) -> str:
     from goml_async.scoring.prompts import format_semantic
 
     return format_semantic(prompt, response)
+
+
+@pytest.mark.timeout(300)
+async def test_the_default_cap_stops_a_judge_that_rambles(bundled_gguf: Path) -> None:
+    # Asked for a long story, the bundled model writes far past the cap unless stopped.
+    async with await goml_async.load_model(str(bundled_gguf), backend="llama") as model:
+        judge = Judge(model)
+        assert judge.max_tokens == DEFAULT_JUDGE_MAX_TOKENS == 256
+        reply = await judge.ask("Write a very long story, of 3000 words, about a dragon who sings.")
+        metrics = model.metrics()
+    # Counted by llama.cpp itself: the server stopped at the cap.
+    assert metrics is not None and metrics.generated_tokens == 256
+    assert reply.strip()
