@@ -45,7 +45,14 @@ from .types import (
     normalize_domain,
 )
 
-__all__ = ["Engine", "JUDGE_SUITES", "ResultCallback", "SUITES", "merge_standard_scores"]
+__all__ = [
+    "Engine",
+    "JUDGE_SUITES",
+    "ResultCallback",
+    "SUITES",
+    "judge_suites_named",
+    "merge_standard_scores",
+]
 
 #: Every suite name, sorted. ``"all"`` selects all of them.
 SUITES: Final[tuple[str, ...]] = ("content", "exact", "heuristic", "semantic", "standard")
@@ -123,6 +130,23 @@ def _parse_suites(suites: str | Iterable[str]) -> tuple[frozenset[str], frozense
     if not selected:
         raise ConfigError("suites", f"no suite selected in {suites!r}; {known}")
     return frozenset(selected), frozenset(explicit)
+
+
+def judge_suites_named(suites: str | Iterable[str]) -> list[str]:
+    """The judge suites that ``suites`` names explicitly (not through ``all``), sorted.
+
+    These are the ones an :class:`Engine` without a judge refuses; a front end can check
+    them before it loads anything and say how to give a judge in its own words.
+
+    Raises:
+        ConfigError: an unknown suite, or no suite at all.
+
+    Example:
+        >>> judge_suites_named("heuristic, Semantic"), judge_suites_named("all")
+        (['semantic'], [])
+    """
+    _, explicit = _parse_suites(suites)
+    return sorted(explicit & JUDGE_SUITES)
 
 
 def _positive_int(name: str, value: object) -> int:

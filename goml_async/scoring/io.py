@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final, TypeAlias
 
@@ -28,7 +29,14 @@ from pydantic import ValidationError
 from ..errors import ConfigError
 from .types import Response, ScorerOutput
 
-__all__ = ["StrPath", "aread_responses", "read_responses", "read_scorer_output", "write_scores"]
+__all__ = [
+    "StrPath",
+    "aread_responses",
+    "read_responses",
+    "read_scorer_output",
+    "write_scores",
+    "write_text_atomic",
+]
 
 #: A file path.
 StrPath: TypeAlias = str | os.PathLike[str]
@@ -124,25 +132,48 @@ async def aread_responses(path: StrPath) -> list[Response]:
 # -- scores ---------------------------------------------------------------------------------------
 
 
-def _scores_json(output: ScorerOutput) -> str:
+def _scores_json(output: ScorerOutput, extra: Mapping[str, Any] | None = None) -> str:
     data = output.model_dump(mode="json", exclude_none=True)
     if not data["metadata"].get("scored_at"):
         del data["metadata"]["scored_at"]  # go-ml's time.Time cannot read ""; absent is fine
+    for key, value in (extra or {}).items():
+        if key in data:
+            raise ConfigError("extra", f"key {key!r} is a ScorerOutput field")
+        data[key] = value
     return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
 
 
-def write_scores(path: StrPath, output: ScorerOutput) -> None:
+def write_scores(
+    path: StrPath, output: ScorerOutput, *, extra: Mapping[str, Any] | None = None
+) -> None:
     """Write ``output`` as JSON (2-space indent, ``None`` fields left out), atomically.
 
     The text goes to a temporary file beside ``path``, which then replaces ``path``; an
     existing file keeps its permissions.
 
+    Args:
+        path: the file.
+        output: the scores.
+        extra: more top-level keys, e.g. ``{"partial": {...}}`` for an interrupted run; go-ml
+            and :func:`read_scorer_output` ignore them.
+
     Raises:
-        ConfigError: ``output`` is not a ScorerOutput, or the file cannot be written.
+        ConfigError: ``output`` is not a ScorerOutput, an ``extra`` key is one of its
+            fields, or the file cannot be written.
     """
     if not isinstance(output, ScorerOutput):
         raise ConfigError("output", f"must be a ScorerOutput, got {type(output).__name__}")
-    text = _scores_json(output)
+    write_text_atomic(path, _scores_json(output, extra))
+
+
+def write_text_atomic(path: StrPath, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` so that a reader sees the old file or the whole new
+    one, never a part: through a temporary file beside it, synced, then renamed over it. An
+    existing file keeps its permissions.
+
+    Raises:
+        ConfigError: the file cannot be written (the message starts with the path).
+    """
     target = Path(path)
     try:
         mode = target.stat().st_mode & 0o7777

@@ -16,7 +16,7 @@ Example:
 from __future__ import annotations
 
 import inspect
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, TypeAlias, TypeVar
 
 import anyio
@@ -46,6 +46,7 @@ __all__ = [
     "CONTENT_CONFIG",
     "ProbeCallback",
     "as_text_model",
+    "probe_result",
     "run_capability_probes",
     "run_content_probes",
 ]
@@ -135,7 +136,16 @@ async def run_capability_probes(
             await _call(on_probe, outcome, counts["passed"], counts["done"])
 
     await _run_all(run_one, probes)
-    finished = [outcome for outcome in outcomes if outcome is not None]
+    return probe_result(outcome for outcome in outcomes if outcome is not None)
+
+
+def probe_result(outcomes: Iterable[ProbeOutcome]) -> ProbeResult:
+    """A ProbeResult over ``outcomes`` (kept in the order given), with per-category counts.
+
+    :func:`run_capability_probes` returns one; a caller that collected the outcomes of a run
+    that was stopped part way (through ``on_probe``) builds the partial result with this.
+    """
+    finished = list(outcomes)
     by_category: dict[str, tuple[int, int]] = {}
     for outcome in finished:
         passed, total = by_category.get(outcome.category, (0, 0))

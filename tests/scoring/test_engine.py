@@ -19,6 +19,7 @@ from goml_async.scoring.engine import (
     JUDGE_SUITES,
     SUITES,
     Engine,
+    judge_suites_named,
     merge_standard_scores,
 )
 from goml_async.scoring.judge import Judge
@@ -415,6 +416,24 @@ async def test_without_a_judge_all_keeps_the_local_suites() -> None:
 def test_naming_a_judge_suite_without_a_judge_is_a_config_error(suites: Any) -> None:
     with pytest.raises(ConfigError, match="need a judge"):
         Engine(None, suites=suites)
+
+
+@pytest.mark.parametrize(
+    ("suites", "named"),
+    [
+        ("all", []),
+        ("heuristic, Semantic", ["semantic"]),
+        (["standard", "content", "exact"], ["content", "standard"]),
+        ("all,semantic", ["semantic"]),
+    ],
+)
+def test_judge_suites_named_lists_the_explicit_ones(suites: Any, named: list[str]) -> None:
+    assert judge_suites_named(suites) == named
+
+
+def test_judge_suites_named_refuses_unknown_suites() -> None:
+    with pytest.raises(ConfigError, match=r"unknown suite\(s\) 'vibes'"):
+        judge_suites_named("heuristic,vibes")
 
 
 @pytest.mark.parametrize(

@@ -16,6 +16,7 @@ from goml_async.scoring.runner import (
     CAPABILITY_CONFIG,
     CONTENT_CONFIG,
     as_text_model,
+    probe_result,
     run_capability_probes,
     run_content_probes,
 )
@@ -213,3 +214,14 @@ async def test_bad_arguments(kwargs: dict[str, object], field: str) -> None:
 async def test_not_a_model() -> None:
     with pytest.raises(ConfigError, match="TextModel or a Backend"):
         await run_capability_probes(object())  # type: ignore[arg-type]
+
+
+async def test_probe_result_counts_what_was_given_in_its_order() -> None:
+    full = await run_capability_probes(ScriptedModel(answers_key))
+    # What a run stopped after three probes has: those three, counted per category.
+    part = probe_result(full.outcomes[i] for i in (2, 0, 1))
+    assert [o.probe_id for o in part.outcomes] == ["math_03", "math_01", "math_02"]
+    assert (part.passed, part.total) == (3, 3)
+    assert sum(total for _, total in part.by_category.values()) == 3
+    assert probe_result(full.outcomes) == full
+    assert probe_result([]).accuracy == 0.0
