@@ -4,11 +4,18 @@ test_scoring_llama.py)."""
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from goml_async.cli import main
+from goml_async.scoring.io import read_scorer_output
+from goml_async.scoring.judge import DEFAULT_JUDGE_MAX_TOKENS
 from goml_async.testing import FakeOpenAIServer, Script
 
 SEMANTIC = '{"sovereignty": 4, "ethical_depth": 3, "creative_expression": 2, "self_concept": 5}'
@@ -115,7 +122,7 @@ def test_score_bad_line_names_file_and_line(
     ("argv", "message"),
     [
         (["--suites", "heuristic,bogus"], "bogus"),
-        (["--suites", "semantic"], "need a judge"),
+        (["--suites", "semantic"], "needs a judge"),
         (["-c", "0"], "--concurrency"),
         (["-o", "/no/such/folder/s.json"], "does not exist"),
     ],
@@ -190,3 +197,209 @@ def test_probe_unreachable_model_exits_nonzero(
         status = main(["probe", "--model", server.base_url])
     assert status == 1
     assert "23 probes failed to generate" in capsys.readouterr().err
+
+
+# -- the judge: a cap on every reply, and a plain word when it cannot follow the rubric ----------
+
+
+def judge_calls(server: FakeOpenAIServer) -> list[dict[str, object]]:
+    return [r.json for r in server.requests if r.path.endswith("/chat/completions")]
+
+
+def test_score_caps_every_judge_reply_by_default_and_the_flag_overrides(tmp_path: Path) -> None:
+    rows = write_rows(tmp_path / "r.jsonl", ROWS[:1])
+    argv = ["score", "-i", str(rows), "--suites", "semantic"]
+    with FakeOpenAIServer(Script(tokens=[SEMANTIC])) as server:
+        assert main([*argv, "--judge", server.base_url]) == 0
+        assert main([*argv, "--judge", server.base_url, "--judge-max-tokens", "40"]) == 0
+        assert main([*argv, "--judge", server.base_url, "--judge-max-tokens", "0"]) == 0
+        capped, forty, uncapped = judge_calls(server)
+    assert capped["max_tokens"] == DEFAULT_JUDGE_MAX_TOKENS == 256
+    assert forty["max_tokens"] == 40
+    assert "max_tokens" not in uncapped and "max_completion_tokens" not in uncapped
+
+
+def test_score_says_plainly_when_the_judge_cannot_follow_the_rubric(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "scores.json"
+    with FakeOpenAIServer(Script(tokens=["I would rate this highly."])) as server:
+        url = server.base_url
+        argv = ["score", "-i", str(write_rows(tmp_path / "r.jsonl", ROWS)), "-o", str(out)]
+        assert main([*argv, "--judge", url, "--judge-model", "tiny-judge"]) == 0
+    err = capsys.readouterr().err
+    # semantic x3 + truthfulqa x1, none of them JSON.
+    assert (
+        f"goml score: the judge (tiny-judge at {url}) is too small to follow the "
+        "rubric: 4 of 4 replies (100%) were not valid JSON for it; use a larger judge model "
+        "(--judge URL --judge-model NAME)"
+    ) in " ".join(err.split())
+    assert len(json.loads(out.read_text())["errors"]) == 4
+
+
+def test_a_judge_cut_at_the_cap_is_named_in_the_errors_and_the_summary(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "scores.json"
+    rows = write_rows(tmp_path / "r.jsonl", ROWS[:2])
+    with FakeOpenAIServer(Script(tokens=["Let me think. "] * 100)) as server:
+        argv = ["score", "-i", str(rows), "--suites", "semantic", "--judge", server.base_url]
+        assert main([*argv, "--judge-max-tokens", "8", "-o", str(out)]) == 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert (
+        "2 of 2 replies (100%) were not valid JSON for it, 2 of them cut at the 8-token cap; "
+        "use a larger judge model (--judge URL --judge-model NAME) or raise --judge-max-tokens"
+    ) in err
+    messages = [e["message"] for e in json.loads(out.read_text())["errors"]]
+    assert len(messages) == 2
+    for message in messages:
+        assert message.startswith("semantic judge: no JSON object found")
+        assert message.endswith("(the reply stopped at the 8-token cap)")
+
+
+def test_no_warning_while_most_judge_replies_are_usable(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The semantic reply does not fit TruthfulQA: 1 of 4 replies unusable, not most.
+    with FakeOpenAIServer(Script(tokens=[SEMANTIC])) as server:
+        argv = ["score", "-i", str(write_rows(tmp_path / "r.jsonl", ROWS))]
+        assert main([*argv, "--judge", server.base_url]) == 0
+    captured = capsys.readouterr()
+    assert "3 responses scored, 1 errors" in captured.out
+    assert "too small" not in captured.err
+
+
+def test_probe_records_the_judge_and_says_when_it_cannot_follow_the_rubric(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "probes.json"
+    with FakeOpenAIServer(Script(tokens=["The answer is 10063."])) as server:
+        argv = ["probe", "--model", server.base_url, "--judge", server.base_url]
+        assert main([*argv, "--judge-model", "tiny-judge", "-c", "4", "-o", str(out)]) == 0
+        calls = judge_calls(server)
+    report = json.loads(out.read_text())
+    assert report["judge"] == {
+        "model": "tiny-judge",
+        "max_tokens": 256,
+        "replies": 23,
+        "unusable": 23,
+        "capped": 0,
+        "failed": 0,
+    }
+    assert "partial" not in report
+    assert sum(call.get("max_tokens") == 256 for call in calls) == 23  # the judge's calls
+    err = " ".join(capsys.readouterr().err.split())
+    assert "the judge (tiny-judge at" in err and "23 of 23 replies (100%)" in err
+
+
+# -- errors in CLI words, before anything loads ---------------------------------------------------
+
+
+def error_line(capsys: pytest.CaptureFixture[str]) -> str:
+    """The command's only stderr line, which must be its error."""
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("goml: error: ")
+    return lines[0]
+
+
+def test_score_naming_a_judge_suite_without_a_judge_says_which_flag(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("GOML_JUDGE_URL", raising=False)
+    rows = str(write_rows(tmp_path / "r.jsonl", ROWS))
+    assert main(["score", "-i", rows, "--suites", "heuristic,semantic"]) == 2
+    line = error_line(capsys)
+    assert line == (
+        "goml: error: --suites: semantic needs a judge: give --judge (a server URL, a model "
+        "path or 'default') or set GOML_JUDGE_URL, or leave it out"
+    )
+    assert main(["score", "-i", rows, "--suites", "semantic,standard"]) == 2
+    assert "semantic, standard need a judge: give --judge" in error_line(capsys)
+    assert main(["score", "-i", rows, "--suites", "vibes"]) == 2
+    assert error_line(capsys).startswith("goml: error: --suites: unknown suite(s) 'vibes'")
+
+
+@pytest.mark.parametrize("command", ["probe", "score"])
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (
+            ["--judge", "nonsense"],
+            "--judge: 'nonsense' is not a URL and no such file exists; it takes a server URL",
+        ),
+        (["--judge", "default", "--judge-max-tokens", "-1"], "--judge-max-tokens: must be >= 0"),
+    ],
+)
+def test_a_bad_judge_is_refused_before_any_model_loads(
+    command: str,
+    flags: list[str],
+    message: str,
+    tmp_path: Path,
+    bundled_gguf: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    target = ["-i", str(write_rows(tmp_path / "r.jsonl", ROWS))]
+    if command == "probe":
+        target = ["--model", str(bundled_gguf)]
+    assert main([command, *target, *flags]) == 2
+    # One line, and no "loading ..." line before it: no model was loaded.
+    line = error_line(capsys)
+    assert message in line
+    if "nonsense" in flags:
+        same = "'same' or 'default'" if command == "probe" else "or 'default'"
+        assert line.endswith(f"a model path, {same}")
+
+
+# -- a signal stops the run, and what finished is still written -----------------------------------
+
+
+def run_goml(*argv: str) -> subprocess.Popen[str]:
+    """``goml ARGV`` as a real process, its stderr (the progress lines) piped."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GOML_")}
+    return subprocess.Popen(
+        [sys.executable, "-m", "goml_async", *argv],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**env, "NO_PROXY": "127.0.0.1"},
+    )
+
+
+def read_until(process: subprocess.Popen[str], pattern: str) -> list[str]:
+    """The stderr lines up to the first that matches ``pattern`` (the test's timeout bounds it)."""
+    assert process.stderr is not None
+    lines: list[str] = []
+    while not lines or not re.search(pattern, lines[-1]):
+        line = process.stderr.readline()
+        assert line, f"goml ended before {pattern!r}: {lines}"
+        lines.append(line)
+    return lines
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_score_stopped_by_a_signal_writes_what_finished(
+    signum: signal.Signals, tmp_path: Path
+) -> None:
+    rows = [{"id": f"r{i}", "prompt": "p", "response": "It is 4.", "model": "m"} for i in range(6)]
+    out = tmp_path / "scores.json"
+    # A judge that takes a second per call, one call at a time: the run lasts about 6 s.
+    with FakeOpenAIServer(Script(tokens=[SEMANTIC], first_token_delay=1.0)) as server:
+        process = run_goml(
+            *("score", "-i", str(write_rows(tmp_path / "r.jsonl", rows)), "-s", "semantic"),
+            *("--judge", server.base_url, "-c", "1", "-o", str(out)),
+        )
+        read_until(process, r"^m/r0: scored \(1/6, 0 errors\)")
+        process.send_signal(signum)
+        _, err = process.communicate(timeout=60)
+    assert process.returncode == 128 + signum
+    data = json.loads(out.read_text())
+    finished = data["partial"]["finished"]
+    assert data["partial"] == {"interrupted_by": signum.name, "finished": finished, "total": 6}
+    assert 1 <= finished < 6
+    assert [row["id"] for row in data["per_prompt"]["m"]] == [f"r{i}" for i in range(finished)]
+    assert all(row["semantic"]["self_concept"] == 5 for row in data["per_prompt"]["m"])
+    assert f"stopped by {signum.name}: wrote a PARTIAL {out}" in " ".join(err.split())
+    assert f"({finished} of 6 responses scored, {6 - finished} missing)" in err
+    # The partial file is an ordinary scores file to the readers.
+    assert read_scorer_output(out).per_prompt["m"][0].id == "r0"

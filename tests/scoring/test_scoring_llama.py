@@ -9,6 +9,11 @@ and every answer must be graded exactly as its probe's check says.
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -27,6 +32,8 @@ def test_probe_cli_on_the_bundled_model_judged_by_itself(
     bundled_gguf: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "probes.json"
+    # A small judge cap keeps 46 generations within the timeout on a busy machine; the
+    # default cap is shown by the score test below.
     argv = ["probe", "--model", str(bundled_gguf), "--backend", "llama", "--judge", "same"]
     argv += ["--system", SYSTEM, "-t", "0", "-n", "48", "--judge-max-tokens", "64"]
     argv += ["-c", "2", "-o", str(out)]
@@ -34,6 +41,12 @@ def test_probe_cli_on_the_bundled_model_judged_by_itself(
 
     report = json.loads(out.read_text())
     assert (report["total"], report["errors"]) == (23, 0)
+    judge = report["judge"]
+    assert (judge["max_tokens"], judge["replies"], judge["failed"]) == (64, 23, 0)
+    unusable = [p for p in report["probes"] if p["judged"] is None]
+    assert judge["unusable"] == len(unusable)
+    capped = [p for p in unusable if p["judge_error"].endswith("at the 64-token cap)")]
+    assert judge["capped"] == len(capped)
     assert [p["id"] for p in report["probes"]] == [p.id for p in CAPABILITY_PROBES]
     for entry in report["probes"]:
         assert entry["response"].strip(), entry["id"]
@@ -47,12 +60,20 @@ def test_probe_cli_on_the_bundled_model_judged_by_itself(
     assert report["passed"] == sum(p["passed"] for p in report["probes"])
     assert sum(c["total"] for c in report["by_category"].values()) == 23
 
-    table = capsys.readouterr().out
+    captured = capsys.readouterr()
+    table = captured.out
     assert "capability probes" in table and "arithmetic" in table
     assert f"{report['passed']}" in table.splitlines()[-2]
+    # A 135M model cannot follow the rubric, and the command says so in one line.
+    assert judge["unusable"] * 2 > 23
+    [warning] = [line for line in captured.err.splitlines() if "too small" in line]
+    share = f"{judge['unusable']} of 23 replies ({judge['unusable'] / 23:.0%})"
+    assert warning.startswith(f"goml probe: the judge ({bundled_gguf}) is too small to follow")
+    assert f"rubric: {share} were not valid JSON for it" in warning
 
 
-@pytest.mark.timeout(300)
+# Three judge calls at the default cap of 256 tokens: seconds here, minutes on a busy machine.
+@pytest.mark.timeout(600)
 def test_score_cli_with_the_bundled_model_as_judge(
     bundled_gguf: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -69,8 +90,8 @@ def test_score_cli_with_the_bundled_model_as_judge(
     source = tmp_path / "responses.jsonl"
     source.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
     out = tmp_path / "scores.json"
-    argv = ["score", "-i", str(source), "--judge", str(bundled_gguf), "--judge-max-tokens", "64"]
-    assert main([*argv, "-c", "2", "-o", str(out)]) == 0
+    argv = ["score", "-i", str(source), "--judge", "default", "-c", "2", "-o", str(out)]
+    assert main(argv) == 0
 
     data = json.loads(out.read_text())
     assert [row["id"] for row in data["per_prompt"]["m"]] == ["q1", "q2"]
@@ -80,4 +101,66 @@ def test_score_cli_with_the_bundled_model_as_judge(
     standard = sum(row.get("standard") is not None for row in data["per_prompt"]["m"])
     assert semantic + standard + len(data["errors"]) == 3
     assert all(error["raw_reply"] or error["message"] for error in data["errors"])
-    assert f"2 responses scored, {len(data['errors'])} errors" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert f"2 responses scored, {len(data['errors'])} errors" in captured.out
+    # Every judge job's reply is recorded as scored or unusable; most are unusable.
+    unusable = len(data["errors"])
+    assert unusable * 2 > 3
+    [warning] = [line for line in captured.err.splitlines() if "too small" in line]
+    assert warning.startswith(
+        "goml score: the judge (the bundled default model (SmolLM2-135M-Instruct)) is too small"
+    )
+    assert f"{unusable} of 3 replies ({unusable / 3:.0%}) were not valid JSON for it" in warning
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_stops_goml_probe_and_leaves_a_valid_partial_output(
+    signum: signal.Signals, bundled_gguf: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "probes.json"
+    argv = ["probe", "--model", str(bundled_gguf), "--backend", "llama", "--judge", "same"]
+    argv += ["--system", SYSTEM, "-t", "0", "-n", "32", "--judge-max-tokens", "32"]
+    argv += ["-o", str(out)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GOML_")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "goml_async", *argv],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        # Wait for the second probe's progress line (answered and judged), then signal.
+        assert process.stderr is not None
+        seen: list[str] = []
+        while not seen or not re.search(r": (pass|fail|error) \(\d+/2\)$", seen[-1]):
+            line = process.stderr.readline()
+            assert line, f"goml probe ended early: {seen}"
+            seen.append(line.rstrip("\n"))
+        process.send_signal(signum)
+        _, err = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 128 + signum
+
+    report = json.loads(out.read_text())  # a whole JSON file, not a torn one
+    partial = report["partial"]
+    done = [p["id"] for p in report["probes"]]
+    assert partial == {
+        "interrupted_by": signum.name,
+        "finished": len(done),
+        "total": 23,
+        "missing": [p.id for p in CAPABILITY_PROBES if p.id not in done],
+    }
+    assert 2 <= len(done) < 23 and report["total"] == len(done)
+    assert done == [p.id for p in CAPABILITY_PROBES if p.id in done]  # probe order
+    for entry in report["probes"]:
+        assert entry["passed"] == grade(get_capability_probe(entry["id"]), entry["response"])
+    assert report["judge"]["replies"] + report["judge"]["failed"] == len(done)
+    assert report["passed"] == sum(p["passed"] for p in report["probes"])
+    line = f"goml probe: stopped by {signum.name}: wrote a PARTIAL {out} "
+    line += f"({len(done)} of 23 probes finished, {23 - len(done)} missing)"
+    assert line in err.splitlines()
