@@ -5,12 +5,16 @@ Five tools, each with a typed JSON schema for its arguments and its result:
 - ``ml_generate``: generate text with a backend -> ``{response, backend, model, finish_reason}``;
 - ``ml_score``: score one response on the ``heuristic``, ``semantic`` and ``content`` suites;
 - ``ml_probe``: run the capability probes on a backend **and grade them** (go-ml only returned
-  the raw answers) -> totals, accuracy, per category and per probe;
+  the raw answers) -> totals, accuracy, per category and per probe; when the request carries a
+  ``progressToken`` (in its ``_meta``), a progress notification follows each probe;
 - ``ml_status``: the Service's readiness, backends, judge and suites;
 - ``ml_backends``: the Service's backends (go-ml listed its global registry instead).
 
 A failure (an unknown backend, a judge suite without a judge, a generation error) comes back as
-an MCP tool error (``isError``) whose text says what was wrong; it never ends the session.
+an MCP tool error (``isError``) whose text says what was wrong; it never ends the session. A
+client's ``notifications/cancelled`` for a call (the SDK's clients send one when the caller
+gives up or its read timeout passes) cancels the tool: the generation in progress stops at the
+model, and no further probe starts.
 ``goml mcp`` serves these tools over stdio or streamable HTTP. This module needs the ``mcp``
 extra (``pip install 'goml_async[mcp]'``).
 
@@ -29,7 +33,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Annotated, Any, Final, Literal, TypeAlias, cast
 
-from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import BaseModel, Field
 
@@ -37,9 +41,10 @@ from pydantic import BaseModel, Field
 from typing_extensions import TypedDict
 
 from . import __version__
+from ._service_parts import parse_categories
 from .errors import ConfigError, GomlError
-from .scoring.probes import CONTENT_PROBES, get_content_probe, probe_categories
-from .scoring.types import Response
+from .scoring.probes import CAPABILITY_PROBES, CONTENT_PROBES, get_content_probe, probe_categories
+from .scoring.types import ProbeOutcome, Response
 from .service import Service
 from .types import GenOpts
 
@@ -165,10 +170,6 @@ _Backend = Annotated[
 _Temperature = Annotated[
     float, Field(ge=0.0, description="Sampling temperature; 0 keeps the backend's default.")
 ]
-_System = Annotated[
-    str,
-    Field(description="System message sent before the prompt; empty for the server's default."),
-]
 
 
 @contextmanager
@@ -198,6 +199,18 @@ def _dump(section: BaseModel | None) -> dict[str, Any] | None:
     return None if section is None else section.model_dump()
 
 
+def _system_field(default: str | None, sent_before: str) -> Any:
+    """The ``system`` argument, whose description shows the server's default message."""
+    shown = f"the server's default ({default!r})" if default else "none (the server has none)"
+    return Field("", description=f"System message sent before {sent_before}; empty for {shown}.")
+
+
+def _probe_count(categories: str) -> int:
+    """How many capability probes ``categories`` selects (ConfigError for an unknown one)."""
+    wanted = parse_categories(categories or None, probe_categories())
+    return sum(1 for probe in CAPABILITY_PROBES if wanted is None or probe.category in wanted)
+
+
 def create_mcp_server(
     service: Service,
     *,
@@ -212,7 +225,8 @@ def create_mcp_server(
         service: the Service to call; it must be running while the server serves.
         name: the server name announced to clients.
         system: the default system message of ``ml_generate`` and ``ml_probe`` (instruct
-            models such as SmolLM2 answer well only with one).
+            models such as SmolLM2 answer well only with one); the tools' schemas show it.
+            ``goml mcp`` passes the same default as ``goml generate`` and ``goml chat``.
         probe_max_tokens: the default ``max_tokens`` of ``ml_probe``.
         log_level: the SDK's log level (logs go to stderr).
 
@@ -245,7 +259,7 @@ def create_mcp_server(
         max_tokens: Annotated[
             int, Field(ge=0, description="Most tokens to generate; 0 keeps the backend default.")
         ] = 0,
-        system: _System = "",
+        system: str = _system_field(default_system, "the prompt"),
     ) -> GenerateResult:
         with _tool_errors():
             chosen, _ = service.lookup(backend or None)
@@ -328,6 +342,7 @@ def create_mcp_server(
         )
 
     async def ml_probe(
+        ctx: Context,
         backend: _Backend = "",
         categories: Annotated[
             str,
@@ -341,16 +356,25 @@ def create_mcp_server(
             int, Field(ge=1, le=8192, description="Most tokens per answer.")
         ] = probe_max_tokens,
         temperature: _Temperature = 0.1,
-        system: _System = "",
+        system: str = _system_field(default_system, "each probe"),
     ) -> ProbeReport:
         with _tool_errors():
             chosen, _ = service.lookup(backend or None)
+            total = _probe_count(categories)
+
+            async def progress(outcome: ProbeOutcome, passed: int, done: int) -> None:
+                # A no-op unless the client sent a progressToken.
+                mark = "pass" if outcome.passed else ("error" if outcome.error else "fail")
+                message = f"{outcome.probe_id}: {mark} ({passed}/{done} passed)"
+                await ctx.report_progress(done, total, message)
+
             result = await service.run_probes(
                 chosen,
                 categories=categories or None,
                 max_tokens=max_tokens,
                 temperature=temperature,
                 system=system or default_system,
+                on_probe=progress,
             )
         return ProbeReport(
             backend=chosen,
@@ -399,7 +423,8 @@ def create_mcp_server(
         structured_output=True,
         description="Ask a backend the capability probes (math, logic, reasoning, code, word) "
         "and grade each answer with the probe's own check. Returns passed/total, accuracy, "
-        "per-category counts and every answer.",
+        "per-category counts and every answer; sends a progress notification after each probe "
+        "when the request has a progressToken.",
     )
     server.add_tool(
         ml_status,

@@ -50,6 +50,7 @@ from .types import GenOpts, Message, MessageLike, Result
 if TYPE_CHECKING:
     from .scoring.engine import Engine
     from .scoring.judge import Judge
+    from .scoring.runner import ProbeCallback
     from .scoring.types import ProbeResult, Response, ScoreReport
 
 __all__ = [
@@ -335,6 +336,7 @@ class Service:
         max_tokens: int = 500,
         temperature: float = 0.1,
         system: str | None = None,
+        on_probe: ProbeCallback | None = None,
     ) -> ProbeResult:
         """Ask the capability probes on backend ``name`` and grade the answers.
 
@@ -344,6 +346,8 @@ class Service:
             max_tokens: the cap on each answer (go-ml's probes used 500).
             temperature: the sampling temperature (go-ml's probes used 0.1).
             system: a system message sent before each probe.
+            on_probe: called after each probe, as by
+                :func:`~goml_async.scoring.runner.run_capability_probes`.
 
         Raises:
             ConfigError: an unknown category or a bad option.
@@ -357,7 +361,9 @@ class Service:
         check_text("system", system, optional=True)
         _, backend = self._usable(name)
         probes = [p for p in CAPABILITY_PROBES if wanted is None or p.category in wanted]
-        return await run_capability_probes(backend, probes=probes, config=config, system=system)
+        return await run_capability_probes(
+            backend, probes=probes, config=config, system=system, on_probe=on_probe
+        )
 
     def status(self) -> ServiceStatus:
         """A snapshot: state, readiness, each backend's availability, judge and suites."""

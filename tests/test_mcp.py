@@ -10,10 +10,12 @@ import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any, TextIO
 
 import anyio
+import httpx
 import pytest
 from model_fixtures import require
 
@@ -21,9 +23,11 @@ require("mcp")
 
 from mcp import Client, ClientSession, StdioServerParameters, stdio_client  # noqa: E402
 from mcp.client.streamable_http import streamable_http_client  # noqa: E402
+from mcp.shared.exceptions import MCPError  # noqa: E402
 
 from goml_async import GomlSettings, Service  # noqa: E402
-from goml_async.cli import main  # noqa: E402
+from goml_async.cli import build_parser, main  # noqa: E402
+from goml_async.cli.generate import DEFAULT_SYSTEM  # noqa: E402
 from goml_async.mcp import TOOL_NAMES, create_mcp_server  # noqa: E402
 from goml_async.scoring import Judge  # noqa: E402
 from goml_async.service import ChatAdapter  # noqa: E402
@@ -190,6 +194,36 @@ async def test_ml_probe_grades_the_answers(scripted: Client) -> None:
     assert "unknown backend" in await call_error(scripted, "ml_probe", backend="nope")
 
 
+async def test_ml_probe_reports_progress_after_each_probe(scripted: Client) -> None:
+    seen: list[tuple[float, float | None, str | None]] = []
+
+    async def progress(done: float, total: float | None, message: str | None) -> None:
+        seen.append((done, total, message))
+
+    result = await scripted.call_tool(
+        "ml_probe", {"categories": "arithmetic, analogy"}, progress_callback=progress
+    )
+    assert not result.is_error
+    assert seen == [
+        (1, 3, "math_01: pass (1/1 passed)"),
+        (2, 3, "math_02: fail (1/2 passed)"),
+        (3, 3, "reason_01: fail (1/3 passed)"),
+    ]
+    # Without a progress callback (no progressToken) the same call sends none.
+    assert (await call(scripted, "ml_probe", categories="arithmetic"))["total"] == 2
+
+
+async def test_the_schemas_show_the_default_system_message() -> None:
+    service = Service(GomlSettings())
+    service.register("echo", ScriptedModel(["x"]))
+    for system, shown in [("Be exact.", "the server's default ('Be exact.')"), (None, "none")]:
+        async with Client(create_mcp_server(service, system=system)) as client:
+            tools = {tool.name: tool for tool in (await client.list_tools()).tools}
+        for name in ("ml_generate", "ml_probe"):
+            spec = tools[name].input_schema["properties"]["system"]
+            assert spec["default"] == "" and shown in spec["description"], (name, spec)
+
+
 async def test_ml_status_and_backends(scripted: Client) -> None:
     status = await call(scripted, "ml_status")
     assert (status["ready"], status["has_judge"], status["default_backend"]) == (
@@ -240,19 +274,15 @@ def test_goml_mcp_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert "ml_generate" in text and "--transport" in text and "mcpServers" in text
 
 
-def goml_mcp(bundled_gguf: Path, *extra: str) -> list[str]:
-    return [
-        "-m",
-        "goml_async",
-        "mcp",
-        "--model",
-        str(bundled_gguf),
-        "--name",
-        "smollm2",
-        "--system",
-        SYSTEM,
-        *extra,
-    ]
+def goml_mcp(model: Path, *extra: str) -> list[str]:
+    """``goml mcp`` on ``model`` with its default system message."""
+    return ["-m", "goml_async", "mcp", "--model", str(model), "--name", "smollm2", *extra]
+
+
+def test_goml_mcp_sends_the_same_default_system_message_as_goml_generate() -> None:
+    assert SYSTEM == DEFAULT_SYSTEM  # the constant goml generate and goml chat use
+    assert build_parser().parse_args(["mcp"]).system == DEFAULT_SYSTEM
+    assert build_parser().parse_args(["mcp", "--system", ""]).system == ""
 
 
 def clean_env() -> dict[str, str]:
@@ -309,6 +339,129 @@ async def test_goml_mcp_over_stdio(bundled_gguf: Path, devnull: TextIO) -> None:
         backends = await call(session, "ml_backends")
         assert backends["default"] == "smollm2"
         assert backends["backends"][0]["available"] is True
+
+
+@pytest.mark.slow
+async def test_goml_mcp_defaults_to_a_system_message_and_reports_probe_progress(
+    bundled_gguf: Path, devnull: TextIO
+) -> None:
+    params = StdioServerParameters(
+        command=sys.executable, args=goml_mcp(bundled_gguf), cwd=REPO, env=clean_env()
+    )
+    async with (
+        stdio_client(params, errlog=devnull) as (read, write),
+        ClientSession(read, write) as session,
+    ):
+        with anyio.fail_after(90):
+            await session.initialize()
+        tools = {tool.name: tool for tool in (await session.list_tools()).tools}
+        described = tools["ml_generate"].input_schema["properties"]["system"]["description"]
+        assert f"the server's default ({DEFAULT_SYSTEM!r})" in described
+
+        # Greedy: no system argument answers exactly as the default message given explicitly.
+        question = {"prompt": "Name a primary colour.", "temperature": 0, "max_tokens": 12}
+        implicit = await call(session, "ml_generate", **question)
+        explicit = await call(session, "ml_generate", **question, system=DEFAULT_SYSTEM)
+        assert implicit["response"] == explicit["response"]
+
+        seen: list[tuple[float, float | None, str | None]] = []
+
+        async def progress(done: float, total: float | None, message: str | None) -> None:
+            seen.append((done, total, message))
+
+        result = await session.call_tool(
+            "ml_probe",
+            {"categories": "arithmetic,analogy", "max_tokens": 16},
+            progress_callback=progress,
+        )
+        assert not result.is_error and result.structured_content is not None
+        graded = result.structured_content["results"]
+        assert [(done, total) for done, total, _ in seen] == [(1, 3), (2, 3), (3, 3)]
+        # One per probe, in completion order (one at a time: probe order), each naming it.
+        assert [message.split(":")[0] for _, _, message in seen if message] == [
+            r["id"] for r in graded
+        ]
+
+
+def llama_server_url(model: Path) -> str | None:
+    """The base URL of the llama-server (or launcher) process serving ``model``, if running."""
+    for entry in Path("/proc").iterdir():
+        try:
+            argv = (entry / "cmdline").read_bytes().decode().split("\0")
+        except (OSError, ValueError):
+            continue
+        if str(model) in argv and "--port" in argv:
+            return f"http://127.0.0.1:{argv[argv.index('--port') + 1]}"
+    return None
+
+
+async def busy_slots(url: str) -> int:
+    async with httpx.AsyncClient() as client:
+        slots = (await client.get(f"{url}/slots", timeout=5)).json()
+    return sum(1 for slot in slots if slot["is_processing"])
+
+
+async def wait_idle(url: str) -> None:
+    """Poll llama-server's slots until none is generating (bounded).
+
+    Another process's state, which has no event to wait on: polling is the only way.
+    """
+    with anyio.fail_after(30):
+        while await busy_slots(url):  # noqa: ASYNC110
+            await anyio.sleep(0.05)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+async def test_cancelling_ml_probe_stops_the_model(
+    bundled_gguf: Path, devnull: TextIO, tmp_path: Path
+) -> None:
+    # A path of its own, to find this server's llama-server among the machine's processes.
+    model = tmp_path / "smollm2.gguf"
+    model.symlink_to(bundled_gguf)
+    params = StdioServerParameters(
+        command=sys.executable, args=goml_mcp(model), cwd=REPO, env=clean_env()
+    )
+    async with (
+        stdio_client(params, errlog=devnull) as (read, write),
+        ClientSession(read, write) as session,
+    ):
+        with anyio.fail_after(90):
+            await session.initialize()
+        url = llama_server_url(model)
+        assert url is not None
+        seen: list[float] = []
+        first = anyio.Event()
+
+        async def progress(done: float, total: float | None, message: str | None) -> None:
+            seen.append(done)
+            first.set()
+
+        # All 23 probes with room for long answers: minutes of work, unless cancelled.
+        everything = {"max_tokens": 2000}
+        async with anyio.create_task_group() as group:
+            group.start_soon(
+                partial(session.call_tool, "ml_probe", everything, progress_callback=progress)
+            )
+            with anyio.fail_after(120):
+                await first.wait()
+            group.cancel_scope.cancel()  # the SDK sends notifications/cancelled
+        await wait_idle(url)
+        # The server is free at once, and the probes do not go on in the background.
+        answer = await call(session, "ml_generate", prompt="Hi", max_tokens=4)
+        assert answer["finish_reason"] == "length"
+        after = len(seen)
+        await call(session, "ml_status")
+        assert await busy_slots(url) == 0
+        assert len(seen) == after < 23
+
+        # A client-side timeout cancels the same way.
+        with pytest.raises(MCPError, match="timed out"):
+            await session.call_tool("ml_probe", everything, read_timeout_seconds=2)
+        await wait_idle(url)
+        answer = await call(session, "ml_generate", prompt="Hi", max_tokens=4)
+        assert answer["response"]
+        assert await busy_slots(url) == 0
 
 
 @pytest.mark.slow

@@ -23,6 +23,8 @@ from goml_async.errors import BackendUnavailable, ConfigError
 from goml_async.service import ChatAdapter, Service
 from goml_async.settings import GomlSettings
 
+from .generate import DEFAULT_SYSTEM
+
 if TYPE_CHECKING:
     from mcp.server.mcpserver import MCPServer
 
@@ -36,7 +38,12 @@ judge), ml_probe (the capability probes, graded), ml_status and ml_backends.
 
 --model takes a .gguf file (llama.cpp), an MLX model folder, the base URL of an
 OpenAI-compatible server, or "default" (the bundled SmolLM2-135M-Instruct). The judge for
-ml_score comes from GOML_JUDGE_URL and GOML_JUDGE_MODEL.
+ml_score comes from GOML_JUDGE_URL and GOML_JUDGE_MODEL. ml_generate and ml_probe send the
+--system message first (the same default as goml generate and goml chat), unless a call gives
+its own.
+
+ml_probe sends a progress notification after each probe to a client that asks for progress;
+a client that cancels the call (or whose timeout passes) stops it: the model stops generating.
 
 --transport stdio (the default) talks MCP on stdin/stdout, as MCP clients launch it;
 --transport http serves streamable HTTP at http://HOST:PORT/mcp.
@@ -44,7 +51,7 @@ ml_score comes from GOML_JUDGE_URL and GOML_JUDGE_MODEL.
 _EPILOG = """\
 examples:
   goml mcp                                              the bundled model, over stdio
-  goml mcp --model models/smollm2.gguf --system "You are a helpful assistant."
+  goml mcp --model models/smollm2.gguf --system "You are a terse assistant."
   goml mcp --transport http --port 0                    streamable HTTP on a free port
 
 an MCP client's configuration (e.g. Claude Desktop's claude_desktop_config.json):
@@ -67,7 +74,10 @@ def add_parser(commands: Any) -> None:
     parser.add_argument("--http-model", default="", help="model name to request from a URL")
     parser.add_argument("--name", help="the backend's name in the tools (default: from --model)")
     parser.add_argument(
-        "--system", help="default system message for ml_generate and ml_probe (none)"
+        "--system",
+        default=DEFAULT_SYSTEM,
+        help="default system message for ml_generate and ml_probe, as for goml generate "
+        f'(default: "{DEFAULT_SYSTEM}"; "" for none)',
     )
     parser.add_argument(
         "--probe-max-tokens", type=int, default=128, help="ml_probe's default max_tokens (128)"
