@@ -234,25 +234,37 @@ def parse_event(data: str, state: StreamState) -> Token | None:
         raise GenerationError(f"the server sent a non-object chunk: {data[:200]!r}")
     if "error" in payload:
         raise stream_error(payload)
-    usage = payload.get("usage")
-    if usage:
-        state.usage = usage
-    timings = payload.get("timings")
-    if timings:
-        state.timings = timings
-    choices = payload.get("choices")
-    if not choices:
-        # Only llama.cpp's native chunks have a top-level "stop" (and no "choices").
-        return parse_native_chunk(payload, state) if choices is None and "stop" in payload else None
-    choice = choices[0]
-    if choice.get("finish_reason"):
-        state.finish_reason = choice["finish_reason"]
-    delta = choice.get("delta")
-    text = delta.get("content") if delta is not None else choice.get("text")
-    logprobs = choice.get("logprobs")
-    if logprobs:
-        return _logprob_tokens(text or "", logprobs, state)
-    return Token(-1, text) if text else None
+    # Fields of the wrong type ("choices": "abc", a delta that is a list) end in a clear error
+    # naming the chunk, never a bare AttributeError from deep inside the client.
+    try:
+        usage = payload.get("usage")
+        if usage:
+            if not isinstance(usage, dict):
+                raise TypeError("usage is not an object")
+            state.usage = usage
+        timings = payload.get("timings")
+        if timings:
+            if not isinstance(timings, dict):
+                raise TypeError("timings is not an object")
+            state.timings = timings
+        choices = payload.get("choices")
+        if not choices:
+            # Only llama.cpp's native chunks have a top-level "stop" (and no "choices").
+            native = choices is None and "stop" in payload
+            return parse_native_chunk(payload, state) if native else None
+        choice = choices[0]
+        if choice.get("finish_reason"):
+            state.finish_reason = choice["finish_reason"]
+        delta = choice.get("delta")
+        text = delta.get("content") if delta is not None else choice.get("text")
+        if text is not None and not isinstance(text, str):
+            raise TypeError("the text is not a string")
+        logprobs = choice.get("logprobs")
+        if logprobs:
+            return _logprob_tokens(text or "", logprobs, state)
+        return Token(-1, text) if text else None
+    except (AttributeError, TypeError, KeyError, IndexError) as exc:
+        raise GenerationError(f"the server sent a malformed chunk: {data[:200]!r}") from exc
 
 
 # -- llama.cpp's native /completion chunks ---------------------------------------------------------

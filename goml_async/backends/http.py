@@ -317,6 +317,7 @@ class HTTPModel(BaseTextModel):
         """POST, retrying until the first token; then stream tokens until [DONE]."""
         client = self._client()
         url = self._base_url + path
+        where = self._where(url)
         payload = json.dumps(body).encode()
         # The place is held on behalf of this stream, not of the task that opened it: a stream
         # left with a plain ``break`` is finalised by another task (asyncio's async-generator
@@ -336,19 +337,19 @@ class HTTPModel(BaseTextModel):
                     response = await client.send(request, stream=True)
                     kind = _reply.reply_kind(response.headers.get("content-type"))
                     if response.status_code != 200:
-                        error, retry_after = await _reply.status_error(response, self._where(url))
+                        error, retry_after = await _reply.status_error(response, where)
                         if not self._retry.should_retry(attempt, response.status_code):
                             raise error
                     elif kind == "json":
                         # A server that ignores ``stream: true`` answers with the whole reply.
-                        token = await _reply.whole_reply(response, self._where(url), reply)
+                        token = await _reply.whole_reply(response, where, reply)
                         if token is not None:
                             delivered += 1
                             yield token
                         self._report(reply, context)
                         return
                     elif kind == "other":
-                        raise await _reply.not_a_stream(response, self._where(url), self._base_url)
+                        raise await _reply.not_a_stream(response, where, self._base_url)
                     else:
                         decoder = SSEDecoder()
                         # The body is read to its end even after [DONE] (which servers send
@@ -380,13 +381,13 @@ class HTTPModel(BaseTextModel):
                         return
                 except SSETooLarge as exc:
                     raise GenerationError(
-                        f"{self._where(url)} sent an event stream the client will not hold: {exc}",
+                        f"{where} sent an event stream the client will not hold: {exc}",
                         tokens_generated=delivered,
                     ) from exc
                 except GenerationError as exc:
                     if delivered and not isinstance(exc, StreamInterrupted):
                         raise StreamInterrupted(
-                            f"the stream from {url} broke after {delivered} token(s): {exc}",
+                            f"the stream from {where} broke after {delivered} token(s): {exc}",
                             tokens_generated=delivered,
                         ) from exc
                     raise
@@ -394,7 +395,7 @@ class HTTPModel(BaseTextModel):
                     gone = await self._server_failure()
                     if delivered:
                         raise StreamInterrupted(
-                            f"the connection to {url} failed after {delivered} token(s): "
+                            f"the connection to {where} failed after {delivered} token(s): "
                             f"{gone or repr(exc)}",
                             tokens_generated=delivered,
                         ) from exc
@@ -402,7 +403,7 @@ class HTTPModel(BaseTextModel):
                         raise APIConnectionError(gone) from exc
                     if not self._retry.should_retry(attempt, None):
                         raise APIConnectionError(
-                            f"cannot stream from {url} after {attempt + 1} attempt(s): {exc!r}"
+                            f"cannot stream from {where} after {attempt + 1} attempt(s): {exc!r}"
                         ) from exc
                     retry_after = None
                 finally:

@@ -187,6 +187,10 @@ class LlamaModel(HTTPModel):
 
     # -- the server --------------------------------------------------------------------------------
 
+    def _where(self, url: str) -> str:
+        # The server's address is ours, chosen at random: errors name the model instead.
+        return f"llama-server ({self._server.model_path.name})"
+
     async def _server_failure(self) -> str | None:
         # A dropped connection usually means the process died: give it a moment to be reaped
         # so the error can carry the exit code and the server's last words.

@@ -290,3 +290,27 @@ async def test_load_model_with_no_argument_uses_the_configured_server(
     monkeypatch.delenv("OPENAI_BASE_URL")
     with pytest.raises(ConfigError, match="load_default_model"):
         await load_model()
+
+
+@pytest.mark.parametrize(
+    "chunk",
+    [
+        '{"choices": "abc"}',
+        '{"choices": [{"delta": ["not", "an", "object"]}]}',
+        '{"choices": [{"delta": {"content": {"x": 1}}}]}',
+        '{"choices": [{"text": 5}]}',
+        '{"choices": {"0": {}}}',
+        '{"usage": "lots", "choices": []}',
+    ],
+)
+async def test_a_streamed_chunk_of_the_wrong_shape_is_a_clear_error(
+    routes: tuple[Routes, str], chunk: str
+) -> None:
+    scripted, url = routes
+    body = f"data: {chunk}\n\ndata: [DONE]\n\n".encode()
+    scripted.set("POST", "/v1/completions", (200, "text/event-stream", body))
+    async with make(url) as model:
+        with pytest.raises(GenerationError, match="malformed chunk") as caught:
+            await model.generate("hi")
+    assert not isinstance(caught.value.__cause__, GenerationError)
+    assert scripted.posts == 1

@@ -150,3 +150,20 @@ async def test_a_plain_break_frees_the_llama_server_place(
         with anyio.fail_after(30):
             result = await model.generate("hello", max_tokens=4).collect()
         assert result.finish_reason in ("length", "stop")
+
+
+async def test_a_prompt_too_long_for_the_context_names_the_model_not_the_internal_url(
+    tiny_gguf: Path, launcher_available: None
+) -> None:
+    from goml_async.errors import APIStatusError
+
+    async with await load_model(
+        str(tiny_gguf), use_launcher=True, context_len=64, threads=1
+    ) as model:
+        with pytest.raises(APIStatusError) as caught:
+            await model.generate("hello " * 500, max_tokens=4)
+        message = str(caught.value)
+        assert message.startswith(f"llama-server ({tiny_gguf.name}) answered 400")
+        assert "context size" in message
+        assert model.base_url not in message
+        assert "127.0.0.1" not in message
