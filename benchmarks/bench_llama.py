@@ -8,7 +8,8 @@ same run and against the same server:
 1. Streaming tokens/s. goml's ``model.generate(prompt, max_tokens=N, temperature=0,
    extra_body={"ignore_eos": True})`` against the peer, a plain ``httpx.AsyncClient.stream`` +
    ``aiter_lines`` + ``json.loads`` loop posting the same body (same prompt, same sampling
-   fields, ``stream: true``, ``ignore_eos``) to the same ``/v1/completions``. ``ignore_eos``
+   fields, ``stream: true``, ``ignore_eos``, ``return_tokens``) to the same route, llama.cpp's
+   native ``/completions`` (which streams every token with its ID). ``ignore_eos``
    makes every run generate exactly N tokens, which is checked (the server's own count, the
    tokens the client received and ``finish_reason == "length"``). The two alternate round-robin
    (the order flips every round) for ``--repeat`` rounds after one untimed warm-up each (the
@@ -61,7 +62,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from goml_async import GenerateConfig, LoadConfig, ModelLoadError, bundled_model_path
-from goml_async.backends._openai import completion_body
+from goml_async.backends._llama_wire import COMPLETION_PATH, completion_body
 from goml_async.backends.llama import LlamaModel, start_llama_model
 from goml_async.backends.llama_server import INSTALL_HINT, cached_llama_server
 from goml_async.settings import GomlSettings
@@ -222,6 +223,8 @@ def raw_body(max_tokens: int) -> dict[str, Any]:
     return {
         "temperature": 0.0,
         "max_tokens": max_tokens,
+        "return_tokens": True,
+        "response_fields": ["stop", "stop_type", "timings", "tokens_predicted", "tokens_evaluated"],
         "stream": True,
         "stream_options": {"include_usage": True},
         "ignore_eos": True,
@@ -278,19 +281,14 @@ class RawReply:
     server_tps: float = 0.0
 
     def take(self, payload: dict[str, Any]) -> bool:
-        """Record one chunk; True when it carried a token."""
-        usage = payload.get("usage")
-        if usage:
-            self.generated = int(usage.get("completion_tokens", 0))
+        """Record one chunk of llama.cpp's native stream; True when it carried a token."""
         timings = payload.get("timings")
         if timings:
             self.server_tps = float(timings.get("predicted_per_second", 0.0))
-        choices = payload.get("choices")
-        if not choices:
-            return False
-        choice = choices[0]
-        self.finish = choice.get("finish_reason") or self.finish
-        if not choice.get("text"):
+        if payload.get("stop") is True:
+            self.generated = int(payload.get("tokens_predicted", 0))
+            self.finish = "length" if payload.get("stop_type") == "limit" else "stop"
+        if not payload.get("tokens"):
             return False
         self.last = time.perf_counter()
         self.delivered += 1
@@ -482,7 +480,7 @@ class Results:
 async def measure_streaming(
     model: LlamaModel, client: httpx.AsyncClient, count: int, repeat: int
 ) -> tuple[StreamSummary, StreamSummary]:
-    url = model.server.base_url + "/v1/completions"
+    url = model.server.base_url + COMPLETION_PATH
     samples = await _report.round_robin(
         {GOML: lambda: goml_stream(model, count), RAW: lambda: raw_stream(client, url, count)},
         repeat,
@@ -493,7 +491,7 @@ async def measure_streaming(
 async def measure_cancel(
     model: LlamaModel, client: httpx.AsyncClient, poller: httpx.AsyncClient, trials: int
 ) -> list[CancelSummary]:
-    url = model.server.base_url + "/v1/completions"
+    url = model.server.base_url + COMPLETION_PATH
     slots = model.server.base_url + "/slots"
     await wait_idle(poller, slots)
     samples = await _report.round_robin(
