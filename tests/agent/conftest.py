@@ -35,6 +35,7 @@ from typing import Any
 
 import pytest
 from model_fixtures import _TINY, _missing, require
+from processes import children_of
 
 from goml_async.agent.transport import SSHTransport
 
@@ -443,22 +444,6 @@ LogLevel VERBOSE
 """
 
 
-def _children(pid: int) -> list[int]:
-    """The pids whose parent is ``pid`` (from /proc)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # "pid (comm) state ppid ...": comm may hold spaces, so split after the last ')'.
-        if int(stat.rpartition(")")[2].split()[1]) == pid:
-            found.append(int(entry.name))
-    return found
-
-
 @pytest.fixture(scope="session")
 def openssh_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SSHServer]:
     """Debian's OpenSSH sshd on a free loopback port, with its own config and keys.
@@ -506,11 +491,11 @@ def openssh_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SSHServ
 
     def drop() -> None:
         # Each client connection is served by a child of the listening sshd: end them all.
-        for pid in _children(process.pid):
+        for pid in children_of(process.pid):
             with suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + 5
-        while _children(process.pid) and time.monotonic() < deadline:
+        while children_of(process.pid) and time.monotonic() < deadline:
             time.sleep(0.02)
 
     def accepted() -> int:

@@ -20,6 +20,7 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+from processes import gone, wait_gone
 
 from goml_async.backends import llama_launcher, llama_server
 from goml_async.backends.llama_server import LlamaServer, launcher_command, llama_server_args
@@ -31,28 +32,6 @@ pytestmark = pytest.mark.anyio  # applies to the async tests only
 
 # No GOML_LLAMA_SERVER and an empty cache: only PATH and the launcher remain.
 NO_ENV = GomlSettings(llama_server=None, cache_dir=Path("/nonexistent/goml-test-cache"))
-
-
-def gone(pid: int) -> bool:
-    """True once ``pid`` no longer runs (a zombie waiting for its reaper counts as gone)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] == "Z"
-
-
-def wait_gone(pid: int, seconds: float = 5.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if gone(pid):
-            return True
-        time.sleep(0.02)
-    return gone(pid)
 
 
 # -- flags and binary resolution (no process) ------------------------------------------------
