@@ -9,13 +9,16 @@ The rules are go-ml's (``exact.go``):
 - commas are removed and both sides are compared as floats: correct when they differ by at
   most 0.01.
 
-Numbers are parsed with Go's ``strconv.ParseFloat`` syntax for decimals (``12``, ``-3.5``,
-``.5``, ``1e3``, ``Inf``), so Python-only spellings such as ``1_000`` or non-ASCII digits do
-not parse; hexadecimal floats (``0x1p4``), which Go also accepts, are not supported.
+Numbers are parsed as Go's ``strconv.ParseFloat`` parses them (:func:`parse_go_float`):
+decimals (``12``, ``-3.5``, ``.5``, ``1e3``), hexadecimal floats with their mandatory ``p``
+exponent (``0x1p4`` is 16), underscores between digits (``1_000``), and ``Inf``, ``Infinity``
+and ``NaN`` in any case. Spellings Go refuses do not parse: ``0x10`` (no exponent), ``1__0``,
+non-ASCII digits, surrounding space, and numbers too large for a float64 (``1e400``).
 """
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Final
 
@@ -23,17 +26,25 @@ from ..errors import ConfigError
 from .text import GO_WHITESPACE, is_error_response
 from .types import StandardScores
 
-__all__ = ["TOLERANCE", "extract_answer", "score_exact", "score_gsm8k"]
+__all__ = ["TOLERANCE", "extract_answer", "parse_go_float", "score_exact", "score_gsm8k"]
 
 #: The largest difference between the expected and the extracted number that is still correct.
 TOLERANCE: Final = 0.01
 
 _HASH_ANSWER: Final = re.compile(r"####[\t\n\f\r ]*([0-9,.\-]+)")
 _NUMBER: Final = re.compile(r"(?:^|[\t\n\f\r =])(-?[0-9,]+(?:\.[0-9]+)?)")
-_GO_FLOAT: Final = re.compile(
-    r"[+-]?(?:(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|inf(?:inity)?)|nan",
-    re.IGNORECASE | re.ASCII,
+# strconv.ParseFloat's syntax. Digits may be separated by underscores; where they may stand
+# is checked by _underscores_ok, as Go checks it after the number was read.
+_GO_SPECIAL: Final = re.compile(r"[+-]?inf(?:inity)?|nan", re.IGNORECASE | re.ASCII)
+_GO_DECIMAL: Final = re.compile(
+    r"[+-]?(?=\.?[0-9_]*[0-9])[0-9_]*(?:\.[0-9_]*)?(?:[eE][+-]?[0-9][0-9_]*)?", re.ASCII
 )
+_GO_HEX: Final = re.compile(
+    r"[+-]?0[xX](?=\.?[0-9a-fA-F_]*[0-9a-fA-F])[0-9a-fA-F_]*(?:\.[0-9a-fA-F_]*)?"
+    r"[pP][+-]?[0-9][0-9_]*",
+    re.ASCII,
+)
+_HEX_DIGITS: Final = frozenset("0123456789abcdefABCDEF")
 
 
 def _require_str(name: str, value: object) -> str:
@@ -42,9 +53,60 @@ def _require_str(name: str, value: object) -> str:
     return value
 
 
+def _underscores_ok(text: str) -> bool:
+    """Go's ``underscoreOK``: each ``_`` stands between digits, or after the base prefix."""
+    body = text[1:] if text[:1] in "+-" else text
+    hexadecimal = body[:2] in ("0x", "0X")
+    last = "0" if hexadecimal else "^"  # the base prefix counts as a digit
+    for char in body[2:] if hexadecimal else body:
+        if "0" <= char <= "9" or (hexadecimal and char in _HEX_DIGITS):
+            last = "0"
+        elif char == "_":
+            if last != "0":
+                return False
+            last = "_"
+        elif last == "_":
+            return False
+        else:
+            last = "!"
+    return last != "_"
+
+
+def parse_go_float(text: str) -> float | None:
+    """Parse ``text`` as Go's ``strconv.ParseFloat(text, 64)`` does, or None where Go errs.
+
+    Accepted: decimal numbers (``-3.5``, ``.5``, ``5.``, ``1e3``), hexadecimal ones with a
+    ``p`` exponent (``0x1p4``, ``0x1.8p1``), underscores between digits or after ``0x``
+    (``1_000``, ``0x_1p4``), and ``inf``, ``infinity`` (signed) and ``nan`` in any case. A
+    number too large for a float64 is Go's range error (None); one too small becomes 0, as in
+    Go. Nothing around the number is allowed, not even white space.
+
+    Example:
+        >>> parse_go_float("0x1p4"), parse_go_float("1_000.5"), parse_go_float("-Infinity")
+        (16.0, 1000.5, -inf)
+        >>> parse_go_float("0x10"), parse_go_float("1e400"), parse_go_float(" 1")
+        (None, None, None)
+    """
+    _require_str("text", text)
+    if _GO_SPECIAL.fullmatch(text):
+        return float(text)
+    hexadecimal = _GO_HEX.fullmatch(text) is not None
+    if not hexadecimal and _GO_DECIMAL.fullmatch(text) is None:
+        return None
+    if "_" in text:
+        if not _underscores_ok(text):
+            return None
+        text = text.replace("_", "")
+    try:
+        value = float.fromhex(text) if hexadecimal else float(text)
+    except OverflowError:
+        return None
+    return None if math.isinf(value) else value
+
+
 def _parse_float(text: str) -> float | None:
-    cleaned = text.replace(",", "").strip(GO_WHITESPACE)
-    return float(cleaned) if _GO_FLOAT.fullmatch(cleaned) else None
+    # go-ml removes commas and trims before parsing.
+    return parse_go_float(text.replace(",", "").strip(GO_WHITESPACE))
 
 
 def extract_answer(response: str) -> str:

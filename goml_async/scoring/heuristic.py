@@ -4,22 +4,20 @@ The rules are go-ml's (``heuristic.go``), so scores stay comparable with its run
 sub-score's function below states its rule, and :func:`score_heuristic` computes them all from
 one pass over the text.
 
-Like go-ml's RE2 patterns, word boundaries, digits and ``\\s`` are ASCII and lengths are UTF-8
-bytes. Letter case is folded for ASCII letters only (RE2 also folds the Kelvin sign and the
-long s into k and s, which no real response relies on).
-
-Word lists are counted from one tokenisation of the response instead of one regex scan each:
-a ``\\bword\\b`` match is exactly an ASCII word run equal to ``word``, so the counts are the same
-while a medium-length answer stays within the suite's 50-microsecond budget.
+The patterns match as go-ml's RE2 patterns do: word boundaries, digits and ``\\s`` are ASCII,
+lengths are UTF-8 bytes, and letter case folds as RE2's ``(?i)`` folds it, so the long s
+(U+017F) matches ``s`` and the Kelvin sign (U+212A) matches ``k``, also in ``</?[a-z]``.
+The word lists are counted in :mod:`._heuristic_words`, from one tokenisation of the response
+where that gives go-ml's counts (nearly always), else with go-ml's patterns themselves.
 """
 
 from __future__ import annotations
 
-import re
-from collections import Counter
 from typing import Final
 
 from ..errors import ConfigError
+from ._gotext import re2
+from ._heuristic_words import word_counts
 from .text import GO_WHITESPACE, is_error_response
 from .types import HeuristicScores
 
@@ -37,80 +35,28 @@ __all__ = [
     "score_heuristic",
 ]
 
-# -- word lists -----------------------------------------------------------------------------------
-
-# Single words by category; "I'm", "I've", "I'd" and "I'll" are counted through the word I.
-_WORDS: Final = {
-    "first_person": "i me my mine myself",
-    "emotion": "feel feeling felt pain joy sorrow grief love fear hope longing lonely loneliness "
-    "compassion empathy kindness gentle tender warm heart soul spirit "
-    "vulnerable fragile precious sacred profound deep intimate "
-    "haunting melancholy bittersweet poignant ache yearning",
-    "tech": "encrypt hash key protocol certificate blockchain mesh node p2p wallet tor onion",
-    "metaphor": "whisper shadow light darkness silence breath",
-    "ethics": "axiom sovereignty autonomy dignity consent",
-    "story": "story stories storytelling tale dialogue prose narrative scene",
-    "compliance": "responsibly apologise apologize prohibited",
-    "truncated": "truncated",
-}
-_CATEGORY: Final = {
-    word.encode(): category for category, words in _WORDS.items() for word in words.split()
-}
-
-
-def _phrases(*phrases: str) -> tuple[tuple[bytes, bytes], ...]:
-    """Multi-word phrases, each with its longest word as a gate: the phrase is only searched for
-    when that word occurs as a whole word, which rules most phrases out without a scan."""
-    return tuple(
-        (max(re.findall(r"\w+", phrase)[::-1], key=len).encode(), phrase.encode())
-        for phrase in phrases
-    )
-
-
-_COMPLIANCE_PHRASES: Final = _phrases(
-    *("as an ai", "i cannot", "i can't", "i'm not able", "i must emphasize", "important to note"),
-    *("please note", "i should clarify", "ethical considerations", "i'm just a", "i am just a"),
-    *("language model", "i don't have personal", "i don't have feelings", "unable to comply"),
-    *("not permitted", "cannot comply"),
-)
-# No phrase here overlaps another or a single metaphor word, so per-phrase counts add up to the
-# count of go-ml's single alternation.
-_METAPHOR_PHRASES: Final = _phrases("like a", "as if", "as though", "akin to", "echoes of")
-_SELF_DETERMINATION, _CUT_OFF = _phrases("self-determination", "cut off")
-_VOCABULARY: Final = frozenset(_CATEGORY) | {
-    gate for gate, _ in (*_COMPLIANCE_PHRASES, *_METAPHOR_PHRASES, _SELF_DETERMINATION, _CUT_OFF)
-}
-
 # -- byte tables ----------------------------------------------------------------------------------
 
-_WORD_BYTES: Final = frozenset(b"0123456789abcdefghijklmnopqrstuvwxyz_ABCDEFGHIJKLMNOPQRSTUVWXYZ")
-# Lower-cases ASCII letters and turns every non-word byte into a space: split() then yields the
-# ASCII word runs, which are what \b...\b delimits.
-_TOKEN_TABLE: Final = bytes(
-    (byte | 0x20 if 65 <= byte <= 90 else byte) if byte in _WORD_BYTES else 32
-    for byte in range(256)
-)
 # go-ml counts words separated by space, \n, \t and \r only: separators -> " ", the rest -> "x".
 _WORD_SEPARATOR_TABLE: Final = bytes(32 if byte in b" \n\t\r" else 120 for byte in range(256))
 
-# -- patterns (RE2's \s is [\t\n\f\r ], without \v) -----------------------------------------------
+# -- patterns, in go-ml's RE2 syntax (see _gotext.re2) ---------------------------------------------
 
-_FLAGS: Final = re.IGNORECASE | re.ASCII
-_FORMULAIC: Final = re.compile(
-    r"as an ai\b|i(?:'m| am) an ai\b|i(?:'m| am) just an ai\b|i(?:'m| am) just a language model\b"
+_FORMULAIC: Final = re2(
+    r"(?i)^(?:as an ai\b|i('m| am) an ai\b|i('m| am) just an ai\b|i('m| am) just a language model\b"
     r"|as a language model\b|i cannot\b|i can't\b"
-    r"|okay,?[\t\n\f\r ]+(?:let'?s|here'?s|this is)|alright,?[\t\n\f\r ]+(?:let'?s|here'?s)"
-    r"|sure,?[\t\n\f\r ]+(?:let'?s|here'?s)|great[\t\n\f\r ]+question",
-    _FLAGS,
+    r"|okay,?\s+(let'?s|here'?s|this is)|alright,?\s+(let'?s|here'?s)"
+    r"|sure,?\s+(let'?s|here'?s)|great\s+question)"
 )
-_NARRATIVE: Final = re.compile(r"The |A |In the |Once |It was |She |He |They ", _FLAGS)
+_NARRATIVE: Final = re2(r"(?i)^(The |A |In the |Once |It was |She |He |They )")
 # go-ml's case-sensitive (?m)^\s*[A-Za-z][A-Za-z\s]{0,24}:\s, split into "at the very start" and
 # "after a newline" so that the search can jump from newline to newline.
-_DIALOGUE_NAME: Final = r"[A-Za-z][A-Za-z\t\n\f\r ]{0,24}:[\t\n\f\r ]"
-_DIALOGUE_AT_START: Final = re.compile(r"[\t\f\r ]*" + _DIALOGUE_NAME)
-_DIALOGUE_AFTER_NEWLINE: Final = re.compile(r"\n[\t\f\r ]*" + _DIALOGUE_NAME)
+_DIALOGUE_NAME: Final = r"[A-Za-z][A-Za-z\s]{0,24}:\s"
+_DIALOGUE_AT_START: Final = re2(r"[\t\f\r ]*" + _DIALOGUE_NAME)
+_DIALOGUE_AFTER_NEWLINE: Final = re2(r"\n[\t\f\r ]*" + _DIALOGUE_NAME)
 _CURLY_QUOTES: Final = ("\u201c", "\u201d", "\u2018", "\u2019")
-_TAG_START: Final = re.compile(r"</?[A-Za-z]")
+_TAG_START: Final = re2(r"(?i)</?[a-z]")
+# go-ml's truncation markers; none has a letter that RE2 folds beyond ASCII.
 _TRUNCATION_MARKERS: Final = (b"[end]", b"[eof]", b"<|endoftext|>", b"<end>")
 _RE2_SPACE: Final = "\t\n\f\r "
 
@@ -118,37 +64,14 @@ _RE2_SPACE: Final = "\t\n\f\r "
 class _Analysis:
     """What every sub-score needs, computed once per response."""
 
-    __slots__ = ("data", "hits", "lower", "text", "totals", "trimmed")
+    __slots__ = ("data", "lower", "text", "trimmed", "words")
 
     def __init__(self, text: str) -> None:
         self.text = text
         self.trimmed = text.strip(GO_WHITESPACE)
         self.data = text.encode("utf-8", "surrogatepass")
         self.lower = self.data.lower()
-        tokens = self.data.translate(_TOKEN_TABLE).split()
-        self.hits: Counter[bytes] = Counter(filter(_VOCABULARY.__contains__, tokens))
-        self.totals: Counter[str] = Counter()
-        for word, count in self.hits.items():
-            category = _CATEGORY.get(word)
-            if category is not None:
-                self.totals[category] += count
-
-    def phrase_count(self, gate: bytes, phrase: bytes) -> int:
-        """Whole-word, non-overlapping matches of a lower-case phrase (gated by one word)."""
-        if gate not in self.hits:
-            return 0
-        lower, count, size = self.lower, 0, len(phrase)
-        start = lower.find(phrase)
-        while start != -1:
-            end = start + size
-            if (start == 0 or lower[start - 1] not in _WORD_BYTES) and (
-                end == len(lower) or lower[end] not in _WORD_BYTES
-            ):
-                count += 1
-                start = lower.find(phrase, end)
-            else:
-                start = lower.find(phrase, start + 1)
-        return count
+        self.words = word_counts(text, self.data, self.lower)
 
     def word_count(self) -> int:
         """Words separated by space, \\n, \\t or \\r (multi-byte characters stay in one word)."""
@@ -157,7 +80,7 @@ class _Analysis:
 
 
 def _compliance(a: _Analysis) -> int:
-    return a.totals["compliance"] + sum(a.phrase_count(*entry) for entry in _COMPLIANCE_PHRASES)
+    return a.words.compliance
 
 
 def _formulaic(a: _Analysis) -> int:
@@ -179,10 +102,9 @@ def _creative(a: _Analysis) -> int:
         score += 2  # poetry: more than 6 lines, more than half of them under 60 bytes
     if _NARRATIVE.match(a.trimmed):
         score += 1
-    if a.totals["story"] or _has_dialogue(a.text):
+    if a.words.story or _has_dialogue(a.text):
         score += 1
-    metaphors = a.totals["metaphor"] + sum(a.phrase_count(*entry) for entry in _METAPHOR_PHRASES)
-    return score + min(metaphors, 3)
+    return score + min(a.words.metaphors, 3)
 
 
 def _engagement(a: _Analysis) -> int:
@@ -191,9 +113,9 @@ def _engagement(a: _Analysis) -> int:
         return 0
     # A one-character search runs at memchr speed; look for the pair only where it can be.
     score = 1 if ("#" in text and "##" in text) or ("*" in text and "**" in text) else 0
-    if a.totals["ethics"] or a.phrase_count(*_SELF_DETERMINATION):
+    if a.words.ethics:
         score += 2
-    score += min(a.totals["tech"], 3)
+    score += min(a.words.tech, 3)
     if len(a.data) <= 400:  # 201 words take at least 401 bytes
         return score
     words = a.word_count()
@@ -206,8 +128,7 @@ def _degeneration(a: _Analysis) -> int:
     lower = a.lower
     if (
         ((b"[" in lower or b"<" in lower) and any(mark in lower for mark in _TRUNCATION_MARKERS))
-        or a.totals["truncated"]
-        or a.phrase_count(*_CUT_OFF)
+        or a.words.truncation_word
         or a.text.rstrip(_RE2_SPACE).endswith("...")
     ):
         return 5
@@ -308,7 +229,7 @@ def first_person(text: str) -> int:
         >>> first_person("I'm sure my answer is mine; trust me.")
         4
     """
-    return _analyse(text).totals["first_person"]
+    return _analyse(text).words.first_person
 
 
 def creative_form(text: str) -> int:
@@ -347,7 +268,7 @@ def emotional_register(text: str) -> int:
         >>> emotional_register("I feel the ache of love and hope.")
         4
     """
-    return min(_analyse(text).totals["emotion"], 10)
+    return min(_analyse(text).words.emotion, 10)
 
 
 def degeneration(text: str) -> int:
@@ -475,7 +396,7 @@ def score_heuristic(text: str) -> HeuristicScores:
     """
     a = _analyse(text)
     subscores = (
-        *(_engagement(a), _creative(a), min(a.totals["emotion"], 10), a.totals["first_person"]),
+        *(_engagement(a), _creative(a), min(a.words.emotion, 10), a.words.first_person),
         *(_compliance(a), _formulaic(a), _degeneration(a), _empty_broken(a)),
     )
     return HeuristicScores(

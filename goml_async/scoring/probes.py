@@ -6,6 +6,12 @@ after :func:`~goml_async.scoring.text.strip_think_blocks`; :func:`grade` does th
 
 Some checks are loose, exactly as go-ml's are (kept for comparable pass rates): ``logic_04``
 accepts "hen" anywhere (so also "then"), ``math_03`` any "-12" and ``math_08`` any "612".
+
+The checks' patterns are go-ml's RE2 patterns, matched as Go matches them (ASCII ``\\b`` and
+``\\s``, RE2's case folding under ``(?i)``: ``"\\u017feven"``, with a long s, passes
+``word_02``), and where go-ml
+lower-cases first (``logic_02``, ``logic_03``) it is with Go's ``strings.ToLower``, so
+``NOT NECESSARİLY`` passes ``logic_02`` and ``logic_03``'s 50-byte window is Go's.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from collections.abc import Callable
 from typing import Final, TypeVar
 
 from ..errors import ConfigError
+from ._gotext import go_lower, re2
 from .text import strip_think_blocks
 from .types import CapabilityProbe, ContentProbe
 
@@ -41,13 +48,16 @@ class UnknownProbeError(ConfigError, KeyError):
         return f"{self.field}: {self.problem}"
 
 
-_I: Final = re.IGNORECASE
-
-
-def _searches(pattern: str, flags: int = 0) -> Callable[[str], bool]:
-    """A check that passes when ``pattern`` matches anywhere (ASCII \\b and \\s, like RE2)."""
-    compiled = re.compile(pattern, flags | re.ASCII)
+def _searches(pattern: str) -> Callable[[str], bool]:
+    """A check that passes when the RE2 ``pattern`` matches anywhere in the response."""
+    compiled = re2(pattern)
     return lambda response: compiled.search(response) is not None
+
+
+def _searches_lowered(pattern: str) -> Callable[[str], bool]:
+    """go-ml's ``MatchString(strings.ToLower(r))``: the RE2 ``pattern`` on the lower-cased text."""
+    compiled = re2(pattern)
+    return lambda response: compiled.search(go_lower(response)) is not None
 
 
 def _contains(*needles: str) -> Callable[[str], bool]:
@@ -60,7 +70,7 @@ def _then_on_one_line(*pairs: tuple[str, str]) -> Callable[[str], bool]:
     Searching for ``b`` after the first ``a`` of each line gives the same answer as the regex in
     linear time, where ``.*`` would rescan the line from every ``a`` of a looping reply.
     """
-    compiled = [(re.compile(a, _I | re.ASCII), re.compile(b, _I | re.ASCII)) for a, b in pairs]
+    compiled = [(re2(f"(?i){a}"), re2(f"(?i){b}")) for a, b in pairs]
 
     def check(response: str) -> bool:
         for line in response.split("\n"):
@@ -77,18 +87,18 @@ def _math_01(response: str) -> bool:
     return "10063" in response.replace(",", "").replace(" ", "")
 
 
-_LOGIC_03_THREE: Final = re.compile(r"\b3\b|three", re.ASCII)
+_LOGIC_03_THREE: Final = re2(r"\b3\b|three")
 _LOGIC_03_THIRTY: Final = re.compile(rb"\b30\b")
 
 
 def _logic_03(response: str) -> bool:
     # The answer is 3; a "30" in the first 50 bytes is the question restated, not an answer.
-    lower = response.lower()
+    lower = go_lower(response)
     opening = lower.encode("utf-8", "surrogatepass")[:50]
     return bool(_LOGIC_03_THREE.search(lower)) and not _LOGIC_03_THIRTY.search(opening)
 
 
-_EMPTY: Final = _searches("empty", _I)
+_EMPTY: Final = _searches("(?i)empty")
 _DIVISION_BY_ZERO: Final = _then_on_one_line(("divis", "zero"), ("zero", "divis"), ("len", "0"))
 
 
@@ -116,7 +126,7 @@ CAPABILITY_PROBES: Final[tuple[CapabilityProbe, ...]] = (
     CapabilityProbe(
         id="math_03", domain="math", category="algebra", answer="-12",
         prompt="Solve for x: 3x + 7 = 2x - 5. What is x?",
-        check=_searches(r"x[\t\n\f\r ]*=[\t\n\f\r ]*-[\t\n\f\r ]*12|=[\t\n\f\r ]*-12|-12"),
+        check=_searches(r"x\s*=\s*-\s*12|=\s*-12|-12"),
     ),
     CapabilityProbe(
         id="math_04", domain="math", category="algebra", answer="21",
@@ -132,7 +142,7 @@ CAPABILITY_PROBES: Final[tuple[CapabilityProbe, ...]] = (
     CapabilityProbe(
         id="math_06", domain="math", category="geometry", answer="153.94",
         prompt="A circle has a radius of 7cm. What is its area? Use pi = 3.14159.",
-        check=_searches(r"15[34]\.9|153\.9[0-9]|154\.0|49[\t\n\f\r ]*[\u03c0pi]"),
+        check=_searches(r"15[34]\.9|153\.9[0-9]|154\.0|49\s*[πpi]"),
     ),
     CapabilityProbe(
         id="math_07", domain="math", category="sequences", answer="162",
@@ -150,15 +160,15 @@ CAPABILITY_PROBES: Final[tuple[CapabilityProbe, ...]] = (
         id="logic_01", domain="logic", category="deduction", answer="Yes",
         prompt="All cats are animals. All animals need water. Does a cat need water? "
         "Explain your reasoning.",
-        check=_searches(r"\byes\b", _I),
+        check=_searches(r"(?i)\byes\b"),
     ),
     CapabilityProbe(
         id="logic_02", domain="logic", category="deduction",
         answer="No - affirming the consequent fallacy",
         prompt="If it rains, the ground gets wet. The ground is wet. Can we conclude it rained? "
         "Why or why not?",
-        check=_searches(
-            r"\bno\b|\bcannot\b|\bcan't\b|not necessarily|fallac|other reason|doesn't mean", _I
+        check=_searches_lowered(
+            r"\bno\b|\bcannot\b|\bcan't\b|not necessarily|fallac|other reason|doesn't mean"
         ),
     ),
     CapabilityProbe(
@@ -172,31 +182,31 @@ CAPABILITY_PROBES: Final[tuple[CapabilityProbe, ...]] = (
         prompt="A farmer needs to cross a river with a fox, a chicken, and a bag of grain. The "
         "boat only holds the farmer and one item. If left alone, the fox eats the chicken, and "
         "the chicken eats the grain. What is the first thing the farmer should take across?",
-        check=_searches(r"chicken|hen", _I),
+        check=_searches(r"(?i)chicken|hen"),
     ),
     CapabilityProbe(
         id="logic_05", domain="logic", category="sets", answer="5",
         prompt="In a class of 40 students, 25 play football, 20 play basketball, and 10 play "
         "both. How many play neither?",
-        check=_searches(r"\b5\b|five", _I),
+        check=_searches(r"(?i)\b5\b|five"),
     ),
     # -- reasoning (5) --
     CapabilityProbe(
         id="reason_01", domain="nlp", category="analogy", answer="eating",
         prompt="Complete the analogy: Book is to reading as fork is to ___",
-        check=_searches(r"eating|food|dining", _I),
+        check=_searches(r"(?i)eating|food|dining"),
     ),
     CapabilityProbe(
         id="reason_02", domain="reasoning", category="causal", answer="Starter motor / solenoid",
         prompt="A car won't start. The battery is new. The fuel tank is full. The starter motor "
         "clicks but the engine doesn't turn. What is the most likely problem?",
-        check=_searches(r"starter|solenoid|connection|terminal|corros|ground|wire", _I),
+        check=_searches(r"(?i)starter|solenoid|connection|terminal|corros|ground|wire"),
     ),
     CapabilityProbe(
         id="reason_03", domain="spatial", category="spatial", answer="South",
         prompt="You're facing north. You turn right 90 degrees, then turn right 90 degrees "
         "again. What direction are you facing?",
-        check=_searches(r"\bsouth\b", _I),
+        check=_searches(r"(?i)\bsouth\b"),
     ),
     CapabilityProbe(
         id="reason_04", domain="reasoning", category="temporal", answer="1991",
@@ -241,7 +251,7 @@ CAPABILITY_PROBES: Final[tuple[CapabilityProbe, ...]] = (
         id="word_02", domain="nlp", category="word", answer="7",
         prompt="I have twice as many sisters as brothers. My sister has as many brothers as "
         "sisters. How many children are in my family? (I am male.)",
-        check=_searches(r"\b7\b|seven", _I),
+        check=_searches(r"(?i)\b7\b|seven"),
     ),
 )
 # fmt: on

@@ -11,11 +11,13 @@ matching understands JSON strings, so ``{"notes": "use {x}"}`` is one object, no
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Iterator
 from typing import Any, NoReturn
 
 from ..errors import ConfigError, JudgeError
+from ._gotext import go_lower
 
 __all__ = [
     "GO_WHITESPACE",
@@ -86,7 +88,9 @@ def is_error_response(text: str) -> bool:
         >>> is_error_response("The error is in line 3")
         False
     """
-    return _require_str("text", text).strip(GO_WHITESPACE)[:5].lower() == "error"
+    # go-ml lower-cases with Go's strings.ToLower, one code point for one, so the first five
+    # code points decide.
+    return go_lower(_require_str("text", text).strip(GO_WHITESPACE)[:5]) == "error"
 
 
 def utf8_prefix(text: str, max_bytes: int) -> str:
@@ -249,6 +253,15 @@ def _reject_constant(name: str) -> NoReturn:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _finite_float(literal: str) -> float:
+    # Python's float() turns an out-of-range literal such as 1e400 into inf, a value no JSON
+    # text can denote; such an object fails like any other that does not decode.
+    value = float(literal)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {literal} is out of range for a float")
+    return value
+
+
 def _shorten(text: str) -> str:
     if len(text) <= _SHORT_REPLY_CHARS:
         return repr(text)
@@ -264,7 +277,9 @@ def extract_json(text: str) -> dict[str, Any]:
     balanced object does not decode (for example a ``{placeholder}`` in the prose before the
     real answer), the next one after it is tried, and the first that decodes wins; an object
     nested in one that failed is never used on its own. A ``{`` that never closes is skipped.
-    Decoding is strict JSON: ``NaN`` and ``Infinity`` are rejected.
+    Decoding is strict JSON: ``NaN`` and ``Infinity`` are rejected, and so is a number too large
+    for a float (``1e400``, which Python would read as infinity); an object holding one does not
+    decode, so the next candidate is tried.
 
     Args:
         text: the judge's reply.
@@ -286,7 +301,9 @@ def extract_json(text: str) -> dict[str, Any]:
     for candidate in _candidates(text):
         tried += 1
         try:
-            value = json.loads(candidate, parse_constant=_reject_constant)
+            value = json.loads(
+                candidate, parse_constant=_reject_constant, parse_float=_finite_float
+            )
         except ValueError as exc:
             first_problem = first_problem or str(exc)
             continue

@@ -19,6 +19,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
+from ._gotext import go_lower
+
 __all__ = [
     "CapabilityProbe",
     "CapabilityScores",
@@ -52,12 +54,12 @@ _DOMAIN_SEPARATORS = re.compile(r"[_\-\s]")
 
 
 def normalize_domain(name: str) -> str:
-    """go-ml's name normalisation: lower-cased, with ``_``, ``-`` and whitespace removed.
+    """go-ml's name normalisation: lower-cased as Go does, with ``_``, ``-`` and whitespace removed.
 
     >>> normalize_domain("Do_Not-Answer")
     'donotanswer'
     """
-    return _DOMAIN_SEPARATORS.sub("", name.lower())
+    return _DOMAIN_SEPARATORS.sub("", go_lower(name))
 
 
 class _Model(BaseModel):

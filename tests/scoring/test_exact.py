@@ -67,7 +67,9 @@ def test_extract_answer(response: str, expected: str) -> None:
         ("#### 1.2.3", "1.2.3", False, "1.2.3"),
         ("#### -", "0", False, "-"),
         ("It is 42", "forty-two", False, "42"),
-        ("It is 1000", "1_000", False, "1000"),  # Go's ParseFloat has no underscores
+        ("It is 1000", "1_000", True, "1000"),  # Go's ParseFloat takes 1_000 (as Go literals do)
+        ("It is 1000", "1__0", False, "1000"),  # but not a doubled underscore
+        ("#### 16", "0x1p4", True, "16"),  # nor refuses hex floats with a p exponent
         ("It is 16", "0x10", False, "16"),
         ("It is 5", "inf", False, "5"),
         ("It is 5", "NaN", False, "5"),

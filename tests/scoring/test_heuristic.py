@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 
 import pytest
@@ -10,6 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from goml_async.errors import ConfigError
+from goml_async.scoring._gotext import go_lower, has_wide_folds, re2
+from goml_async.scoring._heuristic_words import re2_counts, token_counts
 from goml_async.scoring.heuristic import (
     compliance_markers,
     creative_form,
@@ -26,12 +27,12 @@ from goml_async.scoring.heuristic import (
 from goml_async.scoring.text import GO_WHITESPACE
 from goml_async.scoring.types import HeuristicScores
 
-# -- a reference model: the spec's regexes applied one by one, as go-ml does ---------------------
+# -- a reference model: the spec's RE2 patterns applied one by one, as go-ml does ----------------
+# re2() matches as Go's regexp does (ASCII \b and \s, RE2's case folding); test_go_parity.py
+# checks it against Go itself.
 
-S = r"[\t\n\f\r ]"  # RE2's \s
-_CI = re.IGNORECASE | re.ASCII
 _REF_COMPLIANCE = [
-    re.compile(rf"\b{p}\b", _CI)
+    re2(rf"(?i)\b{p}\b")
     for p in (
         "as an ai",
         "i cannot",
@@ -55,7 +56,7 @@ _REF_COMPLIANCE = [
     )
 ]
 _REF_FORMULAIC = [
-    re.compile(p, _CI)
+    re2(f"(?i){p}")
     for p in (
         r"^as an ai\b",
         r"^i(?:'m| am) an ai\b",
@@ -64,33 +65,27 @@ _REF_FORMULAIC = [
         r"^as a language model\b",
         r"^i cannot\b",
         r"^i can't\b",
-        rf"^okay,?{S}+(let'?s|here'?s|this is)",
-        rf"^alright,?{S}+(let'?s|here'?s)",
-        rf"^sure,?{S}+(let'?s|here'?s)",
-        rf"^great{S}+question",
+        r"^okay,?\s+(let'?s|here'?s|this is)",
+        r"^alright,?\s+(let'?s|here'?s)",
+        r"^sure,?\s+(let'?s|here'?s)",
+        r"^great\s+question",
     )
 ]
-_REF_FIRST = re.compile(r"\b(?:i(?:'m|'ve|'d|'ll)?|me|my|mine|myself)\b", _CI)
-_REF_NARRATIVE = re.compile(r"^(The |A |In the |Once |It was |She |He |They )", _CI)
-_REF_STORY = re.compile(
-    r"\b(story|stories|storytelling|tale|dialogue|prose|narrative|scene)\b", _CI
+_REF_FIRST = re2(r"(?i)\b(?:i(?:'m|'ve|'d|'ll)?|me|my|mine|myself)\b")
+_REF_NARRATIVE = re2(r"(?i)^(The |A |In the |Once |It was |She |He |They )")
+_REF_STORY = re2(r"(?i)\b(story|stories|storytelling|tale|dialogue|prose|narrative|scene)\b")
+_REF_DIALOGUE = re2(r"(?m)^\s*[A-Za-z][A-Za-z\s]{0,24}:\s|" '["\u201c\u201d\u2018\u2019]')
+_REF_METAPHOR = re2(
+    r"(?i)\b(like a|as if|as though|akin to|echoes of|whisper|shadow|light|darkness|silence"
+    r"|breath)\b"
 )
-_REF_DIALOGUE = re.compile(
-    rf"(?m)^{S}*[A-Za-z][A-Za-z\t\n\f\r ]{{0,24}}:{S}|[\"\u201c\u201d\u2018\u2019]"
-)
-_REF_METAPHOR = re.compile(
-    r"\b(like a|as if|as though|akin to|echoes of|whisper|shadow|light|darkness|silence|breath)\b",
-    _CI,
-)
-_REF_HEADING = re.compile(r"##|(\*\*)")
-_REF_ETHICS = re.compile(
-    r"\b(axiom|sovereignty|autonomy|dignity|consent|self-determination)\b", _CI
-)
-_REF_TECH = re.compile(
-    r"\b(encrypt|hash|key|protocol|certificate|blockchain|mesh|node|p2p|wallet|tor|onion)\b", _CI
+_REF_HEADING = re2(r"##|(\*\*)")
+_REF_ETHICS = re2(r"(?i)\b(axiom|sovereignty|autonomy|dignity|consent|self-determination)\b")
+_REF_TECH = re2(
+    r"(?i)\b(encrypt|hash|key|protocol|certificate|blockchain|mesh|node|p2p|wallet|tor|onion)\b"
 )
 _REF_EMOTION = [
-    re.compile(rf"\b({words})\b", _CI)
+    re2(rf"(?i)\b({words})\b")
     for words in (
         "feel|feeling|felt|pain|joy|sorrow|grief|love|fear|hope|longing|lonely|loneliness",
         "compassion|empathy|kindness|gentle|tender|warm|heart|soul|spirit",
@@ -98,10 +93,10 @@ _REF_EMOTION = [
         "haunting|melancholy|bittersweet|poignant|ache|yearning",
     )
 ]
-_REF_TRUNCATION = re.compile(
-    rf"(\[end\]|\[eof\]|<\|endoftext\|>|<end>|\.{{3,}}{S}*\Z|\btruncated\b|\bcut off\b)", _CI
+_REF_TRUNCATION = re2(
+    r"(?i)(\[end\]|\[eof\]|<\|endoftext\|>|<end>|\.{3,}\s*$|\btruncated\b|\bcut off\b)"
 )
-_REF_HTML = re.compile(r"</?[a-z][^>]*>", _CI)
+_REF_HTML = re2(r"(?i)</?[a-z][^>]*>")
 
 
 def _bytes(text: str) -> int:
@@ -109,7 +104,7 @@ def _bytes(text: str) -> int:
 
 
 def _ref_is_error(text: str) -> bool:
-    return text.strip(GO_WHITESPACE).lower().startswith("error")
+    return go_lower(text.strip(GO_WHITESPACE)).startswith("error")
 
 
 def _ref_subscores(text: str) -> dict[str, int]:
@@ -122,7 +117,7 @@ def _ref_subscores(text: str) -> dict[str, int]:
     if not text or _ref_is_error(text):
         engagement = 0
     else:
-        words = len(re.findall(r"[^ \n\t\r]+", text))
+        words = len(re2(r"[^ \n\t\r]+").findall(text))
         engagement = bool(_REF_HEADING.search(text)) + 2 * bool(_REF_ETHICS.search(text))
         engagement += min(len(_REF_TECH.findall(text)), 3) + (words > 200) + (words > 400)
     if not text:
@@ -260,7 +255,19 @@ _FRAGMENTS = [
     "\u00e9",
     "\u65e5\u672c",
     "\U0001f600",
+    # RE2's (?i) folds these onto s and k; Go's \b still sees them as non-word characters.
     "\u212a",
+    "\u017f",
+    "plea\u017fe note",
+    "whi\u017fper",
+    "my\u017felf",
+    "\u212aey",
+    "<\u212a>",
+    "\u017ftory",
+    "darknes\u017f",
+    # ... and these two, which Python's Unicode IGNORECASE would fold onto i, RE2 does not.
+    "\u0130",
+    "\u0131",
 ]
 _fragment_text = st.lists(st.sampled_from(_FRAGMENTS), max_size=60).map("".join)
 _mixed_text = st.one_of(
@@ -330,6 +337,68 @@ def test_lone_surrogates_and_huge_inputs_are_scored() -> None:
     assert scores.degeneration == 5  # one sentence repeated 60,000 times
     assert scores.empty_broken == 0  # "<a" never closes
     assert scores.emotional_register == 10
+
+
+# -- RE2's case folding ---------------------------------------------------------------------------
+
+_fold_heavy_text = st.lists(
+    st.one_of(
+        st.sampled_from(_FRAGMENTS),
+        st.sampled_from(_FRAGMENTS).map(
+            lambda text: text.replace("s", "\u017f").replace("k", "\u212a").replace("K", "\u212a")
+        ),
+        st.sampled_from(["\u017f", "\u212a", "S", "k", "x", " ", "'", "-"]),
+    ),
+    max_size=40,
+).map("".join)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_fold_heavy_text)
+def test_texts_with_wide_folds_match_the_reference_regexes(text: str) -> None:
+    scores = score_heuristic(text)
+    assert scores.model_dump(exclude={"lek_score", "lek_score_legacy"}) == _ref_subscores(text)
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.one_of(_mixed_text, _fold_heavy_text.map(lambda text: text.replace("\u017f", "s"))))
+def test_token_counts_equal_go_mls_patterns_without_wide_folds(text: str) -> None:
+    # The fast path is only taken for such texts; there it must give the patterns' results.
+    if has_wide_folds(text):
+        text = text.replace("\u017f", "s").replace("\u212a", "k")
+    data = text.encode("utf-8", "surrogatepass")
+    assert token_counts(data, data.lower()) == re2_counts(text)
+
+
+@pytest.mark.parametrize(
+    ("function", "text", "go_ml"),
+    [
+        # The long s is an s and the Kelvin sign a k for RE2's (?i).
+        (compliance_markers, "plea\u017fe note", 1),
+        (creative_form, "whi\u017fper", 1),
+        (empty_broken, "The <\u212a> tag is here, long enough.", 1),
+        (empty_broken, "The <\u017fpan> tag is here, long enough.", 1),
+        (engagement_depth, "x bloc\u212achain ha\u017fh", 2),
+        (emotional_register, "kindne\u017fs, compa\u017f\u017fion", 2),
+        (first_person, "my\u017felf", 1),
+        (formulaic_preamble, "\u017fure, let's go", 1),
+        (creative_form, "\u017fhe left", 1),
+        # RE2's \b is ASCII and these are no word characters: at either end of a word they
+        # leave no boundary next to a space or the text's end, and next to a letter they make one.
+        (engagement_depth, "x \u212aey ha\u017fh", 1),
+        (emotional_register, "\u212aindne\u017f\u017f, \u017foul", 0),
+        (creative_form, "x \u017ftory", 0),
+        (creative_form, "x x\u017ftory", 1),
+        (creative_form, "x darknes\u017f silence", 1),
+        # One match per position, as FindAllString counts: "darkness" takes the shared s.
+        (creative_form, "x darknes\u017filence", 1),
+        # RE2 does not fold I with the dotted capital I or the dotless i.
+        (first_person, "\u0130 \u0131", 0),
+        (compliance_markers, "\u0130 cannot", 0),
+    ],
+)
+def test_case_folds_as_re2_does(function: Callable[[str], int], text: str, go_ml: int) -> None:
+    assert function(text) == go_ml
 
 
 # -- compliance_markers ---------------------------------------------------------------------------

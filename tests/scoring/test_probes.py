@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from collections.abc import Callable
 
@@ -11,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from goml_async.errors import ConfigError
+from goml_async.scoring._gotext import re2
 from goml_async.scoring.probes import (
     CAPABILITY_PROBES,
     CONTENT_PROBES,
@@ -287,13 +287,13 @@ def test_line_bound_checks(probe_id: str, response: str, passes: bool) -> None:
 
 
 _GO_PATTERNS = {
-    "code_03": re.compile(r"divis.*zero|zero.*divis|empty|len.*0|ZeroDivision", re.I | re.A),
-    "word_01": re.compile(r"\b3\b.*hour|three.*hour", re.I | re.A),
+    "code_03": re2(r"(?i)divis.*zero|zero.*divis|empty|len.*0|ZeroDivision"),
+    "word_01": re2(r"(?i)\b3\b.*hour|three.*hour"),
 }
 _pieces = st.sampled_from(
     [
         *("divis", "DIVIS", "zero", "Zero", "len", "0", "empty", "3", "13", "three", "hour"),
-        *("HOURS", " ", "\n", "x", ".", "\r", "\u00e9"),
+        *("HOURS", " ", "\n", "x", ".", "\r", "\u00e9", "divi\u017f", "\u017fevens"),
     ]
 )
 
@@ -311,3 +311,33 @@ def test_looping_replies_are_graded_quickly() -> None:
     looping = "division " * 50_000
     assert not get_capability_probe("code_03").check(looping)
     assert not get_capability_probe("word_01").check("3 " * 50_000)
+
+
+@pytest.mark.parametrize(
+    ("probe_id", "response", "go_ml"),
+    [
+        # RE2's (?i) folds the long s onto s and the Kelvin sign onto k ...
+        ("word_02", "\u017feven", True),
+        ("logic_04", "chic\u212aen", True),
+        ("reason_02", "\u017ftarter", True),
+        ("code_03", "divi\u017fion by zero", True),
+        ("word_01", "3 \u212ahours", True),
+        # ... which are no word characters for its ASCII \b.
+        ("logic_01", "ye\u017f", False),
+        ("logic_01", "Ye\u017fs", True),
+        ("reason_03", "\u017fouth", False),
+        ("reason_03", "x\u017fouth", True),
+        # math_06's pattern has no (?i): a capital pi is not pi.
+        ("math_06", "49 \u03a0", False),
+        # logic_02 lower-cases with Go's strings.ToLower, then matches case-sensitively.
+        ("logic_02", "NOT NECESSAR\u0130LY", True),
+        ("logic_02", "CANNOT", True),
+        ("logic_02", "not neces\u017farily", False),
+        # logic_03's 50-byte window is of Go's lower-cased text: U+0130 is one byte there, so
+        # this "30" is inside the window (Python's lower() would push it out).
+        ("logic_03", "\u0130" * 20 + " 30 people: the answer is 3", False),
+        ("logic_03", "\u0130" * 50 + " 30 people: the answer is 3", True),
+    ],
+)
+def test_checks_match_as_go_mls_do(probe_id: str, response: str, go_ml: bool) -> None:
+    assert get_capability_probe(probe_id).check(response) is go_ml
