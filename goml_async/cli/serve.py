@@ -17,7 +17,7 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 import anyio.abc
@@ -28,12 +28,13 @@ from goml_async.server import ServerConfig, create_app, require_server_extra
 from goml_async.service import ChatAdapter, Service
 from goml_async.settings import GomlSettings
 
-from ._common import served_name
+from ._common import is_url, served_name
 
 if TYPE_CHECKING:
     import uvicorn
 
     from goml_async.model import TextModel
+    from goml_async.server._connections import ConnectionLimits
     from goml_async.server.app import ServerApp
 
 __all__ = ["add_parser", "run"]
@@ -45,8 +46,13 @@ Serve a model over an OpenAI-compatible HTTP API: POST /v1/chat/completions and
 page at /, and the ml routes (GET /v1/ml/status, /v1/ml/backends, POST /v1/ml/generate).
 
 --model takes a .gguf file (llama.cpp), an MLX model folder, the base URL of another
-OpenAI-compatible server, or "default" (the bundled SmolLM2-135M-Instruct). Set
-GOML_SERVER_API_KEY to require "Authorization: Bearer <key>" on /v1/*.
+OpenAI-compatible server, or "default" (the bundled SmolLM2-135M-Instruct). Clients may ask
+for the served name, the --model value or any --alias. Set GOML_SERVER_API_KEY to require
+"Authorization: Bearer <key>" on /v1/*.
+
+Requests past --max-concurrency wait in line (first come first served) up to --max-queue and
+--queue-timeout; only past that is the answer 429 with Retry-After. Host names other than
+localhost, IP addresses and this machine's name need --allowed-host.
 
 SIGINT or SIGTERM shuts down gracefully: requests in progress get --grace seconds to finish.
 """
@@ -70,14 +76,33 @@ def add_parser(commands: Any) -> None:
         "-m", "--model", default="default", help='model path or URL, or "default" (the default)'
     )
     parser.add_argument("--backend", help="force a backend: mlx, llama or http")
-    parser.add_argument("--model-name", help="the name clients ask for (default: from --model)")
+    parser.add_argument("--model-name", help="the name replies carry (default: from --model)")
+    parser.add_argument(
+        "--alias",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="another model name clients may ask for (repeatable; '*' accepts any name)",
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
     parser.add_argument("--port", type=int, default=8090, help="port; 0 picks a free one (8090)")
     parser.add_argument(
         "--max-tokens", type=int, default=4096, help="cap on max_tokens per request (4096)"
     )
     parser.add_argument(
-        "--max-concurrency", type=int, default=4, help="requests served at once; more get 429 (4)"
+        "--max-concurrency",
+        type=int,
+        default=4,
+        help="requests served at once (and llama.cpp slots); more wait in line (4)",
+    )
+    parser.add_argument(
+        "--max-queue", type=int, default=64, help="requests that may wait in line; then 429 (64)"
+    )
+    parser.add_argument(
+        "--queue-timeout",
+        type=float,
+        default=120.0,
+        help="seconds a request may wait in line before a 429; 0 = no limit (120)",
     )
     parser.add_argument(
         "--timeout", type=float, default=300.0, help="seconds per request; 0 = none (300)"
@@ -95,9 +120,44 @@ def add_parser(commands: Any) -> None:
         "--grace", type=float, default=10.0, help="seconds to finish requests at shutdown (10)"
     )
     parser.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a Host name served besides localhost, IP addresses and this machine's name "
+        "(repeatable; '*.example.com' for subdomains, '*' for any)",
+    )
+    parser.add_argument(
+        "--allowed-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="a browser origin (https://app.example.com) that may POST (repeatable; '*' any)",
+    )
+    parser.add_argument(
+        "--header-timeout",
+        type=float,
+        default=10.0,
+        help="seconds a client may take to send a request's headers (10)",
+    )
+    parser.add_argument(
+        "--body-timeout",
+        type=float,
+        default=30.0,
+        help="seconds a client may take to send a request's body (30)",
+    )
+    parser.add_argument(
+        "--max-connections",
+        type=int,
+        default=0,
+        help="connections open at once; 0 = half the file-descriptor limit, at most 1024",
+    )
+    parser.add_argument(
         "--context-len", type=int, default=0, help="llama.cpp context size (0 = the model's)"
     )
-    parser.add_argument("--access-log", action="store_true", help="log every request")
+    parser.add_argument(
+        "--access-log", action="store_true", help="log every request (at any --log-level)"
+    )
     parser.add_argument(
         "--log-level",
         default="warning",
@@ -105,6 +165,27 @@ def add_parser(commands: Any) -> None:
         help="server log level (warning)",
     )
     parser.set_defaults(run=run)
+
+
+#: ServerConfig fields whose flag is not the field's name with dashes.
+_FLAGS: Final = {
+    "api_key": "GOML_SERVER_API_KEY",
+    "aliases": "--alias",
+    "allowed_hosts": "--allowed-host",
+    "allowed_origins": "--allowed-origin",
+}
+
+
+def _flag(field: str) -> str:
+    return _FLAGS.get(field, "--" + field.replace("_", "-"))
+
+
+def _allowed_hosts(args: argparse.Namespace) -> list[str]:
+    """The --allowed-host names, this machine's name, and --host when it is a name."""
+    names = [*args.allowed_host, socket.gethostname()]
+    if args.host not in ("", "0.0.0.0", "::"):
+        names.append(args.host)
+    return names
 
 
 def _check(args: argparse.Namespace) -> ServerConfig:
@@ -119,27 +200,52 @@ def _check(args: argparse.Namespace) -> ServerConfig:
     options = {
         "max_tokens": args.max_tokens,
         "max_concurrency": args.max_concurrency,
+        "max_queue": args.max_queue,
+        "queue_timeout": args.queue_timeout or None,
         "timeout": args.timeout or None,
         "max_context": args.max_context,
         "max_body_bytes": args.max_body_bytes,
         "api_key": key.get_secret_value() if key is not None else None,
+        "aliases": args.alias,
+        "allowed_hosts": _allowed_hosts(args),
+        "allowed_origins": args.allowed_origin,
     }
     try:
         return ServerConfig(model_name=args.model_name, **options)
     except ConfigError as exc:
-        where = (
-            "GOML_SERVER_API_KEY" if exc.field == "api_key" else "--" + exc.field.replace("_", "-")
+        raise ConfigError(_flag(exc.field), exc.problem) from None
+
+
+def _connection_limits(args: argparse.Namespace) -> ConnectionLimits:
+    from goml_async.server._connections import ConnectionLimits
+
+    try:
+        return ConnectionLimits(
+            header_timeout=args.header_timeout,
+            body_timeout=args.body_timeout,
+            max_connections=args.max_connections,
         )
-        raise ConfigError(where, exc.problem) from None
+    except ConfigError as exc:
+        raise ConfigError(_flag(exc.field), exc.problem) from None
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(), format="goml serve: %(levelname)s %(name)s: %(message)s"
+    )
+    if level != "debug":
+        # Each request of the llama-server readiness poll (a 503 until the model is loaded)
+        # and of every client would be an INFO line: they are for debugging only.
+        for noisy in ("httpx", "httpcore"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def run(args: argparse.Namespace) -> int:
     config = _check(args)
     require_server_extra("starlette", "uvicorn")
-    logging.basicConfig(
-        level=args.log_level.upper(), format="goml serve: %(levelname)s %(name)s: %(message)s"
-    )
-    return anyio.run(_serve, args, config, backend="asyncio")
+    limits = _connection_limits(args)
+    _setup_logging(args.log_level)
+    return anyio.run(_serve, args, config, limits, backend="asyncio")
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -216,12 +322,16 @@ async def _load(args: argparse.Namespace) -> TextModel:
     options: dict[str, Any] = {}
     if args.context_len:
         options["context_len"] = args.context_len
+    if not is_url(args.model):
+        # A local model decodes as many sequences as the server lets in at once, so requests
+        # wait in the server's own line (visible in /healthz), never inside llama-server.
+        options["parallel_slots"] = args.max_concurrency
     if args.model == "default":
         return await load_default_model(backend=args.backend, **options)
     return await load_model(args.model, backend=args.backend, **options)
 
 
-async def _serve(args: argparse.Namespace, config: ServerConfig) -> int:
+async def _serve(args: argparse.Namespace, config: ServerConfig, limits: ConnectionLimits) -> int:
     sock = _listen(args.host, args.port)
     started = time.monotonic()
     failure: Exception | None = None
@@ -231,7 +341,7 @@ async def _serve(args: argparse.Namespace, config: ServerConfig) -> int:
             async with anyio.create_task_group() as group:
                 group.start_soon(_on_signals, signals, session, group)
                 try:
-                    await _run(args, config, sock, session)
+                    await _run(args, config, limits, sock, session)
                 except Exception as exc:  # raised below, outside the task group (not as a group)
                     failure = exc
                 group.cancel_scope.cancel()
@@ -243,17 +353,29 @@ async def _serve(args: argparse.Namespace, config: ServerConfig) -> int:
         _say("interrupted while loading the model; stopped")
         return 0
     stats = session.app.stats
+    errors = stats.client_errors + stats.server_errors
     _say(
         f"stopped after {time.monotonic() - started:.1f} s: {stats.requests} request(s), "
-        f"{stats.completed} completed, {stats.errors} error(s), {stats.client_disconnects} "
-        f"client disconnect(s), {stats.stopped_at_shutdown} stopped at shutdown"
+        f"{stats.completed} completed, {errors} error(s) ({stats.client_errors} 4xx, "
+        f"{stats.server_errors} 5xx), {stats.client_disconnects} client disconnect(s), "
+        f"{stats.stopped_at_shutdown} stopped at shutdown"
     )
     return 0
+
+
+def _aliases(args: argparse.Namespace, name: str | None) -> list[str]:
+    """The names accepted besides ``name``: the default name from --model, the --model value
+    itself (``default``, a path; not a URL) and every --alias."""
+    names = [served_name(args.model)]
+    if not is_url(args.model):
+        names.append(args.model)
+    return [alias for alias in [*names, *args.alias] if alias and alias != name]
 
 
 async def _run(
     args: argparse.Namespace,
     config: ServerConfig,
+    limits: ConnectionLimits,
     sock: socket.socket,
     session: _Session,
 ) -> None:
@@ -272,7 +394,8 @@ async def _run(
             model,
             config,
             model_name=name,
-            routes=lambda app: [ml_mount(service, config, admit=app.admit)],
+            aliases=_aliases(args, name),
+            routes=lambda app: [ml_mount(service, config, admit=app.admit, stats=app.stats)],
         )
         # The served model is the Service's default backend (the model stays ours to close).
         service.register(app.model_name, ChatAdapter(model, app.model_name), default=True)
@@ -283,6 +406,7 @@ async def _run(
             log_level=args.log_level,
             access_log=args.access_log,
             on_started=lambda: _announce(app, url),
+            limits=limits,
         )
         session.server, session.app = server, app
         await server.serve(sockets=[sock])
@@ -293,7 +417,9 @@ async def _run(
 def _announce(app: ServerApp, url: str) -> None:
     config = app.config
     auth = "API key required" if config.api_key else "no API key"
+    also = ", ".join(map(repr, app.model_names[1:]))
+    names = f"model {app.model_name!r}" + (f" (also {also})" if also else "")
     _say(
-        f"listening on {url} (model {app.model_name!r}, max_tokens {config.max_tokens}, "
+        f"listening on {url} ({names}, max_tokens {config.max_tokens}, "
         f"{config.max_concurrency} at once, {auth}); Ctrl+C to stop"
     )

@@ -2,17 +2,20 @@
 
 uvicorn's own signal handling re-raises SIGTERM/SIGINT once it has shut down, which would end
 the process with the signal instead of exit status 0; ``goml serve`` handles the signals itself
-and tells the server when to stop (``should_exit``, then ``force_exit``).
+and tells the server when to stop (``should_exit``, then ``force_exit``). Connections are read
+under the header/body timeouts and the connection cap of :mod:`goml_async.server._connections`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import socket
 from collections.abc import Callable, Iterator
 
 import uvicorn
 
+from ._connections import ConnectionGuard, ConnectionLimits, accept_backlog
 from .app import ServerApp
 
 __all__ = ["QuietServer", "make_server"]
@@ -47,21 +50,34 @@ def make_server(
     log_level: str = "warning",
     access_log: bool = False,
     on_started: Callable[[], None] | None = None,
+    limits: ConnectionLimits | None = None,
 ) -> QuietServer:
     """A uvicorn server for ``app``: h11, no lifespan, no websockets, no proxy headers.
 
     ``grace`` is uvicorn's own last-resort deadline for connections at shutdown; the app's
-    :meth:`~goml_async.server.app.ServerApp.drain` normally ends them first.
+    :meth:`~goml_async.server.app.ServerApp.drain` normally ends them first. ``access_log``
+    logs one line per request (logger ``uvicorn.access``) whatever ``log_level`` is.
+    ``limits`` are the connection limits (default: :class:`ConnectionLimits`); the app's
+    ``/healthz`` reports them under ``connections``.
     """
+    guard = ConnectionGuard(limits)
     config = uvicorn.Config(
         app,
         lifespan="off",
-        http="h11",
+        http=guard.protocol_class(),
         ws="none",
         log_config=None,
         log_level=log_level,
         access_log=access_log,
         proxy_headers=False,
         timeout_graceful_shutdown=int(grace) + 5,
+        backlog=accept_backlog(guard.limits.max_connections),
     )
+    if access_log:
+        # uvicorn logs access lines at INFO on a logger it has just set to log_level: asked
+        # for, they are printed at any level (and propagate to the root handler).
+        access = logging.getLogger("uvicorn.access")
+        access.setLevel(logging.INFO)
+        access.propagate = True
+    app.connection_stats = guard.snapshot
     return QuietServer(config, on_started)

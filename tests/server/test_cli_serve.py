@@ -6,8 +6,11 @@ returns a ScriptedModel, so no real model is loaded here (test_serve_llama.py do
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
 import re
+import resource
 import signal
 import socket
 import subprocess
@@ -17,10 +20,13 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import anyio
 import httpx
+import openai
 import pytest
 
 from goml_async.cli import main
+from goml_async.registry import bundled_model_path
 
 from .helpers import USER, sse_payloads
 
@@ -29,6 +35,7 @@ LISTENING = re.compile(r"listening on (http://\S+)")
 
 LAUNCHER = textwrap.dedent(
     """
+    import os
     import sys
     from goml_async.cli import main
     from goml_async.registry import register_backend
@@ -42,7 +49,9 @@ LAUNCHER = textwrap.dedent(
             return True
 
         async def load_model(self, path, config, **options):
-            return ScriptedModel(["tok "] * int(path), delay=0.02)
+            # --model N: N tokens; any other --model (default included): 5 tokens.
+            name = os.path.basename(path)
+            return ScriptedModel(["tok "] * (int(name) if name.isdigit() else 5), delay=0.02)
 
 
     register_backend(Scripted())
@@ -103,14 +112,22 @@ def test_help_lists_the_limits(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 class Served:
-    def __init__(self, process: subprocess.Popen[str], url: str, banner: str) -> None:
+    def __init__(
+        self, process: subprocess.Popen[str], url: str, banner: str, log: Path | None = None
+    ) -> None:
         self.process = process
         self.url = url
         self.banner = banner
+        self.log = log
 
     def finish(self) -> str:
         output, _ = self.process.communicate(timeout=30)
         return output
+
+    def stderr(self) -> str:
+        """What the server wrote to stderr (when started with ``capture_stderr``)."""
+        assert self.log is not None
+        return self.log.read_text()
 
 
 @pytest.fixture
@@ -119,29 +136,40 @@ def serve(tmp_path: Path) -> Iterator[Callable[..., Served]]:
     launcher.write_text(LAUNCHER)
     started: list[subprocess.Popen[str]] = []
 
-    def start(tokens: int, *flags: str, env: dict[str, str] | None = None) -> Served:
+    def start(
+        tokens: int | str,
+        *flags: str,
+        env: dict[str, str] | None = None,
+        capture_stderr: bool = False,
+        preexec_fn: Callable[[], None] | None = None,
+    ) -> Served:
         environ = {k: v for k, v in os.environ.items() if k != "GOML_SERVER_API_KEY"}
-        process = subprocess.Popen(
-            [sys.executable, str(launcher), "--model", str(tokens), "--port", "0", *flags],
-            cwd=REPO,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-            env={**environ, "NO_PROXY": "127.0.0.1", **(env or {})},
-        )
+        log = tmp_path / f"stderr-{len(started)}.txt" if capture_stderr else None
+        with open(log or os.devnull, "w") as stderr:  # the child keeps its own copy
+            process = subprocess.Popen(
+                [sys.executable, str(launcher), "--model", str(tokens), "--port", "0", *flags],
+                cwd=REPO,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                text=True,
+                env={**environ, "NO_PROXY": "127.0.0.1", **(env or {})},
+                preexec_fn=preexec_fn,
+            )
         started.append(process)
         assert process.stdout is not None
         deadline = time.monotonic() + 30
         while not (found := LISTENING.search(line := process.stdout.readline())):
             assert process.poll() is None, f"goml serve exited with {process.returncode}"
             assert time.monotonic() < deadline
-        return Served(process, found.group(1), line)
+        return Served(process, found.group(1), line, log)
 
     yield start
     for process in started:
         if process.poll() is None:
             process.kill()
             process.wait()
+        if process.stdout is not None:
+            process.stdout.close()
 
 
 def stream_with_signals(served: Served, signals: list[signal.Signals], *, after: int) -> bytes:
@@ -237,3 +265,184 @@ def test_the_listening_socket_makes_connections_without_nagles_delay() -> None:
             assert accepted.proto == socket.IPPROTO_TCP
     finally:
         sock.close()
+
+
+# -- the line, the names, the logs, the summary, the checks and the connection cap ----------------
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # the openai client's async side: asyncio
+async def test_a_burst_of_16_openai_clients_is_served_in_full(
+    serve: Callable[..., Served], anyio_backend: str
+) -> None:
+    served: Served = serve(125)  # 2.5 s a request, 4 at once (the default): 10 s for all 16
+    async with openai.AsyncOpenAI(base_url=f"{served.url}/v1", api_key="unused") as client:
+
+        async def ask() -> str:
+            reply = await client.chat.completions.create(model="125", messages=[USER])
+            return reply.choices[0].message.content or ""
+
+        # openai's own retries (2, after Retry-After) are left on, as users have them.
+        async with anyio.create_task_group() as group:
+            answers: list[str] = []
+
+            async def one() -> None:
+                answers.append(await ask())
+
+            for _ in range(16):
+                group.start_soon(one)
+    assert answers == ["tok " * 125] * 16  # not one RateLimitError
+    async with httpx.AsyncClient() as http:
+        health = (await http.get(f"{served.url}/healthz")).json()
+    assert health["rejected_busy_total"] == 0
+    assert (health["peak_active_requests"], health["peak_queued_requests"]) == (4, 12)
+    served.process.send_signal(signal.SIGTERM)
+    assert "16 request(s), 16 completed, 0 error(s)" in served.finish()
+
+
+def test_the_queue_flags_reach_the_server(serve: Callable[..., Served]) -> None:
+    served: Served = serve(100, "--max-concurrency", "1", "--max-queue", "0")
+    health = httpx.get(f"{served.url}/healthz").json()
+    assert (health["max_queue"], health["queue_timeout_seconds"]) == (0, 120.0)
+    with httpx.stream(
+        "POST", f"{served.url}/v1/chat/completions", json={"messages": [USER], "stream": True}
+    ) as running:
+        chunks = running.iter_raw()  # kept: a dropped iterator closes the response
+        next(chunks)  # generating now
+        refused = httpx.post(f"{served.url}/v1/chat/completions", json={"messages": [USER]})
+    assert refused.status_code == 429 and refused.headers["retry-after"] == "1"
+    other: Served = serve(3, "--queue-timeout", "0")
+    assert httpx.get(f"{other.url}/healthz").json()["queue_timeout_seconds"] is None
+
+
+def test_the_name_it_was_started_with_is_served(serve: Callable[..., Served]) -> None:
+    served: Served = serve("default", "--alias", "smol")
+    real = bundled_model_path().stem
+    with openai.OpenAI(base_url=f"{served.url}/v1", api_key="unused", max_retries=0) as client:
+        assert [model.id for model in client.models.list().data] == [real, "default", "smol"]
+        for name in ("default", real, "smol", ""):
+            reply = client.chat.completions.create(model=name, messages=[USER])
+            assert reply.choices[0].message.content == "tok " * 5
+            assert reply.model == real
+        assert client.models.retrieve("default").id == "default"
+        with pytest.raises(openai.NotFoundError) as caught:
+            client.chat.completions.create(model="gpt-4o", messages=[USER])
+    assert "'default'" in str(caught.value)
+    assert f"model {real!r} (also 'default', 'smol')" in served.banner
+
+
+def test_a_model_name_keeps_the_real_name_accepted(serve: Callable[..., Served]) -> None:
+    served: Served = serve("default", "--model-name", "mine")
+    real = bundled_model_path().stem
+    with openai.OpenAI(base_url=f"{served.url}/v1", api_key="unused", max_retries=0) as client:
+        assert [model.id for model in client.models.list().data] == ["mine", real, "default"]
+        assert client.chat.completions.create(model=real, messages=[USER]).model == "mine"
+
+
+def test_any_name_with_the_star_alias(serve: Callable[..., Served]) -> None:
+    served: Served = serve(3, "--alias", "*")
+    reply = httpx.post(
+        f"{served.url}/v1/chat/completions", json={"messages": [USER], "model": "gpt-4o"}
+    )
+    assert reply.status_code == 200
+    assert [card["id"] for card in httpx.get(f"{served.url}/v1/models").json()["data"]] == ["3"]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("litellm") is None, reason="litellm not installed")
+def test_litellm_reaches_the_served_model_by_the_name_default(
+    serve: Callable[..., Served],
+) -> None:
+    import litellm
+
+    served: Served = serve("default")
+    reply = litellm.completion(
+        model="openai/default",
+        api_base=f"{served.url}/v1",
+        api_key="unused",
+        messages=[USER],
+        num_retries=0,
+    )
+    assert reply.choices[0].message.content == "tok " * 5
+
+
+@pytest.mark.parametrize("log_level", ["warning", "error"])
+def test_the_access_log_prints_at_any_level(serve: Callable[..., Served], log_level: str) -> None:
+    served: Served = serve(3, "--access-log", "--log-level", log_level, capture_stderr=True)
+    httpx.post(f"{served.url}/v1/chat/completions", json={"messages": [USER]})
+    httpx.get(f"{served.url}/v1/nothing")
+    served.process.send_signal(signal.SIGTERM)
+    served.finish()
+    log = served.stderr()
+    assert '"POST /v1/chat/completions HTTP/1.1" 200' in log
+    assert '"GET /v1/nothing HTTP/1.1" 404' in log
+
+
+def test_without_the_flag_no_access_log(serve: Callable[..., Served]) -> None:
+    served: Served = serve(3, "--log-level", "info", capture_stderr=True)
+    httpx.post(f"{served.url}/v1/chat/completions", json={"messages": [USER]})
+    served.process.send_signal(signal.SIGTERM)
+    served.finish()
+    assert "/v1/chat/completions" not in served.stderr()
+
+
+def test_the_summary_counts_4xx_and_5xx_errors(serve: Callable[..., Served]) -> None:
+    served: Served = serve(3)
+    url = f"{served.url}/v1/chat/completions"
+    assert httpx.post(url, json={"messages": [USER]}).status_code == 200
+    assert httpx.post(url, json={"messages": [USER], "model": "nope"}).status_code == 404
+    assert httpx.post(url, json={"messages": [USER], "temperature": 9}).status_code == 400
+    served.process.send_signal(signal.SIGTERM)
+    output = served.finish()
+    assert "3 request(s), 1 completed, 2 error(s) (2 4xx, 0 5xx)" in output
+
+
+def test_a_rebinding_host_and_a_text_plain_post_are_refused(serve: Callable[..., Served]) -> None:
+    served: Served = serve(3)
+    url = f"{served.url}/v1/chat/completions"
+    body = json.dumps({"messages": [USER]})
+    rebound = httpx.post(url, content=body, headers={"host": "rebind.evil.example"})
+    plain = httpx.post(url, content=body, headers={"content-type": "text/plain"})
+    assert (rebound.status_code, plain.status_code) == (400, 415)
+    named: Served = serve(3, "--allowed-host", "rebind.evil.example")
+    allowed = httpx.post(
+        f"{named.url}/v1/chat/completions",
+        content=body,
+        headers={"host": "rebind.evil.example", "content-type": "application/json"},
+    )
+    assert allowed.status_code == 200
+
+
+def _descriptor_limit(limit: int) -> Callable[[], None]:
+    def apply() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
+    return apply
+
+
+def test_400_slow_connections_at_a_300_descriptor_limit_leave_room_for_a_probe(
+    serve: Callable[..., Served],
+) -> None:
+    # A header timeout far longer than the test: what makes room is the connection cap.
+    served: Served = serve(3, "--header-timeout", "120", preexec_fn=_descriptor_limit(300))
+    host, port = served.url.removeprefix("http://").split(":")
+    slow: list[socket.socket] = []
+    try:
+        for _ in range(400):
+            sock = socket.create_connection((host, int(port)))
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Slow: ")
+            slow.append(sock)
+        asked = time.monotonic()
+        probe = httpx.get(f"{served.url}/healthz", timeout=10)
+        probed_in = time.monotonic() - asked
+    finally:
+        for sock in slow:
+            sock.close()
+    assert probe.status_code == 200
+    assert probed_in < 5.0
+    connections = probe.json()["connections"]
+    assert connections["max_connections"] == 150  # half the descriptor limit
+    assert connections["open"] <= 150
+    assert connections["shed_total"] >= 400 - 150
+    served.process.send_signal(signal.SIGTERM)
+    assert served.finish()
+    assert served.process.returncode == 0

@@ -33,6 +33,8 @@ from goml_async.service import ChatAdapter  # noqa: E402
 from goml_async.testing import ScriptedModel  # noqa: E402
 from goml_async.types import MessageLike  # noqa: E402
 
+from .helpers import Exchange, drive, wait_until  # noqa: E402
+
 pytestmark = pytest.mark.anyio
 
 REPO = Path(__file__).resolve().parents[2]
@@ -247,6 +249,33 @@ async def test_generate_shares_the_servers_concurrency_cap_and_drain() -> None:
 
         app.start_shutdown()
         assert_error(await post(http, {"prompt": "hi"}), 503, "shutting_down", None)
+
+
+async def test_a_client_hanging_up_stops_its_generation() -> None:
+    """A hung-up /v1/ml/generate gives its place back at once instead of generating on."""
+    slow = ScriptedModel(["a"] * 1000, delay=0.01)  # 10 s if nothing stops it
+    service = Service(GomlSettings())
+    service.register("slow", ChatAdapter(slow, "slow"), default=True)
+    app = create_app(
+        slow,
+        ServerConfig(max_concurrency=1),
+        routes=lambda app: [ml_mount(service, admit=app.admit, stats=app.stats)],
+    )
+    gone = anyio.Event()
+    seen: list[Exchange] = []
+
+    async def hang_up_later() -> None:
+        seen.append(await drive(app, "/v1/ml/generate", {"prompt": "hi"}, gone=gone))
+
+    async with service, anyio.create_task_group() as group:
+        group.start_soon(hang_up_later)
+        await wait_until(lambda: app.active_requests == 1 and slow.calls != [])
+        gone.set()
+        await wait_until(lambda: app.active_requests == 0, 1.0)
+    assert seen[0].status in (0, 499)  # nobody reads the reply
+    health = app.health()
+    assert (health["client_disconnects_total"], health["completed_total"]) == (1, 0)
+    assert health["requests_total"] == 1
 
 
 # -- the bundled model ----------------------------------------------------------------------------

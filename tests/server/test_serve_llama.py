@@ -4,6 +4,8 @@ httpx for disconnects and the graceful shutdown."""
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
 import re
 import signal
@@ -41,21 +43,30 @@ class Serving:
     llama_pid: int
     llama_url: str
     banner: str
+    llama_command: list[str]
 
 
-def start_serve(bundled_gguf: Path, *extra: str, env: dict[str, str] | None = None) -> Serving:
-    """Start ``goml serve --port 0`` on the bundled model; wait for the URL it prints."""
-    command = [sys.executable, "-m", "goml_async", "serve", "--model", str(bundled_gguf)]
+def start_serve(
+    bundled_gguf: Path,
+    *extra: str,
+    env: dict[str, str] | None = None,
+    model: str | None = None,
+    stderr: Path | None = None,
+) -> Serving:
+    """Start ``goml serve --port 0`` on the bundled model (``--model model`` when given; its
+    stderr into the file ``stderr``); wait for the URL it prints."""
+    command = [sys.executable, "-m", "goml_async", "serve", "--model", model or str(bundled_gguf)]
     command += ["--port", "0", "--context-len", "2048", "--max-concurrency", "2", *extra]
     environ = {k: v for k, v in os.environ.items() if k != "GOML_SERVER_API_KEY"}
-    process = subprocess.Popen(
-        command,
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env={**environ, "NO_PROXY": "127.0.0.1", **(env or {})},
-    )
+    with open(stderr or os.devnull, "w") as errors:  # the child keeps its own copy
+        process = subprocess.Popen(
+            command,
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=errors,
+            text=True,
+            env={**environ, "NO_PROXY": "127.0.0.1", **(env or {})},
+        )
     assert process.stdout is not None
     deadline = time.monotonic() + 90
     while True:
@@ -68,7 +79,7 @@ def start_serve(bundled_gguf: Path, *extra: str, env: dict[str, str] | None = No
     assert len(children) == 1, children
     cmdline = Path(f"/proc/{children[0]}/cmdline").read_text().split("\0")
     port = cmdline[cmdline.index("--port") + 1]
-    return Serving(found.group(1), process, children[0], f"http://127.0.0.1:{port}", line)
+    return Serving(found.group(1), process, children[0], f"http://127.0.0.1:{port}", line, cmdline)
 
 
 def stop_serve(serving: Serving) -> str:
@@ -82,13 +93,27 @@ def stop_serve(serving: Serving) -> str:
 
 @pytest.fixture(scope="module")
 def serving(bundled_gguf: Path) -> Iterator[Serving]:
-    serving = start_serve(bundled_gguf)
+    # Started as users start it: the bundled model by the name "default".
+    serving = start_serve(bundled_gguf, model="default")
     try:
         yield serving
     finally:
         if serving.process.poll() is None:
             output = stop_serve(serving)
             assert "stopped after" in output
+
+
+def decoded_tokens(llama_url: str) -> int:
+    """The most tokens a busy slot has decoded so far (0 when none is busy)."""
+    slots = httpx.get(f"{llama_url}/slots", timeout=5).json()
+    return max(
+        (
+            slot["next_token"][0]["n_decoded"]
+            for slot in slots
+            if slot["is_processing"] and slot.get("next_token")
+        ),
+        default=0,
+    )
 
 
 def busy_slots(llama_url: str) -> int:
@@ -249,3 +274,119 @@ def test_sigterm_lets_the_stream_finish_then_exits_0(bundled_gguf: Path) -> None
     assert process_gone(serving.llama_pid)
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{serving.url}/healthz", timeout=2)
+
+
+# -- names, slots, the line, quiet start-up, /v1/ml/generate disconnects --------------------------
+
+
+def test_openai_asks_for_the_model_by_the_name_it_was_started_with(serving: Serving) -> None:
+    with openai.OpenAI(base_url=f"{serving.url}/v1", api_key="unused", max_retries=0) as client:
+        names = [model.id for model in client.models.list().data]
+        assert names == ["SmolLM2-135M-Instruct.Q4_1", "default"]
+        for name in names:
+            reply = client.chat.completions.create(
+                model=name, messages=QUESTION, max_tokens=8, temperature=0
+            )
+            assert "Paris" in (reply.choices[0].message.content or "")
+        with pytest.raises(openai.NotFoundError):
+            client.chat.completions.create(model="gpt-4o", messages=QUESTION, max_tokens=2)
+
+
+@pytest.mark.anyio
+async def test_goml_asks_for_the_model_by_the_name_default(serving: Serving) -> None:
+    async with await load_model(f"{serving.url}/v1", model="default") as model:
+        result = await model.chat(QUESTION, max_tokens=8, temperature=0).collect()
+    assert "Paris" in result.text
+
+
+@pytest.mark.skipif(importlib.util.find_spec("litellm") is None, reason="litellm not installed")
+def test_litellm_asks_for_the_model_by_the_name_default(serving: Serving) -> None:
+    import litellm
+
+    reply = litellm.completion(
+        model="openai/default",
+        api_base=f"{serving.url}/v1",
+        api_key="unused",
+        messages=QUESTION,
+        max_tokens=8,
+        temperature=0,
+        num_retries=0,
+    )
+    assert "Paris" in reply.choices[0].message.content
+
+
+def test_llama_server_has_as_many_slots_as_the_server_lets_in(serving: Serving) -> None:
+    command = serving.llama_command
+    assert command[command.index("--parallel") + 1] == "2"  # --max-concurrency 2
+    assert len(httpx.get(f"{serving.llama_url}/slots", timeout=5).json()) == 2
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # the openai client's async side: asyncio
+async def test_six_concurrent_requests_on_two_slots_all_succeed(
+    serving: Serving, anyio_backend: str
+) -> None:
+    busiest = 0
+    async with openai.AsyncOpenAI(
+        base_url=f"{serving.url}/v1", api_key="unused", max_retries=0
+    ) as client:
+
+        async def ask() -> str:
+            reply = await client.chat.completions.create(
+                model="default", messages=QUESTION, max_tokens=8, temperature=0
+            )
+            return reply.choices[0].message.content or ""
+
+        answers: list[str] = []
+
+        async def one() -> None:
+            answers.append(await ask())
+
+        async with anyio.create_task_group() as group:
+            for _ in range(6):
+                group.start_soon(one)
+            while len(answers) < 6:
+                slots = await anyio.to_thread.run_sync(busy_slots, serving.llama_url)
+                busiest = max(busiest, slots)
+                await anyio.sleep(0.05)
+    assert len(answers) == 6 and all("Paris" in answer for answer in answers)
+    assert busiest <= 2  # the rest waited in goml serve's own line, not inside llama-server
+    async with httpx.AsyncClient() as http:
+        health = (await http.get(f"{serving.url}/healthz")).json()
+    assert health["peak_active_requests"] == 2 and health["peak_queued_requests"] >= 1
+
+
+@pytest.mark.anyio
+async def test_a_client_hanging_up_on_ml_generate_frees_the_llama_slot(serving: Serving) -> None:
+    host, port = serving.url.removeprefix("http://").split(":")
+    body = json.dumps({"prompt": STORY[0]["content"], "max_tokens": 400}).encode()
+    request = (
+        b"POST /v1/ml/generate HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+    )
+    async with await anyio.connect_tcp(host, int(port)) as stream:
+        await stream.send(request)
+        with anyio.fail_after(30):
+            # Dropped once decoding is under way (as the streamed test drops after 5 chunks):
+            # llama-server notices a closed connection when it next writes, not during prefill.
+            while await anyio.to_thread.run_sync(decoded_tokens, serving.llama_url) < 5:  # noqa: ASYNC110 (polling llama-server: no event)
+                await anyio.sleep(0.02)
+    dropped = time.monotonic()
+    while await anyio.to_thread.run_sync(busy_slots, serving.llama_url):
+        assert time.monotonic() - dropped < 1.0, "the slot was still busy 1 s after the drop"
+        await anyio.sleep(0.02)
+    async with httpx.AsyncClient() as http:
+        health = (await http.get(f"{serving.url}/healthz")).json()
+    assert health["active_requests"] == 0  # the place was given back with the slot
+
+
+def test_start_up_is_quiet_at_info_and_the_access_log_shows(
+    bundled_gguf: Path, tmp_path: Path
+) -> None:
+    log = tmp_path / "stderr.txt"
+    serving = start_serve(bundled_gguf, "--log-level", "info", "--access-log", stderr=log)
+    httpx.get(f"{serving.url}/healthz", timeout=5)
+    stop_serve(serving)
+    text = log.read_text()
+    assert "/health " not in text and "httpx" not in text  # llama-server's readiness poll
+    assert '"GET /healthz HTTP/1.1" 200' in text
