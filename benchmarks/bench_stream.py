@@ -19,11 +19,18 @@ Cases, each over the same pre-built token list:
 Each case reports ns/token (best and median of the repeats), the overhead over the baseline
 (case - baseline, in ns/token) and the ratio case/baseline. The design target is an overhead
 below 2 us per token for TokenStream and the InferenceAdapter: far below the time a real model
-takes to produce a token, so the SDK never limits throughput. The script is a report, not a
-test: it exits 0 whether the target is met or not.
+takes to produce a token, so the SDK never limits throughput.
+
+A second table times the blocking facade (:mod:`goml_async.sync`) from a plain thread over the
+same model, against ``await model.generate(...).collect()`` timed inside an event loop in the
+same run (the peer): ``sync.BlockingModel.stream`` iterated to the end, and ``sync.generate``.
+Its stream runs on the facade's background loop (always asyncio), so it is measured once, not
+per ``--backend``. The target is <= 10 us per token for the blocking stream.
+
+The script is a report, not a test: it exits 0 whether the targets are met or not.
 
 Run: ``python benchmarks/bench_stream.py [--tokens N] [--repeat R] [--backend asyncio|trio|both]
-[--markdown docs/benchmarks.md]``.
+[--no-blocking] [--markdown docs/benchmarks.md]``.
 """
 
 from __future__ import annotations
@@ -56,9 +63,11 @@ from goml_async import (
     Token,
     TokenStream,
 )
+from goml_async import sync as goml_sync
 from goml_async.model import BaseTextModel
 
 TARGET_NS = 2000.0
+BLOCKING_TARGET_NS = 10_000.0
 STOP = "\n\nUser:"
 # Short words, one of them a lone "\n": a possible start of the stop, so the cutter's hold-back
 # path runs too, but two newlines never follow each other and the stop is never completed.
@@ -206,6 +215,55 @@ class Case:
     gated: bool
 
 
+# -- the blocking facade ----------------------------------------------------------------------
+# Run from a plain thread, as a script does. Each returns (tokens delivered, elapsed ns): the
+# peer times itself inside its event loop, so starting and ending that loop is not counted.
+
+
+def blocking_peer(fixture: Fixture) -> tuple[int, int]:
+    """``await model.generate(...).collect()`` in an event loop: the peer of the blocking rows."""
+
+    async def timed() -> tuple[int, int]:
+        start = time.perf_counter_ns()
+        result = await fixture.model.generate(PROMPT, max_tokens=0).collect()
+        elapsed = time.perf_counter_ns() - start
+        return _generated(result.metrics, result.finish_reason), elapsed
+
+    return anyio.run(timed)
+
+
+def blocking_stream(fixture: Fixture) -> tuple[int, int]:
+    model = goml_sync.BlockingModel(fixture.model)
+    start = time.perf_counter_ns()
+    delivered = 0
+    for _ in model.stream(PROMPT, max_tokens=0):
+        delivered += 1
+    return delivered, time.perf_counter_ns() - start
+
+
+def blocking_generate(fixture: Fixture) -> tuple[int, int]:
+    start = time.perf_counter_ns()
+    result = goml_sync.generate(fixture.model, PROMPT, max_tokens=0)
+    elapsed = time.perf_counter_ns() - start
+    return _generated(result.metrics, result.finish_reason), elapsed
+
+
+@dataclass(frozen=True, slots=True)
+class BlockingCase:
+    """One measured way of consuming the stream from blocking code."""
+
+    name: str
+    run: Callable[[Fixture], tuple[int, int]]
+    gated: bool
+
+
+BLOCKING_CASES = (
+    BlockingCase("peer: async collect()", blocking_peer, gated=False),
+    BlockingCase("sync: BlockingModel.stream", blocking_stream, gated=True),
+    BlockingCase("sync: generate", blocking_generate, gated=False),
+)
+
+
 CASES = (
     Case("baseline: bare async generator", case_baseline, gated=False),
     Case("TokenStream", case_token_stream, gated=True),
@@ -223,7 +281,7 @@ CASES = (
 class CaseResult:
     """ns/token of one case, with the baseline's for the overhead and the ratio."""
 
-    case: Case
+    case: Case | BlockingCase
     best: float
     median: float
     baseline_best: float
@@ -297,6 +355,54 @@ def run_backend(backend: str, count: int, repeat: int) -> list[CaseResult]:
     return anyio.run(measure, count, repeat, backend=backend)
 
 
+def time_blocking_once(case: BlockingCase, fixture: Fixture) -> int:
+    """Run ``case`` once over ``fixture``; return the elapsed ns (garbage collector off)."""
+    gc.collect()
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        delivered, elapsed = case.run(fixture)
+    finally:
+        if was_enabled:
+            gc.enable()
+    if delivered != fixture.count:
+        raise RuntimeError(f"{case.name}: delivered {delivered} of {fixture.count} tokens")
+    return elapsed
+
+
+def measure_blocking(count: int, repeat: int) -> list[CaseResult]:
+    """Time the blocking cases and their peer, round-robin; the first row is the peer."""
+    warmup = Fixture.build(min(count, WARMUP_TOKENS))
+    for case in BLOCKING_CASES:  # also starts the facade's loop thread
+        time_blocking_once(case, warmup)
+    fixture = Fixture.build(count)
+    samples: dict[str, list[float]] = {case.name: [] for case in BLOCKING_CASES}
+    for _ in range(repeat):
+        for case in BLOCKING_CASES:
+            samples[case.name].append(time_blocking_once(case, fixture) / count)
+    peer = samples[BLOCKING_CASES[0].name]
+    return [
+        CaseResult(
+            case=case,
+            best=min(samples[case.name]),
+            median=statistics.median(samples[case.name]),
+            baseline_best=min(peer),
+            baseline_median=statistics.median(peer),
+        )
+        for case in BLOCKING_CASES
+    ]
+
+
+def blocking_verdict(rows: list[CaseResult]) -> str:
+    stream = next(row for row in rows if row.case.gated)
+    outcome = "PASS" if stream.median <= BLOCKING_TARGET_NS else "FAIL"
+    return (
+        f"{outcome}: {stream.case.name} costs {stream.median:,.0f} ns/token (median), "
+        f"{stream.median / stream.baseline_median:.2f}x async collect(); "
+        f"target <= {BLOCKING_TARGET_NS:,.0f} ns/token"
+    )
+
+
 def worst_overhead(results: dict[str, list[CaseResult]]) -> tuple[str, CaseResult]:
     """The gated case with the largest median overhead, over all backends."""
     candidates = [
@@ -321,6 +427,9 @@ def verdict(results: dict[str, list[CaseResult]]) -> str:
 # -- reporting ------------------------------------------------------------------------------------
 
 
+BLOCKING_TITLE = "blocking facade (overhead and ratio against async collect())"
+
+
 def rich_table(backend: str, count: int, repeat: int, rows: list[CaseResult]) -> Table:
     table = Table(title=f"{backend}: ns/token over {count:,} tokens, best/median of {repeat} runs")
     for index, column in enumerate(COLUMNS):
@@ -339,7 +448,12 @@ def markdown_table(rows: list[CaseResult]) -> str:
     return "\n".join(lines)
 
 
-def markdown_section(results: dict[str, list[CaseResult]], count: int, repeat: int) -> str:
+def markdown_section(
+    results: dict[str, list[CaseResult]],
+    count: int,
+    repeat: int,
+    blocking: list[CaseResult] | None = None,
+) -> str:
     parts = [
         HEADING,
         "",
@@ -352,6 +466,19 @@ def markdown_section(results: dict[str, list[CaseResult]], count: int, repeat: i
     for backend, rows in results.items():
         parts += ["", f"### {backend}", "", markdown_table(rows)]
     parts += ["", f"**{verdict(results)}**"]
+    if blocking is not None:
+        parts += [
+            "",
+            "### Blocking facade",
+            "",
+            "`goml_async.sync` from a plain thread, over the same model; the peer is "
+            "`await model.generate(...).collect()` timed inside an asyncio loop in the same run, "
+            "so overhead and ratio are against it.",
+            "",
+            markdown_table(blocking),
+            "",
+            f"**{blocking_verdict(blocking)}**",
+        ]
     return "\n".join(parts)
 
 
@@ -360,8 +487,10 @@ def write_markdown(path: Path, section: str) -> None:
     _report.write_markdown(path, "bench_stream", section, INTRO)
 
 
-def write_results(results: dict[str, list[CaseResult]]) -> Path:
-    """The worst layer's median overhead per event loop, for the summary table."""
+def write_results(
+    results: dict[str, list[CaseResult]], blocking: list[CaseResult] | None = None
+) -> Path:
+    """The worst layer's median overhead per event loop (and the blocking stream's cost)."""
     measures = []
     for backend, rows in results.items():
         worst = max((row for row in rows if row.case.gated), key=lambda row: row.overhead_median)
@@ -377,6 +506,20 @@ def write_results(results: dict[str, list[CaseResult]]) -> Path:
                 passed=worst.overhead_median < TARGET_NS,
             )
         )
+    for row in blocking or ():
+        if row.case.gated:
+            measures.append(
+                _report.Measure(
+                    measure=f"cost per token, blocking facade ({row.case.name})",
+                    unit="ns/token",
+                    goml=row.median,
+                    peer=row.baseline_median,
+                    peer_name="async collect()",
+                    ratio=row.median / row.baseline_median,
+                    target=f"<= {BLOCKING_TARGET_NS:,.0f} ns/token",
+                    passed=row.median <= BLOCKING_TARGET_NS,
+                )
+            )
     return _report.write_results(
         "bench_stream",
         title="Stream overhead",
@@ -394,6 +537,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tokens", type=positive_int, default=200_000, help="tokens per run")
     parser.add_argument("--repeat", type=positive_int, default=5, help="runs per case")
     parser.add_argument("--backend", choices=("asyncio", "trio", "both"), default="both")
+    parser.add_argument(
+        "--no-blocking",
+        action="store_true",
+        help="skip the blocking facade's table (goml_async.sync)",
+    )
     parser.add_argument(
         "--markdown",
         type=Path,
@@ -424,10 +572,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         console.print("no backend to run")
         return 0
     console.print(verdict(results))
+    blocking = None
+    if not args.no_blocking:
+        blocking = measure_blocking(args.tokens, args.repeat)
+        console.print(rich_table(BLOCKING_TITLE, args.tokens, args.repeat, blocking))
+        console.print(blocking_verdict(blocking))
     if args.markdown is not None:
-        write_markdown(args.markdown, markdown_section(results, args.tokens, args.repeat))
+        section = markdown_section(results, args.tokens, args.repeat, blocking)
+        write_markdown(args.markdown, section)
         console.print(f"wrote the results section of {args.markdown}")
-        console.print(f"wrote {write_results(results)}")
+        console.print(f"wrote {write_results(results, blocking)}")
     return 0
 
 

@@ -25,10 +25,11 @@ from types import TracebackType
 from typing import Any, Self, TypeVar
 
 import anyio
+import anyio.lowlevel
 from anyio.from_thread import BlockingPortal
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from anyio.lowlevel import EventLoopToken
 
-from . import registry
+from . import _sync_stream, registry
 from .compat import Backend
 from .errors import ConfigError, GomlError
 from .model import TextModel
@@ -65,19 +66,24 @@ class _LoopThread:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._portal: BlockingPortal | None = None
+        self._token: EventLoopToken | None = None
         self._thread: threading.Thread | None = None
 
     def portal(self) -> BlockingPortal:
+        return self.handles()[0]
+
+    def handles(self) -> tuple[BlockingPortal, EventLoopToken]:
+        """The portal, and the loop's token for calls that need no task of their own."""
         with self._lock:
             if self._portal is None:
                 self._start()
-            assert self._portal is not None
+            assert self._portal is not None and self._token is not None
             if threading.current_thread() is self._thread:
                 raise GomlError(
                     "goml_async.sync was called from its own event loop thread (for example from "
                     "a callback); await the async API there instead"
                 )
-            return self._portal
+            return self._portal, self._token
 
     def _start(self) -> None:
         ready = threading.Event()
@@ -85,7 +91,7 @@ class _LoopThread:
 
         async def serve() -> None:
             async with BlockingPortal() as portal:
-                self._portal = portal
+                self._portal, self._token = portal, anyio.lowlevel.current_token()
                 ready.set()
                 await portal.sleep_until_stopped()
 
@@ -107,7 +113,7 @@ class _LoopThread:
     def stop(self) -> None:
         with self._lock:
             portal, thread = self._portal, self._thread
-            self._portal = self._thread = None
+            self._portal = self._thread = self._token = None
         if portal is not None and thread is not None and thread is not threading.current_thread():
             portal.call(portal.stop)
             thread.join(timeout=5)
@@ -140,60 +146,10 @@ def shutdown() -> None:
     _loop.stop()
 
 
-async def _pump(
-    stream: TokenStream,
-    requests: MemoryObjectReceiveStream[None],
-    replies: MemoryObjectSendStream[Token],
-) -> None:
-    """Own ``stream`` in one task of the loop: one token per request, nothing read ahead.
-
-    Every step of a stream must run in the same task (backends hold limiters and cancel scopes
-    across tokens), so the blocking side asks this task for each token instead of stepping the
-    stream from a new task per token.
-    """
-    async with stream, requests, replies:
-        async for _ in requests:
-            try:
-                token = await stream.__anext__()
-            except StopAsyncIteration:
-                return
-            await replies.send(token)
-
-
-async def _ask(
-    requests: MemoryObjectSendStream[None], replies: MemoryObjectReceiveStream[Token]
-) -> Token | None:
-    """The next token from :func:`_pump`, or None once the stream ended (or failed)."""
-    try:
-        await requests.send(None)
-        return await replies.receive()
-    except (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream):
-        return None
-
-
 def _iterate(stream: TokenStream) -> Iterator[Token]:
-    portal = _loop.portal()
-    request_send, request_receive = anyio.create_memory_object_stream[None]()
-    reply_send, reply_receive = anyio.create_memory_object_stream[Token]()
-    pump = portal.start_task_soon(_pump, stream, request_receive, reply_send)
-    interrupted = True
-    try:
-        while (token := _call(portal, _ask, request_send, reply_receive)) is not None:
-            yield token
-        interrupted = False
-    except GeneratorExit:  # the caller left the loop early, between two tokens
-        interrupted = False
-        raise
-    finally:
-        if interrupted:
-            # e.g. Ctrl-C while a token was being computed: cancel the pump, whose shielded
-            # cleanup still closes the stream (and so stops the generation).
-            pump.cancel()
-        else:
-            # Ends the pump's request loop, which closes the stream in its own task.
-            portal.call(request_send.aclose)
-            portal.call(reply_receive.aclose)
-            pump.result()  # waits for the pump; re-raises the stream's error, if any
+    # A generator, so that nothing starts on the loop before the caller's first ``next()``.
+    portal, token = _loop.handles()
+    yield from _sync_stream.iterate(portal, token, stream)
 
 
 def _unwrap(model: TextModel | BlockingModel) -> TextModel:
@@ -235,7 +191,11 @@ class BlockingModel:
     def stream(
         self, prompt: str, config: GenerateConfig | None = None, **options: Any
     ) -> Iterator[Token]:
-        """Iterate over the tokens of a completion; leaving the loop stops generation."""
+        """Iterate over the tokens of a completion; leaving the loop stops generation.
+
+        Tokens that are already there reach the calling thread together; a model that computes
+        token by token is never asked for a token before the loop wants it.
+        """
         return _iterate(self._model.generate(prompt, config, **options))
 
     def stream_chat(
