@@ -10,8 +10,7 @@ One primitive, a stream of tokens, over local and remote language models::
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
-
+from ._version import __version__
 from .compat import (
     Backend,
     BackendTextModel,
@@ -30,11 +29,16 @@ from .errors import (
     GenerationTimeout,
     GomlError,
     JudgeError,
+    LifecycleError,
     ModelLoadError,
     NotSupported,
+    ServiceCloseError,
+    ServiceUnavailable,
     SinkError,
     StreamInterrupted,
     TransportError,
+    UnknownBackendError,
+    UnknownProbeError,
 )
 from .model import BaseTextModel, TextModel
 from .registry import (
@@ -71,11 +75,6 @@ from .types import (
     TopLogprob,
 )
 
-try:
-    __version__ = version("goml_async")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
-    __version__ = "0.0.0+unknown"
-
 __all__ = [
     "APIConnectionError",
     "APIStatusError",
@@ -98,6 +97,7 @@ __all__ = [
     "HTTPTextModel",
     "InferenceAdapter",
     "JudgeError",
+    "LifecycleError",
     "LlamaTextModel",
     "LoadConfig",
     "Message",
@@ -109,6 +109,8 @@ __all__ = [
     "Result",
     "Role",
     "Service",
+    "ServiceCloseError",
+    "ServiceUnavailable",
     "SinkError",
     "StopSequenceCutter",
     "StreamContext",
@@ -121,6 +123,8 @@ __all__ = [
     "TokenStream",
     "TopLogprob",
     "TransportError",
+    "UnknownBackendError",
+    "UnknownProbeError",
     "__version__",
     "bundled_model_path",
     "default_backend",

@@ -1,4 +1,7 @@
-"""The Service's value types, errors and helpers (re-exported by :mod:`goml_async.service`)."""
+"""The Service's value types and helpers (re-exported by :mod:`goml_async.service`).
+
+Its errors are defined in :mod:`goml_async.errors` and re-exported here under their old path.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +12,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 from .compat import Backend, InferenceAdapter
-from .errors import BackendUnavailable, ConfigError, GomlError
+from .errors import (  # defined in errors.py; re-exported here, where they used to live
+    ConfigError,
+    GomlError,
+    ServiceCloseError,
+    ServiceUnavailable,
+    UnknownBackendError,
+)
 from .model import TextModel
 from .types import GenOpts, Message, Result
 
@@ -39,41 +48,6 @@ ServiceState: TypeAlias = Literal["new", "running", "closed"]
 #: What ``Service(judge=...)`` takes: a Judge, a model to wrap in one, or a registered
 #: backend's name.
 JudgeSpec: TypeAlias = "Judge | TextModel | Backend | str"
-
-
-class UnknownBackendError(BackendUnavailable):
-    """No backend is registered under this name; ``known`` lists the names that are."""
-
-    def __init__(self, name: str, known: Sequence[str], *, configured: str = "") -> None:
-        self.known = tuple(known)
-        listed = ", ".join(self.known) or "none"
-        where = f" ({configured})" if configured else ""
-        super().__init__(f"unknown backend {name!r}{where}; registered: {listed}", backend=name)
-
-
-class ServiceUnavailable(BackendUnavailable):
-    """The Service is not running: it was not started yet, or it is closed."""
-
-    def __init__(self, state: ServiceState) -> None:
-        self.state = state
-        if state == "new":
-            problem = "the Service is not started: use 'async with Service(...)' or start()"
-        else:
-            problem = "the Service is closed"
-        super().__init__(problem)
-
-
-class ServiceCloseError(GomlError):
-    """Closing some owned backends failed; every other one was still closed.
-
-    Attributes:
-        failures: ``(backend name, exception)`` for each close that failed, in closing order.
-    """
-
-    def __init__(self, failures: Sequence[tuple[str, Exception]]) -> None:
-        self.failures = tuple(failures)
-        detail = "; ".join(f"{name}: {type(exc).__name__}: {exc}" for name, exc in self.failures)
-        super().__init__(f"closing {len(self.failures)} backend(s) failed: {detail}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,6 +23,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from .errors import ConfigError
+
 __all__ = ["DEFAULT_MAX_EVENT_CHARS", "SSEDecoder", "SSETooLarge", "ServerSentEvent"]
 
 #: The longest line, and the most data one event may hold, in characters (8 Mi): far above
@@ -136,9 +138,9 @@ class SSEDecoder:
                 the server sends).
         """
         if isinstance(max_event_chars, bool) or not isinstance(max_event_chars, int):
-            raise TypeError("max_event_chars must be an int")
+            raise ConfigError("max_event_chars", f"must be an int, got {max_event_chars!r}")
         if max_event_chars < 1:
-            raise ValueError("max_event_chars must be >= 1")
+            raise ConfigError("max_event_chars", f"must be >= 1, got {max_event_chars}")
         self._max_chars = max_event_chars
         self._reset()
 

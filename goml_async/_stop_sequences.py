@@ -21,6 +21,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import replace
 
+from .errors import ConfigError
 from .types import Token
 
 __all__ = ["StopSequenceCutter"]
@@ -115,7 +116,7 @@ class StopSequenceCutter:
 
     def __init__(self, stops: Sequence[str]) -> None:
         if not stops or any(not isinstance(stop, str) or not stop for stop in stops):
-            raise ValueError("stop sequences must be non-empty strings")
+            raise ConfigError("stops", "stop sequences must be non-empty strings")
         self._automaton = _automaton(tuple(stops))
         self._state = 0
         self._held: list[Token] = []

@@ -2,26 +2,36 @@
 
 Every error the SDK raises derives from :class:`GomlError`. Third-party exceptions (httpx, mlx,
 asyncssh, influx) are translated at the boundary with ``raise ... from exc``, so the original is
-always available as ``__cause__``.
+always available as ``__cause__``. Every public error is defined here; the modules that raise
+them (``goml_async.service``, ``goml_async.scoring.probes``) re-export theirs under the names
+they have always had.
 
 ```
 GomlError
-├── ConfigError            bad input: names the field that was wrong (also a ValueError)
-├── BackendUnavailable     unknown backend name or missing extra: carries the pip install hint
-├── ModelLoadError         a model file or folder is missing or unreadable: names the path
-├── NotSupported           the backend cannot do this operation (e.g. classify over HTTP)
-├── JudgeError             an LLM judge reply that is not valid for its scale: keeps the raw reply
-├── TransportError         a remote host (SSH) or local checkpoint folder could not be used
-├── SinkError              a metrics sink (InfluxDB) refused or could not take a write or query
-└── GenerationError        generation failed: carries the partial text and token count
-    ├── GenerationTimeout  a first-token, idle or total deadline passed
-    ├── StreamInterrupted  the stream broke after the first token (never replayed)
-    ├── APIStatusError     the server answered with an error status (after any retries)
-    └── APIConnectionError the server could not be reached (after any retries)
+├── ConfigError              bad input, naming the field (also a ValueError and a TypeError)
+│   └── UnknownProbeError    no probe has that id: lists the known ids (also a KeyError)
+├── BackendUnavailable       a backend that cannot be used: carries the pip install hint
+│   ├── UnknownBackendError  no backend is registered under that name: lists the known ones
+│   └── ServiceUnavailable   the Service is not started yet, or closed
+├── ModelLoadError           a model file or folder is missing or unreadable: names the path
+├── NotSupported             the backend cannot do this operation (e.g. classify over HTTP)
+├── JudgeError               an LLM judge reply not valid for its scale: keeps the raw reply
+├── TransportError           a remote host (SSH) or local checkpoint folder could not be used
+├── SinkError                a metrics sink (InfluxDB) could not take a write or a query
+├── LifecycleError           used out of order: started twice, before start or after stop
+├── ServiceCloseError        closing some of a Service's backends failed: lists each failure
+└── GenerationError          generation failed: carries the partial text and token count
+    ├── GenerationTimeout    a first-token, idle or total deadline passed
+    ├── StreamInterrupted    the stream broke after the first token (never replayed)
+    ├── APIStatusError       the server answered with an error status (after any retries)
+    └── APIConnectionError   the server could not be reached (after any retries)
 ```
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
 
 __all__ = [
     "APIConnectionError",
@@ -32,11 +42,16 @@ __all__ = [
     "GenerationTimeout",
     "GomlError",
     "JudgeError",
+    "LifecycleError",
     "ModelLoadError",
     "NotSupported",
+    "ServiceCloseError",
+    "ServiceUnavailable",
     "SinkError",
     "StreamInterrupted",
     "TransportError",
+    "UnknownBackendError",
+    "UnknownProbeError",
 ]
 
 
@@ -44,8 +59,12 @@ class GomlError(Exception):
     """Root of every exception raised by goml_async."""
 
 
-class ConfigError(GomlError, ValueError):
+class ConfigError(GomlError, ValueError, TypeError):
     """An invalid value was given; ``field`` names the offending parameter.
+
+    It is also a ``ValueError`` and a ``TypeError``: bad input of either kind (a value out of
+    range, an argument of the wrong type) is a ConfigError, and ``except`` clauses written for
+    the built-in errors still catch it.
 
     Example:
         >>> ConfigError("max_tokens", "must be >= 0, got -1")
@@ -56,6 +75,17 @@ class ConfigError(GomlError, ValueError):
         self.field = field
         self.problem = problem
         super().__init__(f"{field}: {problem}")
+
+
+class UnknownProbeError(ConfigError, KeyError):
+    """No probe has the requested id; the message lists the known ids.
+
+    It is a :class:`ConfigError` (bad input) and a ``KeyError`` (a failed lookup), so either
+    ``except`` clause catches it.
+    """
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return f"{self.field}: {self.problem}"
 
 
 class BackendUnavailable(GomlError):
@@ -72,6 +102,47 @@ class BackendUnavailable(GomlError):
         if install_hint:
             message = f"{message} (install it with: {install_hint})"
         super().__init__(message)
+
+
+class UnknownBackendError(BackendUnavailable):
+    """No backend is registered under this name; ``known`` lists the names that are.
+
+    Raised by the registry (:func:`~goml_async.get_backend`, :func:`~goml_async.load_model`)
+    and by a :class:`~goml_async.Service` alike, so one ``except`` clause covers both.
+
+    Args:
+        name: the name asked for.
+        known: the registered names.
+        configured: where the name came from, when it was not an argument (an env var).
+        message: the whole message, when the caller words it for its context.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        known: Sequence[str],
+        *,
+        configured: str = "",
+        message: str | None = None,
+    ) -> None:
+        self.known = tuple(known)
+        if message is None:
+            listed = ", ".join(self.known) or "none"
+            where = f" ({configured})" if configured else ""
+            message = f"unknown backend {name!r}{where}; registered: {listed}"
+        super().__init__(message, backend=name)
+
+
+class ServiceUnavailable(BackendUnavailable):
+    """The Service is not running: it was not started yet, or it is closed."""
+
+    def __init__(self, state: Literal["new", "running", "closed"]) -> None:
+        self.state = state
+        if state == "new":
+            problem = "the Service is not started: use 'async with Service(...)' or start()"
+        else:
+            problem = "the Service is closed"
+        super().__init__(problem)
 
 
 class ModelLoadError(GomlError):
@@ -100,6 +171,28 @@ class TransportError(GomlError):
 
     A command that runs and exits non-zero is not a TransportError: its exit code is returned.
     """
+
+
+class LifecycleError(GomlError):
+    """An object was used out of order, or could not start.
+
+    Started twice, used before it started or after it stopped, called from the event loop
+    thread it runs on, or its start failed (the cause is chained). A closed *model* is a
+    :class:`GenerationError` instead, where every other failure of a generation is.
+    """
+
+
+class ServiceCloseError(GomlError):
+    """Closing some owned backends failed; every other one was still closed.
+
+    Attributes:
+        failures: ``(backend name, exception)`` for each close that failed, in closing order.
+    """
+
+    def __init__(self, failures: Sequence[tuple[str, Exception]]) -> None:
+        self.failures = tuple(failures)
+        detail = "; ".join(f"{name}: {type(exc).__name__}: {exc}" for name, exc in self.failures)
+        super().__init__(f"closing {len(self.failures)} backend(s) failed: {detail}")
 
 
 class SinkError(GomlError):

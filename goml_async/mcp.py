@@ -40,8 +40,8 @@ from pydantic import BaseModel, Field
 # pydantic builds schemas from typing_extensions' TypedDict only, before Python 3.12.
 from typing_extensions import TypedDict
 
-from . import __version__
 from ._service_parts import parse_categories
+from ._version import __version__
 from .errors import ConfigError, GomlError
 from .scoring.probes import CAPABILITY_PROBES, CONTENT_PROBES, get_content_probe, probe_categories
 from .scoring.types import ProbeOutcome, Response

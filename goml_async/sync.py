@@ -31,7 +31,7 @@ from anyio.lowlevel import EventLoopToken
 
 from . import _sync_stream, registry
 from .compat import Backend
-from .errors import ConfigError, GomlError
+from .errors import ConfigError, LifecycleError
 from .model import TextModel
 from .stream import TokenStream
 from .types import (
@@ -79,7 +79,7 @@ class _LoopThread:
                 self._start()
             assert self._portal is not None and self._token is not None
             if threading.current_thread() is self._thread:
-                raise GomlError(
+                raise LifecycleError(
                     "goml_async.sync was called from its own event loop thread (for example from "
                     "a callback); await the async API there instead"
                 )
@@ -108,7 +108,7 @@ class _LoopThread:
         ready.wait()
         if failure:
             self._thread = None
-            raise GomlError("the background event loop failed to start") from failure[0]
+            raise LifecycleError("the background event loop failed to start") from failure[0]
 
     def stop(self) -> None:
         with self._lock:

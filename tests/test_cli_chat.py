@@ -264,7 +264,7 @@ async def test_output_skips_short_and_repeated_conversations(tmp_path: Path) -> 
 async def test_output_that_cannot_be_written(tmp_path: Path) -> None:
     session = ChatSession(ScriptedModel(["ok"]), output=tmp_path / "missing" / "chats.jsonl")
     await _exchange(session, "one")
-    with pytest.raises(GomlError, match="cannot write --output"):
+    with pytest.raises(GomlError, match="--output: cannot write"):
         session.write_output()
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from goml_async import registry
-from goml_async.errors import BackendUnavailable, ConfigError, ModelLoadError
+from goml_async.errors import BackendUnavailable, ConfigError, ModelLoadError, UnknownBackendError
 from goml_async.model import TextModel
 from goml_async.registry import (
     BUNDLED_MODEL_FILE,
@@ -29,6 +29,7 @@ from goml_async.registry import (
     register_backend,
     register_lazy_backend,
 )
+from goml_async.service import Service
 from goml_async.settings import GomlSettings
 from goml_async.testing import ScriptedModel
 from goml_async.types import LoadConfig
@@ -183,6 +184,17 @@ def test_unknown_backend_lists_the_registered_names() -> None:
 def test_unknown_backend_with_empty_registry_says_none() -> None:
     with pytest.raises(BackendUnavailable, match=r"registered: none"):
         get_backend("llama")
+
+
+def test_an_unknown_name_is_the_same_error_as_a_services() -> None:
+    # One "unknown backend" error: the registry and a Service raise the same class.
+    register_backend(FakeBackend("llama"))
+    with pytest.raises(UnknownBackendError) as info:
+        get_backend("vllm")
+    assert info.value.known == ("llama",)
+    with pytest.raises(UnknownBackendError) as from_service:
+        Service(GomlSettings()).get("vllm")
+    assert type(from_service.value) is type(info.value)
 
 
 # -- lazy backends --------------------------------------------------------------------------------
@@ -512,6 +524,7 @@ async def test_load_default_model_with_unknown_backend() -> None:
     with pytest.raises(BackendUnavailable, match=r"^no backend installed") as info:
         await load_default_model(backend="mlx")
     assert "registered backends are: llama" in str(info.value)
+    assert isinstance(info.value, UnknownBackendError) and info.value.known == ("llama",)
 
 
 @pytest.fixture

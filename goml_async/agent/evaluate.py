@@ -9,7 +9,7 @@ How the adapter is used depends on ``AgentConfig.backend``:
   same name ending in ``.gguf`` (``0000100_adapters.gguf``), is copied and used as it is.
   Otherwise the MLX LoRA and its ``adapter_config.json`` are copied and converted into
   ``work_dir/<stem>-<iteration>/<name>.gguf`` with
-  :func:`~goml_async.backends.lora_convert.convert_mlx_lora_to_gguf`, against the base GGUF
+  :func:`~goml_async.convert.lora_to_gguf.convert_mlx_lora_to_gguf`, against the base GGUF
   (``base_model``, or the bundled model for ``"default"``). Either file is passed to
   llama-server as ``--lora``.
 - ``"http"``: the probes go to the model behind ``api_url`` (``model`` or the checkpoint's
@@ -279,7 +279,7 @@ async def _convert_to_gguf(
     dest: Path,
 ) -> str:
     """Fetch the MLX LoRA and its config, convert them to a GGUF LoRA at ``dest``."""
-    from ..backends.lora_convert import convert_mlx_lora_to_gguf
+    from ..convert.lora_to_gguf import convert_mlx_lora_to_gguf
 
     remote_config = f"{checkpoint.remote_dir.rstrip('/')}/{ADAPTER_CONFIG_FILE}"
     adapter, adapter_config = folder / MLX_ADAPTER_FILE, folder / ADAPTER_CONFIG_FILE

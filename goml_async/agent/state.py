@@ -30,7 +30,7 @@ from typing import Any, Self
 import anyio
 import anyio.to_thread
 
-from ..errors import SinkError
+from ..errors import ConfigError, SinkError
 from ._durable import replace_durably
 
 __all__ = ["ScoredState"]
@@ -125,7 +125,7 @@ class ScoredState:
             SinkError: the file could not be written (the state is unchanged).
         """
         if type(seconds) is not int:
-            raise TypeError(f"a time base is whole Unix seconds (int), got {seconds!r}")
+            raise ConfigError("seconds", f"a time base is whole Unix seconds, got {seconds!r}")
         key = (str(run_id), str(label))
         async with self._lock:
             current = self._current()

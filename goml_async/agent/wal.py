@@ -46,7 +46,7 @@ from typing import Any, TypeVar
 import anyio
 import anyio.to_thread
 
-from ..errors import SinkError
+from ..errors import ConfigError, SinkError
 from ._durable import append_durably, fsync_dir, replace_durably
 
 __all__ = ["BufferedRecord", "WriteAheadBuffer"]
@@ -192,7 +192,7 @@ class WriteAheadBuffer:
             SinkError: the file could not be written (disk full, permissions, ...).
         """
         if isinstance(lines, str):
-            raise TypeError("lines must be a sequence of line-protocol strings, not one str")
+            raise ConfigError("lines", "must be a sequence of line-protocol strings, not one str")
         async with self._lock:
             records = self._loaded()
             record = BufferedRecord(self._next_seq, key, tuple(lines))

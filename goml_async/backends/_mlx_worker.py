@@ -21,7 +21,7 @@ import anyio
 import anyio.lowlevel
 from anyio.streams.memory import MemoryObjectSendStream
 
-from ..errors import GomlError
+from ..errors import GenerationError
 
 __all__ = ["Consumer", "ConsumerGone", "MLXWorker"]
 
@@ -102,7 +102,7 @@ class MLXWorker:
     def submit(self, job: Callable[[], None]) -> None:
         """Queue a job that reports its own outcome."""
         if self._closed:
-            raise GomlError("the MLX model is closed")
+            raise GenerationError("the MLX model is closed")
         self._jobs.put(job)
 
     async def call(self, func: Callable[[], T], *, stop: threading.Event | None = None) -> T:

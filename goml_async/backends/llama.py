@@ -35,6 +35,7 @@ import anyio
 import httpx
 
 from ..compat import InferenceAdapter
+from ..convert.gguf_meta import gguf_model_info, read_gguf_metadata
 from ..errors import APIConnectionError, BackendUnavailable, GenerationError, GenerationTimeout
 from ..model import _check_prompts
 from ..settings import GomlSettings
@@ -51,7 +52,6 @@ from ..types import (
     Token,
 )
 from . import _http_reply, _llama_wire, _openai
-from .gguf_meta import gguf_model_info, read_gguf_metadata
 from .http import HTTPModel
 from .llama_launcher import INSTALL_HINT
 from .llama_server import LlamaServer, cached_llama_server

@@ -49,7 +49,7 @@ from typing import Self
 import anyio
 import httpx
 
-from ..errors import BackendUnavailable, ConfigError, GomlError, ModelLoadError
+from ..errors import BackendUnavailable, ConfigError, LifecycleError, ModelLoadError
 from ..settings import GomlSettings
 from ..types import LoadConfig
 from ._llama_process import (
@@ -340,7 +340,7 @@ class LlamaServer:
                 (the message has its last log lines).
         """
         if self._started:
-            raise GomlError(f"{self!r} was already started; create a new LlamaServer")
+            raise LifecycleError(f"{self!r} was already started; create a new LlamaServer")
         self._started = True
         try:
             await anyio.to_thread.run_sync(check_model, self._model_path, self._config)

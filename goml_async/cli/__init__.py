@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from types import FrameType
 from typing import NoReturn
 
-from goml_async import __version__
+from goml_async._version import __version__
 from goml_async.errors import GomlError
 
 from . import agent, bench, chat, compare, generate, mcp_server, models, probe, score, serve

@@ -291,7 +291,7 @@ class ChatSession:
         ``output`` or without a conversation to write.
 
         Raises:
-            GomlError: the file cannot be written.
+            ConfigError: the file cannot be written.
         """
         if self._output is None:
             return 0
@@ -305,7 +305,7 @@ class ChatSession:
             with self._output.open("a", encoding="utf-8") as file:
                 file.write("".join(row + "\n" for row in rows))
         except OSError as exc:
-            raise GomlError(f"cannot write --output {self._output}: {exc}") from exc
+            raise ConfigError("--output", f"cannot write {self._output}: {exc}") from exc
         return len(rows)
 
 

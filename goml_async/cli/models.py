@@ -136,7 +136,7 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_convert(args: argparse.Namespace) -> int:
-    from goml_async.backends.mlx_convert import convert_gguf_to_mlx
+    from goml_async.convert.gguf_to_mlx import convert_gguf_to_mlx
 
     interactive = sys.stderr.isatty()
 

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from ..errors import BackendUnavailable
+from ..errors import BackendUnavailable, ConfigError
 from ..server.events import EventEncoder, OpenAIEncoder, TextEncoder
 from ..server.sse import TokenStreamSender
 from ..stream import TokenStream
@@ -83,7 +83,7 @@ class TokenStreamResponse(Response):
         background: BackgroundTask | None = None,
     ) -> None:
         if not isinstance(stream, TokenStream):
-            raise TypeError(f"stream must be a TokenStream, got {type(stream).__name__}")
+            raise ConfigError("stream", f"must be a TokenStream, got {type(stream).__name__}")
         self.stream = stream
         self.encoder = encoder
         self.status_code = status_code

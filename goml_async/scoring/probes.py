@@ -20,7 +20,7 @@ import re
 from collections.abc import Callable
 from typing import Final, TypeVar
 
-from ..errors import ConfigError
+from ..errors import ConfigError, UnknownProbeError  # UnknownProbeError: re-exported here
 from ._gotext import go_lower, re2
 from .text import strip_think_blocks
 from .types import CapabilityProbe, ContentProbe
@@ -35,17 +35,6 @@ __all__ = [
     "probe_categories",
     "probe_domains",
 ]
-
-
-class UnknownProbeError(ConfigError, KeyError):
-    """No probe has the requested id; the message lists the known ids.
-
-    It is a :class:`~goml_async.errors.ConfigError` (bad input) and a ``KeyError`` (a failed
-    lookup), so either ``except`` clause catches it.
-    """
-
-    def __str__(self) -> str:  # KeyError would repr() the message
-        return f"{self.field}: {self.problem}"
 
 
 def _searches(pattern: str) -> Callable[[str], bool]:

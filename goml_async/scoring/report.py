@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from .._version import __version__
 from ..errors import ConfigError
 from .types import PromptScore, ScoreReport, ScorerMetadata, ScorerOutput
 
@@ -189,8 +190,6 @@ def build_output(
     if not isinstance(report, ScoreReport):
         raise ConfigError("report", f"must be a ScoreReport, got {type(report).__name__}")
     if scorer_version is None:
-        from .. import __version__  # here, not at the top: goml_async may import scoring
-
         scorer_version = __version__
     if suites is None:
         suites = report.suites
