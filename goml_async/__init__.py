@@ -19,6 +19,7 @@ from .compat import (
     LlamaTextModel,
     StreamingBackend,
     TokenCallback,
+    as_text_model,
 )
 from .errors import (
     APIConnectionError,
@@ -40,7 +41,7 @@ from .errors import (
     UnknownBackendError,
     UnknownProbeError,
 )
-from .model import BaseTextModel, TextModel
+from .model import BaseTextModel, TextModel, prompt_as_chat
 from .registry import (
     ModelBackend,
     bundled_model_path,
@@ -126,6 +127,7 @@ __all__ = [
     "UnknownBackendError",
     "UnknownProbeError",
     "__version__",
+    "as_text_model",
     "bundled_model_path",
     "default_backend",
     "discover_gguf_models",
@@ -134,6 +136,7 @@ __all__ = [
     "list_backends",
     "load_default_model",
     "load_model",
+    "prompt_as_chat",
     "register_backend",
     "register_lazy_backend",
 ]

@@ -19,8 +19,8 @@ from .errors import (  # defined in errors.py; re-exported here, where they used
     ServiceUnavailable,
     UnknownBackendError,
 )
-from .model import TextModel
-from .types import GenOpts, Message, Result
+from .model import TextModel, prompt_as_chat
+from .types import GenerateConfig, GenOpts
 
 if TYPE_CHECKING:
     from .scoring.judge import Judge
@@ -37,6 +37,8 @@ __all__ = [
     "as_judge",
     "available",
     "call_optional",
+    "call_options",
+    "check_config",
     "check_opts",
     "check_text",
     "model_of",
@@ -89,13 +91,13 @@ class ChatAdapter(InferenceAdapter):
     """A TextModel as a Backend whose ``generate(prompt)`` is a chat with one user message.
 
     That is what go-ml's HTTP and llama backends do, so the model's chat template applies (an
-    instruct model asked a question through a raw completion often answers nothing).
-    ``chat`` and everything else behave as in :class:`~goml_async.compat.InferenceAdapter`.
+    instruct model asked a question through a raw completion often answers nothing). It is an
+    :class:`~goml_async.compat.InferenceAdapter` over :func:`~goml_async.model.prompt_as_chat`
+    of the model; ``chat`` and everything else behave as in InferenceAdapter.
     """
 
-    async def generate(self, prompt: str, opts: GenOpts | None = None) -> Result:
-        """Reply to ``prompt`` sent as one user message."""
-        return await self.chat([Message("user", prompt)], opts)
+    def __init__(self, model: TextModel, name: str = "") -> None:
+        super().__init__(prompt_as_chat(model), name)
 
 
 def check_text(field: str, value: object, *, optional: bool = False) -> None:
@@ -104,6 +106,29 @@ def check_text(field: str, value: object, *, optional: bool = False) -> None:
     if not isinstance(value, str) or not value.strip():
         wanted = "a non-empty str" + (" or None" if optional else "")
         raise ConfigError(field, f"must be {wanted}, got {value!r}")
+
+
+def check_config(config: object) -> None:
+    if config is not None and not isinstance(config, GenerateConfig):
+        raise ConfigError(
+            "config", f"must be a GenerateConfig or None, got {type(config).__name__}"
+        )
+
+
+def call_options(name: str, model: TextModel, opts: GenOpts | None) -> dict[str, Any]:
+    """go-ml's GenOpts as keyword options of ``model``'s calls: the non-zero fields, and
+    ``model`` for a backend that takes it per call (HTTP); refused by one that serves one."""
+    if opts is None:
+        return {}
+    options = opts.to_options()
+    if opts.model:
+        if "model" not in getattr(model, "call_options", ()):
+            raise ConfigError(
+                "model",
+                f"backend {name!r} serves one model and cannot be asked for {opts.model!r}",
+            )
+        options["model"] = opts.model
+    return options
 
 
 def check_opts(opts: object) -> None:

@@ -31,6 +31,7 @@ __all__ = [
     "LlamaTextModel",
     "StreamingBackend",
     "TokenCallback",
+    "as_text_model",
 ]
 
 #: Called with each token's text; may be sync or async. Raising stops generation.
@@ -225,6 +226,8 @@ class BackendTextModel(BaseTextModel):
     """
 
     batch_concurrency = 1
+    # go-ml's per-request model override (GenOpts.model), for a backend that serves several.
+    call_options = frozenset({"model"})
 
     def __init__(self, backend: Backend, *, model: str = "") -> None:
         if not isinstance(backend, Backend):
@@ -247,7 +250,8 @@ class BackendTextModel(BaseTextModel):
     async def _one_reply(
         self, call: Callable[[GenOpts], Awaitable[Result]], context: StreamContext
     ) -> AsyncIterator[Token]:
-        result = await call(GenOpts.from_config(context.config, model=self._model_name))
+        model = context.options.get("model", self._model_name)
+        result = await call(GenOpts.from_config(context.config, model=model))
         # Zeros mean "unknown" (a string backend reports no token counts); the stream still
         # fills in the client-side timings.
         context.metrics = result.metrics if result.metrics is not None else GenerateMetrics()
@@ -255,6 +259,11 @@ class BackendTextModel(BaseTextModel):
             context.finish_reason = result.finish_reason
         if result.text:
             yield Token(id=-1, text=result.text)
+
+    def _check_call_options(self, options: dict[str, Any]) -> dict[str, Any]:
+        if not isinstance(options.get("model", ""), str):
+            raise ConfigError("model", f"must be a str, got {type(options['model']).__name__}")
+        return options
 
     async def _aclose(self) -> None:
         aclose = getattr(self._backend, "aclose", None)
@@ -266,3 +275,54 @@ class BackendTextModel(BaseTextModel):
 HTTPTextModel = BackendTextModel
 #: go-ml's name for a llama-server Backend seen as a TextModel.
 LlamaTextModel = BackendTextModel
+
+
+def as_text_model(target: TextModel | Backend) -> TextModel:
+    """The TextModel behind ``target``, for code above the backends that takes either.
+
+    This is the one place a go-ml Backend becomes a TextModel, so everything above it streams
+    and sees every GenerateConfig field (seed, deadlines, penalties):
+
+    - a TextModel is returned as it is;
+    - a Backend that wraps a TextModel and calls it as it is (an :class:`InferenceAdapter`,
+      and so an ``HTTPBackend`` or ``ChatAdapter``, or a running ``LlamaBackend``) gives that
+      model back: no call goes through GenOpts (an adapter subclass that overrides
+      ``generate`` or ``chat`` stays a Backend, as below);
+    - any other Backend is wrapped in a :class:`BackendTextModel` (one token per reply).
+
+    Raises:
+        ConfigError: ``target`` is neither a TextModel nor a Backend.
+        BackendUnavailable: a ``LlamaBackend`` that is not started.
+
+    Example:
+        >>> from goml_async.testing import ScriptedModel
+        >>> model = ScriptedModel(["hi"])
+        >>> as_text_model(InferenceAdapter(model)) is model
+        True
+    """
+    if isinstance(target, type):
+        raise ConfigError("model", f"must be an instance, got the class {target.__name__}")
+    if isinstance(target, TextModel):
+        return target
+    if isinstance(target, Backend):
+        inner = _wrapped(target)
+        return inner if inner is not None else BackendTextModel(target)
+    raise ConfigError("model", f"must be a TextModel or a Backend, got {type(target).__name__}")
+
+
+def _wrapped(backend: Backend) -> TextModel | None:
+    """The TextModel a Backend wraps and calls as it is, if any.
+
+    An InferenceAdapter (HTTPBackend, ChatAdapter) or a LlamaBackend exposes it as ``model``;
+    a subclass that overrides ``generate`` or ``chat`` does something of its own there, so it
+    is kept as a Backend.
+    """
+    kind = type(backend)
+    if isinstance(backend, InferenceAdapter) and (
+        kind.generate is not InferenceAdapter.generate or kind.chat is not InferenceAdapter.chat
+    ):
+        return None
+    if not isinstance(getattr(kind, "model", None), property):
+        return None
+    inner = getattr(backend, "model")  # noqa: B009 - a property that may raise BackendUnavailable
+    return inner if isinstance(inner, TextModel) else None

@@ -11,7 +11,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Iterable, Sequence
 from types import TracebackType
-from typing import Any, Protocol, Self, runtime_checkable
+from typing import Any, ClassVar, Protocol, Self, runtime_checkable
 
 import anyio
 
@@ -30,7 +30,7 @@ from .types import (
     resolve_config,
 )
 
-__all__ = ["BaseTextModel", "TextModel"]
+__all__ = ["BaseTextModel", "TextModel", "prompt_as_chat"]
 
 
 @runtime_checkable
@@ -111,15 +111,36 @@ class BaseTextModel(ABC):
 
     Subclasses implement :meth:`_stream_prompt`, and :meth:`_stream_chat` when the model has a
     chat template; they may override :meth:`classify`, :meth:`batch_generate`, :meth:`info` and
-    :meth:`_aclose`.
+    :meth:`_aclose`. A backend with options of its own per call (HTTP's ``model=``) names them
+    in :attr:`call_options` and checks them in :meth:`_check_call_options`; its hooks read
+    them from ``context.options``.
+
+    Args:
+        model_type: a short name for the model's kind.
+        default_config: the GenerateConfig of a call that passes none.
+        prompt_as_chat: ``generate(prompt)`` sends the prompt as one user message through the
+            chat template (what chat-only servers and instruct models want) instead of as a raw
+            completion.
     """
 
     #: Concurrency of the default :meth:`batch_generate`.
     batch_concurrency: int = 4
+    #: Keyword options of ``generate``/``chat`` that are this backend's own, not GenerateConfig
+    #: fields; they reach the token source on ``context.options``.
+    call_options: ClassVar[frozenset[str]] = frozenset()
 
-    def __init__(self, *, model_type: str, default_config: GenerateConfig | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        model_type: str,
+        default_config: GenerateConfig | None = None,
+        prompt_as_chat: bool = False,
+    ) -> None:
+        if not isinstance(prompt_as_chat, bool):
+            raise ConfigError("prompt_as_chat", f"must be a bool, got {prompt_as_chat!r}")
         self._model_type = model_type
         self._default_config = default_config
+        self._prompt_as_chat = prompt_as_chat
         self._last_metrics = GenerateMetrics()
         self._last_error: BaseException | None = None
         self._closed = False
@@ -128,6 +149,11 @@ class BaseTextModel(ABC):
     def model_type(self) -> str:
         """A short name for the model's kind."""
         return self._model_type
+
+    @property
+    def prompt_as_chat(self) -> bool:
+        """Whether ``generate(prompt)`` sends the prompt as one user message."""
+        return self._prompt_as_chat
 
     @property
     def closed(self) -> bool:
@@ -162,6 +188,8 @@ class BaseTextModel(ABC):
         """
         if not isinstance(prompt, str):
             raise ConfigError("prompt", f"must be a str, got {type(prompt).__name__}")
+        if self._prompt_as_chat:
+            return self.chat([Message("user", prompt)], config, **options)
         return self._open_stream(
             lambda context: self._stream_prompt(prompt, context), config, options
         )
@@ -246,8 +274,27 @@ class BaseTextModel(ABC):
     def _open_stream(
         self, source: TokenSource, config: GenerateConfig | None, options: dict[str, Any]
     ) -> TokenStream:
-        """A TokenStream over ``source`` that reports to this model when it finishes."""
-        return TokenStream(source, config=self._resolve(config, options), on_finish=self._record)
+        """A TokenStream over ``source`` that reports to this model when it finishes.
+
+        ``options`` are the call's keywords: this backend's :attr:`call_options` go to the
+        source on ``context.options``, the rest are GenerateConfig fields.
+        """
+        own: dict[str, Any] = {}
+        if self.call_options and options:
+            own = {name: options[name] for name in self.call_options if name in options}
+            if own:
+                options = {name: value for name, value in options.items() if name not in own}
+                own = self._check_call_options(own)
+        return TokenStream(
+            source,
+            config=self._resolve(config, options),
+            on_finish=self._record,
+            options=own,
+        )
+
+    def _check_call_options(self, options: dict[str, Any]) -> dict[str, Any]:
+        """Validate the call's own options (those in :attr:`call_options`); return them."""
+        return options
 
     def _resolve(self, config: GenerateConfig | None, options: dict[str, Any]) -> GenerateConfig:
         if self._closed:
@@ -261,3 +308,92 @@ class BaseTextModel(ABC):
     def __repr__(self) -> str:
         state = " closed" if self._closed else ""
         return f"<{type(self).__name__} {self._model_type}{state}>"
+
+
+def prompt_as_chat(model: TextModel) -> TextModel:
+    """``model`` with ``generate(prompt)`` sent as one user message through its chat template.
+
+    This is the switch for a model built elsewhere (a model you build takes
+    ``prompt_as_chat=True``, as ``HTTPModel(generate_endpoint="chat")`` does): an instruct model
+    asked a bare question through a raw completion often answers nothing, and go-ml's HTTP and
+    llama backends, its Service and its judge all sent prompts this way. The result is ``model``
+    itself when it already works so, else a view that shares everything else with it (``chat``,
+    ``classify``, ``batch_generate``, ``info``, metrics, closing, its other attributes).
+
+    Example:
+        >>> from goml_async.testing import ScriptedModel
+        >>> model = ScriptedModel(["Paris"])
+        >>> view = prompt_as_chat(model)
+        >>> view.prompt_as_chat, prompt_as_chat(view) is view
+        (True, True)
+    """
+    if not isinstance(model, TextModel) or isinstance(model, type):
+        raise ConfigError("model", f"must be a TextModel, got {type(model).__name__}")
+    if getattr(model, "prompt_as_chat", False) is True:
+        return model
+    return _PromptAsChat(model)
+
+
+class _PromptAsChat:
+    """The view :func:`prompt_as_chat` returns."""
+
+    prompt_as_chat = True
+
+    def __init__(self, model: TextModel) -> None:
+        self._model = model
+
+    @property
+    def model_type(self) -> str:
+        return self._model.model_type
+
+    def generate(
+        self, prompt: str, config: GenerateConfig | None = None, **options: Any
+    ) -> TokenStream:
+        if not isinstance(prompt, str):
+            raise ConfigError("prompt", f"must be a str, got {type(prompt).__name__}")
+        return self._model.chat([Message("user", prompt)], config, **options)
+
+    def chat(
+        self, messages: Iterable[MessageLike], config: GenerateConfig | None = None, **options: Any
+    ) -> TokenStream:
+        return self._model.chat(messages, config, **options)
+
+    async def classify(
+        self, prompts: Sequence[str], config: GenerateConfig | None = None, **options: Any
+    ) -> list[ClassifyResult]:
+        return await self._model.classify(prompts, config, **options)
+
+    async def batch_generate(
+        self, prompts: Sequence[str], config: GenerateConfig | None = None, **options: Any
+    ) -> list[BatchResult]:
+        return await self._model.batch_generate(prompts, config, **options)
+
+    def info(self) -> ModelInfo:
+        return self._model.info()
+
+    def metrics(self) -> GenerateMetrics:
+        return self._model.metrics()
+
+    def err(self) -> BaseException | None:
+        return self._model.err()
+
+    async def aclose(self) -> None:
+        await self._model.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def __getattr__(self, name: str) -> Any:
+        # Everything else is the model's own (model_name, base_url, server, ...).
+        return getattr(self._model, name)
+
+    def __repr__(self) -> str:
+        return f"<prompt_as_chat {self._model!r}>"

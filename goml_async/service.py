@@ -36,16 +36,18 @@ from ._service_parts import (
     as_judge,
     available,
     call_optional,
+    call_options,
+    check_config,
     check_opts,
     check_text,
     model_of,
     parse_categories,
 )
-from .compat import Backend, InferenceAdapter
+from .compat import Backend, InferenceAdapter, as_text_model
 from .errors import BackendUnavailable, ConfigError, GomlError
 from .model import TextModel
 from .settings import GomlSettings
-from .types import GenOpts, Message, MessageLike, Result
+from .types import GenerateConfig, GenOpts, Message, MessageLike, Result
 
 if TYPE_CHECKING:
     from .scoring.engine import Engine
@@ -71,6 +73,12 @@ class _Entry:
     backend: Backend
     owned: bool
     started: bool = False
+    model: TextModel | None = None  # the TextModel behind ``backend``, lifted once on first use
+
+    def text_model(self) -> TextModel:
+        if self.model is None:
+            self.model = as_text_model(self.backend)
+        return self.model
 
 
 class Service:
@@ -201,6 +209,20 @@ class Service:
         """
         return model_of(self.get(name))
 
+    def model(self, name: str | None = None) -> TextModel:
+        """The TextModel behind the backend ``name`` (None or ``""``: the default backend).
+
+        A TextModel registered as it is comes back as it is; a Backend that wraps one (an
+        InferenceAdapter, a ChatAdapter, a running LlamaBackend) gives back what it wraps, and
+        any other Backend comes back as a :class:`~goml_async.compat.BackendTextModel`.
+
+        Raises:
+            UnknownBackendError: no such backend.
+            BackendUnavailable: no backend is registered (and ``name`` is None).
+        """
+        chosen, _ = self.lookup(name)
+        return self._entries[chosen].text_model()
+
     def set_default(self, name: str) -> None:
         """Make the registered backend ``name`` the default.
 
@@ -261,13 +283,13 @@ class Service:
 
     # -- work -------------------------------------------------------------------------------------
 
-    def _usable(self, name: str | None) -> tuple[str, Backend]:
+    def _usable(self, name: str | None) -> tuple[str, TextModel]:
         if self._state != "running":
             raise ServiceUnavailable(self._state)
         chosen, backend = self.lookup(name)
         if not available(backend):
             raise BackendUnavailable(f"backend {chosen!r} is not available now", backend=chosen)
-        return chosen, backend
+        return chosen, self._entries[chosen].text_model()
 
     async def generate(
         self,
@@ -276,14 +298,20 @@ class Service:
         opts: GenOpts | None = None,
         *,
         system: str | None = None,
+        config: GenerateConfig | None = None,
     ) -> Result:
         """Complete ``prompt`` on the backend ``name`` (None or ``""``: the default backend).
+
+        The call streams from the TextModel behind the backend (see :meth:`model`), so every
+        field of ``config`` reaches it; ``opts`` is go-ml's form of the same options.
 
         Args:
             name: the backend's name.
             prompt: the prompt, a non-empty str.
-            opts: generation options; None keeps the backend's defaults.
+            opts: go-ml options: its non-zero fields apply over ``config``; its ``model`` asks
+                an HTTP backend for another model (a ConfigError for a backend that serves one).
             system: when given, the call is a chat: this system message, then ``prompt``.
+            config: the call's GenerateConfig; None keeps the backend's defaults.
 
         Raises:
             ConfigError: a bad argument.
@@ -293,19 +321,28 @@ class Service:
         """
         check_text("prompt", prompt)
         check_opts(opts)
+        check_config(config)
         check_text("system", system, optional=True)
-        _, backend = self._usable(name)
+        chosen, model = self._usable(name)
+        options = call_options(chosen, model, opts)
         if system is not None:
-            return await backend.chat([Message("system", system), Message("user", prompt)], opts)
-        return await backend.generate(prompt, opts)
+            conversation = [Message("system", system), Message("user", prompt)]
+            return await model.chat(conversation, config, **options)
+        return await model.generate(prompt, config, **options)
 
     async def chat(
-        self, name: str | None, messages: Sequence[MessageLike], opts: GenOpts | None = None
+        self,
+        name: str | None,
+        messages: Sequence[MessageLike],
+        opts: GenOpts | None = None,
+        *,
+        config: GenerateConfig | None = None,
     ) -> Result:
-        """Reply to ``messages`` on the backend ``name``; errors as :meth:`generate`."""
+        """Reply to ``messages`` on the backend ``name``; options and errors as :meth:`generate`."""
         check_opts(opts)
-        _, backend = self._usable(name)
-        return await backend.chat(messages, opts)
+        check_config(config)
+        chosen, model = self._usable(name)
+        return await model.chat(messages, config, **call_options(chosen, model, opts))
 
     async def score_responses(
         self, responses: Iterable[Response], *, suites: str | Iterable[str] | None = None
@@ -337,6 +374,7 @@ class Service:
         temperature: float = 0.1,
         system: str | None = None,
         on_probe: ProbeCallback | None = None,
+        config: GenerateConfig | None = None,
     ) -> ProbeResult:
         """Ask the capability probes on backend ``name`` and grade the answers.
 
@@ -348,6 +386,8 @@ class Service:
             system: a system message sent before each probe.
             on_probe: called after each probe, as by
                 :func:`~goml_async.scoring.runner.run_capability_probes`.
+            config: the probes' GenerateConfig (default go-ml's probe settings); its
+                ``max_tokens`` and ``temperature`` are replaced by the two arguments above.
 
         Raises:
             ConfigError: an unknown category or a bad option.
@@ -357,12 +397,14 @@ class Service:
         from .scoring.runner import CAPABILITY_CONFIG, run_capability_probes
 
         wanted = parse_categories(categories, probe_categories())
-        config = CAPABILITY_CONFIG.with_options(max_tokens=max_tokens, temperature=temperature)
+        check_config(config)
+        base = CAPABILITY_CONFIG if config is None else config
+        config = base.with_options(max_tokens=max_tokens, temperature=temperature)
         check_text("system", system, optional=True)
-        _, backend = self._usable(name)
+        _, model = self._usable(name)
         probes = [p for p in CAPABILITY_PROBES if wanted is None or p.category in wanted]
         return await run_capability_probes(
-            backend, probes=probes, config=config, system=system, on_probe=on_probe
+            model, probes=probes, config=config, system=system, on_probe=on_probe
         )
 
     def status(self) -> ServiceStatus:

@@ -17,9 +17,9 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Generator
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Generator, Mapping
 from dataclasses import replace
-from types import TracebackType
+from types import MappingProxyType, TracebackType
 from typing import Any, NoReturn, Self, TypeAlias
 
 import anyio
@@ -31,6 +31,7 @@ from .types import FinishReason, GenerateConfig, GenerateMetrics, Result, Token
 __all__ = ["StopSequenceCutter", "StreamContext", "TokenSource", "TokenStream"]
 
 _DEFAULT_CONFIG = GenerateConfig()
+_NONE: Mapping[str, Any] = MappingProxyType({})
 
 
 class StreamContext:
@@ -42,14 +43,18 @@ class StreamContext:
             durations, memory); fields left at 0 are filled in from client-side timing.
         finish_reason: set by the source when the backend says why it stopped
             (``"stop"`` or ``"length"``); otherwise the stream infers it.
+        options: the call's backend-specific options (read-only), those the backend declares
+            in :attr:`~goml_async.model.BaseTextModel.call_options` (HTTP's ``model=`` and
+            ``extra_body=``); empty for most calls.
     """
 
-    __slots__ = ("config", "finish_reason", "metrics")
+    __slots__ = ("config", "finish_reason", "metrics", "options")
 
-    def __init__(self, config: GenerateConfig) -> None:
+    def __init__(self, config: GenerateConfig, options: Mapping[str, Any] | None = None) -> None:
         self.config = config
         self.metrics: GenerateMetrics | None = None
         self.finish_reason: FinishReason | None = None
+        self.options: Mapping[str, Any] = MappingProxyType(dict(options)) if options else _NONE
 
 
 TokenSource: TypeAlias = Callable[[StreamContext], AsyncIterator[Token]]
@@ -99,6 +104,7 @@ class TokenStream:
         *,
         config: GenerateConfig | None = None,
         on_finish: Callable[[TokenStream], None] | None = None,
+        options: Mapping[str, Any] | None = None,
     ) -> None:
         """Wrap a token source.
 
@@ -107,11 +113,13 @@ class TokenStream:
                 or any async iterable of Tokens.
             config: the call's GenerateConfig; its stops and ``max_tokens`` are applied here.
             on_finish: called once with this stream when it ends, however it ends.
+            options: the call's backend-specific options, handed to the source on
+                :attr:`StreamContext.options`.
         """
         self._config = config if config is not None else _DEFAULT_CONFIG
         self._source = source
         self._on_finish = on_finish
-        self._context = StreamContext(self._config)
+        self._context = StreamContext(self._config, options)
         self._iterator: AsyncIterator[Token] | None = None
         self._cutter = (
             StopSequenceCutter(self._config.stop_sequences) if self._config.stop_sequences else None

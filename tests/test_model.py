@@ -12,6 +12,7 @@ from goml_async import (
     ConfigError,
     GenerateConfig,
     GenerationError,
+    Message,
     NotSupported,
     StreamContext,
     TextModel,
@@ -147,3 +148,60 @@ async def test_batch_generate_is_cancelled_as_a_whole() -> None:
         await model.batch_generate(["x", "y"])
     assert scope.cancelled_caught
     assert model._open == 0
+
+
+class WithOwnOptions(BaseTextModel):
+    """A backend with a per-call option of its own (``voice=``) and a chat template."""
+
+    call_options = frozenset({"voice"})
+
+    def __init__(self, *, prompt_as_chat: bool = False) -> None:
+        super().__init__(model_type="own-options", prompt_as_chat=prompt_as_chat)
+        self.seen: list[tuple[str, dict[str, object], GenerateConfig]] = []
+
+    def _check_call_options(self, options: dict[str, object]) -> dict[str, object]:
+        if not isinstance(options.get("voice"), str):
+            raise ConfigError("voice", "must be a str")
+        return options
+
+    async def _stream_prompt(self, prompt: str, context: StreamContext) -> AsyncIterator[Token]:
+        self.seen.append(("prompt:" + prompt, dict(context.options), context.config))
+        yield Token(0, "p")
+
+    async def _stream_chat(
+        self, messages: list[Message], context: StreamContext
+    ) -> AsyncIterator[Token]:
+        self.seen.append(("chat:" + messages[-1].content, dict(context.options), context.config))
+        yield Token(0, "c")
+
+
+async def test_a_backends_own_call_options_reach_its_source_apart_from_the_config() -> None:
+    model = WithOwnOptions()
+    await model.generate("hi", voice="low", seed=7)
+    await model.chat([{"role": "user", "content": "yo"}], voice="high")
+    await model.generate("plain")
+    (first, options, config), (second, chat_options, _), (_, no_options, _) = model.seen
+    assert (first, options, config.seed) == ("prompt:hi", {"voice": "low"}, 7)
+    assert (second, chat_options, no_options) == ("chat:yo", {"voice": "high"}, {})
+
+
+async def test_call_options_are_checked_and_others_stay_config_errors() -> None:
+    model = WithOwnOptions()
+    with pytest.raises(ConfigError, match="voice"):
+        model.generate("hi", voice=3)
+    with pytest.raises(ConfigError, match="volume"):
+        model.generate("hi", volume=3)  # neither a GenerateConfig field nor declared
+    with pytest.raises(ConfigError, match="voice"):
+        PromptOnly().generate("hi", voice="low")  # declared by another backend only
+
+
+async def test_prompt_as_chat_sends_generate_as_one_user_message() -> None:
+    model = WithOwnOptions(prompt_as_chat=True)
+    assert model.prompt_as_chat
+    result = await model.generate("hello", voice="low", max_tokens=4)
+    assert result.text == "c"
+    assert [(kind, options, config.max_tokens) for kind, options, config in model.seen] == [
+        ("chat:hello", {"voice": "low"}, 4)
+    ]
+    with pytest.raises(ConfigError, match="prompt_as_chat"):
+        BaseTextModel.__init__(model, model_type="x", prompt_as_chat="yes")  # type: ignore[arg-type]

@@ -12,7 +12,7 @@ never replayed. Leaving a stream early closes its HTTP response at once.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import aclosing
 from typing import Any, Literal, cast
 
@@ -33,15 +33,13 @@ from ..errors import (
 )
 from ..model import BaseTextModel
 from ..settings import GomlSettings
-from ..stream import StreamContext, TokenStream
+from ..stream import StreamContext
 from ..types import (
     GenerateConfig,
     LoadConfig,
     Message,
-    MessageLike,
     ModelInfo,
     Token,
-    coerce_messages,
 )
 from . import _http_reply as _reply
 from . import _openai
@@ -141,7 +139,9 @@ class HTTPModel(BaseTextModel):
                 if value is not None
             }
         )
-        super().__init__(model_type="http", default_config=base)
+        super().__init__(
+            model_type="http", default_config=base, prompt_as_chat=generate_endpoint == "chat"
+        )
         settings = settings or GomlSettings()
         if base_url is None:
             base_url = settings.server_url()
@@ -162,7 +162,6 @@ class HTTPModel(BaseTextModel):
         self._retry = retry if retry is not None else RetryPolicy(max_retries=max_retries)
         self._connect_timeout = float(connect_timeout)
         self._max_concurrency = max_concurrency
-        self._generate_endpoint: Endpoint = generate_endpoint
         self._extra_body = dict(extra_body or {})
         self._transport = transport
         self._info = ModelInfo(architecture="http")
@@ -228,54 +227,33 @@ class HTTPModel(BaseTextModel):
 
     # -- requests ---------------------------------------------------------------------------------
 
-    def generate(
-        self,
-        prompt: str,
-        config: GenerateConfig | None = None,
-        *,
-        model: str | None = None,
-        extra_body: Mapping[str, Any] | None = None,
-        **options: Any,
-    ) -> TokenStream:
-        """Stream a completion; ``model`` and ``extra_body`` override the model's for this call."""
-        if not isinstance(prompt, str):
-            raise ConfigError("prompt", f"must be a str, got {type(prompt).__name__}")
-        if self._generate_endpoint == "chat":
-            return self.chat(
-                [Message("user", prompt)], config, model=model, extra_body=extra_body, **options
-            )
-        return self._open_stream(
-            lambda context: self._completion_source(
-                prompt, context, self._pick_model(model), self._merged(extra_body)
-            ),
-            config,
-            options,
-        )
+    # Per call, ``model=`` asks for another model and ``extra_body=`` adds fields to the body
+    # (over the model's own extra_body): model.chat(messages, model="other", extra_body={...}).
+    call_options = frozenset({"model", "extra_body"})
 
-    def chat(
-        self,
-        messages: Iterable[MessageLike],
-        config: GenerateConfig | None = None,
-        *,
-        model: str | None = None,
-        extra_body: Mapping[str, Any] | None = None,
-        **options: Any,
-    ) -> TokenStream:
-        """Stream a chat reply; ``model`` and ``extra_body`` override the model's for this call."""
-        conversation = coerce_messages(messages)
-        return self._open_stream(
-            lambda context: self._chat_source(
-                conversation, context, self._pick_model(model), self._merged(extra_body)
-            ),
-            config,
-            options,
-        )
+    def _check_call_options(self, options: dict[str, Any]) -> dict[str, Any]:
+        model = options.get("model")
+        if model is not None and not isinstance(model, str):
+            raise ConfigError("model", f"must be a str, got {type(model).__name__}")
+        extra_body = options.get("extra_body")
+        if extra_body is not None and not isinstance(extra_body, Mapping):
+            raise ConfigError("extra_body", f"must be a mapping, got {type(extra_body).__name__}")
+        return {name: value for name, value in options.items() if value is not None}
+
+    def _target(self, context: StreamContext) -> tuple[str, Mapping[str, Any]]:
+        """The model to ask for and the extra body fields of this call."""
+        options = context.options
+        if not options:
+            return self._model_name, self._extra_body
+        extra_body = options.get("extra_body")
+        merged = {**self._extra_body, **extra_body} if extra_body else self._extra_body
+        return options.get("model", self._model_name), merged
 
     def _stream_prompt(self, prompt: str, context: StreamContext) -> AsyncIterator[Token]:
-        return self._completion_source(prompt, context, self._model_name, self._extra_body)
+        return self._completion_source(prompt, context, *self._target(context))
 
     def _stream_chat(self, messages: list[Message], context: StreamContext) -> AsyncIterator[Token]:
-        return self._chat_source(messages, context, self._model_name, self._extra_body)
+        return self._chat_source(messages, context, *self._target(context))
 
     def _completion_source(
         self, prompt: str, context: StreamContext, model: str, extra_body: Mapping[str, Any]
@@ -300,16 +278,6 @@ class HTTPModel(BaseTextModel):
         if context.config.logprobs:
             return _openai.checked_logprobs(tokens, context.config, self._base_url)
         return tokens
-
-    def _pick_model(self, model: str | None) -> str:
-        if model is None:
-            return self._model_name
-        if not isinstance(model, str):
-            raise ConfigError("model", f"must be a str, got {type(model).__name__}")
-        return model
-
-    def _merged(self, extra_body: Mapping[str, Any] | None) -> dict[str, Any]:
-        return {**self._extra_body, **extra_body} if extra_body else self._extra_body
 
     async def _request(
         self, path: str, body: dict[str, Any], context: StreamContext

@@ -29,10 +29,10 @@ from typing import Final, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, StrictStr, ValidationError
 
-from ..compat import Backend
+from ..compat import Backend, as_text_model
 from ..errors import ConfigError, JudgeError
-from ..model import TextModel
-from ..types import GenOpts, Message, Result
+from ..model import TextModel, prompt_as_chat
+from ..types import GenerateConfig, GenOpts, Result
 from . import prompts
 from .exact import score_gsm8k
 from .text import extract_json
@@ -174,6 +174,8 @@ class Judge:
             "not set".
         use_chat: ask a TextModel through ``chat`` (default) or ``generate``; ignored for a
             Backend.
+        config: instead of ``opts``, the GenerateConfig of every judge call (every field,
+            seed and deadlines included, reaches the model; ``max_tokens`` as above).
 
     Attributes:
         model_name: for metadata -- the ``model_name`` of an HTTPModel/HTTPBackend, otherwise
@@ -197,6 +199,7 @@ class Judge:
         opts: GenOpts | None = None,
         max_tokens: int | None = None,
         use_chat: bool = True,
+        config: GenerateConfig | None = None,
     ) -> None:
         if isinstance(model, type):  # a class passes the structural checks below
             raise ConfigError(
@@ -204,16 +207,21 @@ class Judge:
                 f"must be a TextModel or a Backend instance, got the class {model.__name__}",
             )
         if isinstance(model, TextModel):
-            self._text_model: TextModel | None = model
-            self._backend: Backend | None = None
             fallback_name = model.model_type
         elif isinstance(model, Backend):
-            self._text_model, self._backend = None, model
             fallback_name = model.name
         else:
             raise ConfigError(
                 "model", f"must be a TextModel or a Backend, got {type(model).__name__}"
             )
+        if config is not None:
+            if not isinstance(config, GenerateConfig):
+                raise ConfigError(
+                    "config", f"must be a GenerateConfig or None, got {type(config).__name__}"
+                )
+            if opts is not None:
+                raise ConfigError("opts", "give opts or config, not both")
+            opts = GenOpts.from_config(config)
         if opts is None:
             opts = GenOpts.default()
         elif not isinstance(opts, GenOpts):
@@ -225,9 +233,20 @@ class Judge:
         opts = dataclasses.replace(opts, max_tokens=max_tokens)
         if not isinstance(use_chat, bool):
             raise ConfigError("use_chat", f"must be a bool, got {use_chat!r}")
+        # Every call streams from one TextModel. A Backend is asked as go-ml asks it, through
+        # its generate (an HTTPBackend's model already sends that as one user message); a
+        # TextModel gets the prompt as one user message unless use_chat=False.
+        if isinstance(model, TextModel):
+            self._text_model = prompt_as_chat(model) if use_chat else model
+        else:
+            self._text_model = as_text_model(model)
+        # Over a Backend a zero max_tokens keeps the backend's default, as go-ml's GenOpts did.
+        self._zero_is_unset = not isinstance(model, TextModel)
         self._model = model
         self._opts = opts
-        self._use_chat = use_chat
+        # The GenerateConfig of every call: the config as given (every field reaches the
+        # model), or go-ml's options.
+        self._config = None if config is None else config.with_options(max_tokens=max_tokens)
         self._model_name = _text_attribute(model, "model_name") or fallback_name
         self._base_url = _text_attribute(model, "base_url")
         self._stats = JudgeStats()
@@ -285,16 +304,12 @@ class Judge:
 
     async def _complete(self, prompt: str) -> Result:
         try:
-            if self._backend is not None:
-                return await self._backend.generate(prompt, self._opts)
-            assert self._text_model is not None
+            if self._config is not None:
+                return await self._text_model.generate(prompt, self._config)
             options = self._opts.to_options()
-            options.setdefault("max_tokens", 0)  # unset means no cap, not the model's default
-            if self._use_chat:
-                stream = self._text_model.chat([Message("user", prompt)], **options)
-            else:
-                stream = self._text_model.generate(prompt, **options)
-            return await stream.collect()
+            if not self._zero_is_unset:
+                options.setdefault("max_tokens", 0)  # unset means no cap, not the default
+            return await self._text_model.generate(prompt, **options)
         except Exception:
             self._count(failed=1)
             raise

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, TypeAlias, TypeVar
 
 import anyio
 
-from ..compat import Backend, BackendTextModel
+from ..compat import Backend, as_text_model
 from ..errors import ConfigError, GenerationError, GomlError, JudgeError
 from ..model import TextModel
 from ..types import GenerateConfig, Message
@@ -58,19 +58,6 @@ CONTENT_CONFIG = GenerateConfig(temperature=0.7, max_tokens=1000)
 
 #: Called after each capability probe with ``(outcome, passed_so_far, done_so_far)``; may be async.
 ProbeCallback: TypeAlias = Callable[[ProbeOutcome, int, int], object]
-
-
-def as_text_model(target: TextModel | Backend) -> TextModel:
-    """The TextModel behind ``target``: itself, or a go-ml Backend wrapped as a TextModel.
-
-    Raises:
-        ConfigError: ``target`` is neither.
-    """
-    if isinstance(target, TextModel):
-        return target
-    if isinstance(target, Backend):
-        return BackendTextModel(target)
-    raise ConfigError("model", f"must be a TextModel or a Backend, got {type(target).__name__}")
 
 
 async def run_capability_probes(
