@@ -6,7 +6,10 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -401,6 +404,83 @@ def test_chat_output_in_a_missing_folder_is_a_usage_error(
     assert _run_chat(["--output", str(out)], "", monkeypatch, tmp_path) == 2
     assert capsys.readouterr().err == f"goml: error: --output: cannot write a file at {out}\n"
     assert fake_backend.models == []  # checked before the model is loaded
+
+
+class _CtrlCAtTheStory(io.StringIO):
+    """stdout on which the first token of the story presses Ctrl-C (SIGINT to the main thread).
+
+    The signal is sent once the main thread is blocked waiting for the reply (in a threading
+    wait, outside anyio's task start), as it is when a person presses Ctrl-C.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tokens = 0
+
+    def write(self, text: str) -> int:
+        if text == "word ":
+            self.tokens += 1
+            if self.tokens == 1:
+                _wait_until_the_main_thread_waits()
+                main = threading.main_thread().ident
+                assert main is not None
+                signal.pthread_kill(main, signal.SIGINT)
+        return super().write(text)
+
+
+def _wait_until_the_main_thread_waits() -> None:
+    anyio_dir = str(Path(anyio.__file__).parent)
+    main = threading.main_thread().ident
+    deadline = time.monotonic() + 30
+    while True:
+        frame = sys._current_frames().get(main or 0)
+        stack = []
+        while frame is not None:
+            stack.append(frame.f_code.co_filename)
+            frame = frame.f_back
+        if (
+            stack
+            and stack[0] == threading.__file__
+            and not any(name.startswith(anyio_dir) for name in stack)
+        ):
+            return
+        assert time.monotonic() < deadline, stack
+        time.sleep(0.001)  # polling another thread's state, which has no event to wait on
+
+
+class _PacedBackend(FakeBackend):
+    """Its model yields to the event loop before each token, as a real backend does (a
+    cancellation takes effect at the next token)."""
+
+    async def load_model(self, path: str, config: LoadConfig, **options: Any) -> TextModel:
+        model = ScriptedModel(self.reply, delay=1e-6)
+        self.models.append(model)
+        return model
+
+
+def test_ctrl_c_stops_the_reply_at_the_model_before_the_next_prompt(
+    fake_backend: FakeBackend, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    def reply(messages: str | list[Message]) -> list[str]:
+        assert isinstance(messages, list)
+        return ["word "] * 1_000_000 if messages[-1].content == "a story" else ["Paris"]
+
+    backend = _PacedBackend(reply)  # type: ignore[arg-type]
+    register_backend(backend)  # in place of fake_backend, which restores the registry
+    stdout = _CtrlCAtTheStory()
+    monkeypatch.setattr(sys, "stdout", stdout)
+    out = tmp_path / "chats.jsonl"
+    typed = "a story\nthe capital?\n/quit\n"
+    assert _run_chat(["--output", str(out)], typed, monkeypatch, tmp_path) == 0
+    text = stdout.getvalue()
+    assert "(stopped; this exchange is left out of the conversation)\nyou> " in text
+    assert "assistant> Paris\n" in text
+    assert stdout.tokens < 1_000_000
+    (model,) = backend.models
+    # The stopped reply's stream was closed before the next one opened.
+    assert (len(model.calls), model.max_concurrency) == (2, 1)
+    assert _chat_messages(model) == [("system", SYSTEM), ("user", "the capital?")]
+    assert json.loads(out.read_text())["messages"][0] == {"role": "user", "content": "the capital?"}
 
 
 def test_chat_with_a_missing_model_file(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

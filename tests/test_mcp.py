@@ -3,10 +3,12 @@ through the mcp SDK's own clients (stdio, and streamable HTTP)."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -15,6 +17,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import anyio
+import anyio.abc
 import httpx
 import pytest
 from model_fixtures import require
@@ -29,9 +32,11 @@ from goml_async import GomlSettings, Service  # noqa: E402
 from goml_async.cli import build_parser, main  # noqa: E402
 from goml_async.cli.generate import DEFAULT_SYSTEM  # noqa: E402
 from goml_async.mcp import TOOL_NAMES, create_mcp_server  # noqa: E402
+from goml_async.model import TextModel  # noqa: E402
 from goml_async.scoring import Judge  # noqa: E402
 from goml_async.service import ChatAdapter  # noqa: E402
 from goml_async.testing import ScriptedModel  # noqa: E402
+from goml_async.types import LoadConfig  # noqa: E402
 
 pytestmark = pytest.mark.anyio
 
@@ -501,3 +506,87 @@ async def test_goml_mcp_over_streamable_http(bundled_gguf: Path) -> None:
             await process.wait()
         await process.aclose()
     assert process.returncode == 0
+
+
+# -- goml mcp --transport http in-process: the listening socket -----------------------------------
+
+
+class _ScriptedLlama:
+    """The llama backend replaced by one that loads a ScriptedModel."""
+
+    name = "llama"
+
+    def available(self) -> bool:
+        return True
+
+    async def load_model(self, path: str, config: LoadConfig, **options: Any) -> TextModel:
+        return ScriptedModel(["ok"])
+
+
+class _Announcements(io.StringIO):
+    """stdout that sets ``listening`` when the command says where it listens."""
+
+    def __init__(self, listening: anyio.Event) -> None:
+        super().__init__()
+        self._listening = listening
+
+    def write(self, text: str) -> int:
+        written = super().write(text)
+        if "listening on" in self.getvalue():
+            self._listening.set()
+        return written
+
+
+def _this_process_socket(peer: tuple[str, int]) -> socket.socket | None:
+    """A duplicate of this process's socket connected to ``peer`` (the server's side of a
+    connection), found among the open file descriptors."""
+    for name in os.listdir("/dev/fd"):
+        try:
+            sock = socket.socket(fileno=os.dup(int(name)))
+        except (OSError, ValueError):
+            continue
+        try:
+            if sock.getpeername()[:2] == peer:
+                return sock
+        except OSError:
+            pass
+        sock.close()
+    return None
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # uvicorn: asyncio
+async def test_goml_mcp_over_http_accepts_connections_without_nagles_delay(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, anyio_backend: str
+) -> None:
+    # Without TCP_NODELAY on the accepted connection, Nagle's algorithm holds a streamed
+    # reply's first bytes back until the client's delayed ACK (about 40 ms).
+    from goml_async import registry
+    from goml_async.cli import mcp_server
+
+    saved = dict(registry._backends)
+    monkeypatch.setattr(registry, "_backends", {**saved})
+    registry.register_backend(_ScriptedLlama())
+    model = tmp_path / "tiny.gguf"
+    model.write_bytes(b"GGUF\x03\x00\x00\x00")
+    argv = ["mcp", "--model", str(model), "--transport", "http", "--port", "0"]
+    args = build_parser().parse_args(argv)
+    listening = anyio.Event()
+    stdout = _Announcements(listening)
+    monkeypatch.setattr(sys, "stdout", stdout)
+    async with anyio.create_task_group() as group:
+        group.start_soon(mcp_server._main, args, GomlSettings())
+        with anyio.fail_after(30):
+            await listening.wait()
+        url = re.search(r"listening on http://([\d.]+):(\d+)/mcp", stdout.getvalue())
+        assert url is not None
+        host, port = url.group(1), int(url.group(2))
+        async with await anyio.connect_tcp(host, port) as client:
+            await client.send(f"GET /mcp HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
+            with anyio.fail_after(30):
+                assert (await client.receive()).startswith(b"HTTP/1.1 ")  # accepted, answered
+            local = client.extra(anyio.abc.SocketAttribute.local_address)
+            accepted = _this_process_socket(local[:2])
+            assert accepted is not None
+            with accepted:
+                assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        os.kill(os.getpid(), signal.SIGTERM)  # the command's own way to stop

@@ -1,20 +1,59 @@
-"""Helpers shared by the scoring commands: loading a model or a judge from one argument."""
+"""What the commands share: the model arguments, loading a model from one argument, and the
+listening socket of the commands that serve."""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import socket
 import time
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
+from goml_async.errors import ConfigError
 from goml_async.model import TextModel
 from goml_async.registry import bundled_model_path, load_default_model, load_model
 from goml_async.settings import GomlSettings
 
-__all__ = ["default_target", "describe_target", "is_url", "load_target", "served_name"]
+__all__ = [
+    "add_model_arguments",
+    "default_target",
+    "describe_target",
+    "is_url",
+    "listen_socket",
+    "load_target",
+    "served_name",
+]
 
 _DEFAULT_LABEL = "the bundled default model (SmolLM2-135M-Instruct)"
+
+_MODEL_HELP = (
+    'a .gguf file, an MLX folder, a server URL or "default" (the bundled model); default: {}'
+)
+_BACKEND_HELP = "force a backend: mlx, llama or http"
+_SERVER_MODEL_HELP = "model name sent to a server URL"
+
+
+def add_model_arguments(
+    parser: argparse.ArgumentParser,
+    *,
+    default: str | None = "default",
+    server_model: str | None = None,
+) -> None:
+    """Add ``-m/--model`` and ``--backend`` to a command, and ``server_model`` when given.
+
+    ``default`` is the command's ``--model`` default, usually ``"default"`` (the bundled model), or
+    None for :func:`default_target` (``GOML_BASE_URL`` if set, else the bundled model).
+    ``server_model`` names the flag for the model name sent to a server URL
+    (``--model-name`` or ``--http-model``; its value defaults to ``""``, the server's choice).
+    """
+    shown = f'"{default}"' if default else "GOML_BASE_URL if set, else the bundled model"
+    parser.add_argument("-m", "--model", default=default, help=_MODEL_HELP.format(shown))
+    parser.add_argument("--backend", help=_BACKEND_HELP)
+    if server_model is not None:
+        parser.add_argument(server_model, default="", help=_SERVER_MODEL_HELP)
 
 
 def is_url(spec: str) -> bool:
@@ -52,28 +91,63 @@ async def load_target(
     backend: str | None = None,
     http_model: str = "",
     console: Console | None = None,
+    prefix: str = "",
+    **options: Any,
 ) -> TextModel:
     """Load ``spec``: ``default`` (the bundled model), a path, or a server's base URL; None
     means :func:`default_target` (``GOML_BASE_URL`` if set, else the bundled model).
 
-    ``http_model`` is the model name sent to a server (``--judge-model``). The wait is shown as
-    a spinner on a terminal and as one plain line otherwise.
+    Every command loads its models here. ``http_model`` is the model name sent to a server
+    (``--model-name``, ``--judge-model``); ``options`` go to the backend (``context_len``,
+    ``parallel_slots``, ...). The wait is shown as a spinner on a terminal and as one plain
+    line otherwise, after ``prefix`` (e.g. ``"goml serve: "``).
     """
     err = console or Console(stderr=True)
     if not spec:
         spec = default_target()
     label = describe_target(spec)
     started = time.perf_counter()
-    spinner = err.status(f"loading {label} ...", spinner="dots") if err.is_terminal else None
+    waiting = f"{prefix}loading {label} ..."
+    spinner = err.status(waiting, spinner="dots") if err.is_terminal else None
     if spinner is None:
-        err.print(f"loading {label} ...", highlight=False)
+        err.print(waiting, highlight=False, markup=False, soft_wrap=True)
+    if is_url(spec or "") and http_model:
+        options["model"] = http_model
     with spinner or contextlib.nullcontext():
         if not spec or spec == "default":
-            model = await load_default_model(backend=backend)
-        elif is_url(spec) and http_model:
-            model = await load_model(spec, backend=backend, model=http_model)
+            model = await load_default_model(backend=backend, **options)
         else:
-            model = await load_model(spec, backend=backend)
+            model = await load_model(spec, backend=backend, **options)
     if spinner is not None:
         err.print(f"[dim]loaded {label} in {time.perf_counter() - started:.1f} s[/dim]")
     return model
+
+
+def listen_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host:port``, not yet listening (the server listens once it
+    serves, so no connection waits on a model load; bound here, so ``--port 0`` knows its port).
+
+    It is made with the TCP protocol number and TCP_NODELAY, which asyncio and the operating
+    system carry over to every accepted connection: without it, Nagle's algorithm holds a
+    stream's first token back behind the headers until the client's delayed ACK (about 40 ms
+    on a kept-alive connection).
+
+    Raises:
+        ConfigError: ``--host`` does not resolve, or ``--port`` cannot be bound.
+    """
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise ConfigError("--host", f"cannot listen on {host!r}: {exc}") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(
+            "--port", f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+        ) from None
+    sock.setblocking(False)
+    return sock

@@ -21,6 +21,8 @@ from rich.text import Text
 from goml_async.errors import ConfigError
 from goml_async.settings import GomlSettings
 
+from ._common import add_model_arguments, load_target
+
 if TYPE_CHECKING:
     from goml_async.agent.config import AgentConfig
     from goml_async.agent.events import AgentEvent, AgentSummary
@@ -137,9 +139,7 @@ def add_parser(commands: Any) -> None:
         epilog=_EXPAND_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    expand.add_argument("-m", "--model", default="default", help="model path, URL or 'default'")
-    expand.add_argument("--backend", help="force a backend: mlx, llama or http")
-    expand.add_argument("--model-name", default="", help="model name sent to a server URL")
+    add_model_arguments(expand, server_model="--model-name")
     expand.add_argument("-p", "--prompts", type=Path, required=True, help="prompts JSONL file")
     expand.add_argument("-w", "--worker", required=True, help="this worker's name")
     expand.add_argument("-o", "--output", type=Path, required=True, help="output folder")
@@ -324,8 +324,6 @@ def run_expand(args: argparse.Namespace) -> int:
 async def _expand(args: argparse.Namespace, prompts: list[SeedPrompt]) -> int:
     from goml_async.agent.expand import EXPAND_CONFIG, expand_prompts, output_path
     from goml_async.agent.influx import InfluxSink
-
-    from ._common import load_target
 
     err = Console(stderr=True, soft_wrap=True)
     out = Console(highlight=False, soft_wrap=True)

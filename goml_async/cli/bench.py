@@ -17,7 +17,7 @@ from goml_async.errors import ConfigError
 from goml_async.model import TextModel
 from goml_async.types import GenerateConfig, Message
 
-from ._common import describe_target, load_target
+from ._common import add_model_arguments, describe_target, load_target
 
 __all__ = ["BenchRun", "add_parser", "measure", "run"]
 
@@ -56,9 +56,7 @@ def add_parser(commands: Any) -> None:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("-m", "--model", default="default", help="model path, URL or 'default'")
-    parser.add_argument("--backend", help="force a backend: mlx, llama or http")
-    parser.add_argument("--model-name", default="", help="model name sent to a server URL")
+    add_model_arguments(parser, server_model="--model-name")
     parser.add_argument("-n", "--tokens", type=int, default=128, help="tokens per round")
     parser.add_argument("-r", "--rounds", type=int, default=3, help="measured rounds")
     parser.add_argument(

@@ -1,38 +1,36 @@
 """``goml chat``: an interactive chat in the terminal, each reply streamed as it is written.
 
 The conversation and its slash commands live in :class:`ChatSession`, which does no terminal
-I/O; :func:`run` is the terminal around it. The event loop (and the model) runs in a background
-thread behind an anyio BlockingPortal, so that the main thread owns the terminal: ``input()``
-with readline line editing, and Ctrl-C as a plain KeyboardInterrupt, which stops the reply being
-streamed (the stream is closed, so the model stops) or, at the prompt, ends the chat.
+I/O; :func:`run` is the terminal around it. The model runs on the blocking facade's event loop
+(:mod:`goml_async.sync`), so that the main thread owns the terminal: ``input()`` with readline
+line editing, and Ctrl-C as a plain KeyboardInterrupt, which stops the reply being streamed
+(the stream is closed, so the model stops) or, at the prompt, ends the chat.
 """
 
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import contextlib
 import json
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 import anyio
-from anyio.from_thread import BlockingPortal, start_blocking_portal
 
+from goml_async import sync
 from goml_async.errors import ConfigError, GomlError
 from goml_async.model import TextModel
 from goml_async.types import GenerateConfig, Message
 
-from ._common import describe_target, load_target
+from ._common import add_model_arguments, describe_target, load_target
 from .generate import DEFAULT_SYSTEM
 
 __all__ = ["Action", "COMMANDS", "ChatSession", "Reply", "add_parser", "run"]
-
-_T = TypeVar("_T")
 
 #: The slash commands and what they do, as ``/help`` prints them.
 COMMANDS: tuple[tuple[str, str], ...] = (
@@ -321,10 +319,7 @@ def add_parser(commands: Any) -> None:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "-m", "--model", help='model path or URL, or "default" (default: the bundled model)'
-    )
-    parser.add_argument("--backend", help="force a backend: mlx, llama or http")
+    add_model_arguments(parser, default=None)
     parser.add_argument(
         "--system",
         default=DEFAULT_SYSTEM,
@@ -347,22 +342,18 @@ def run(args: argparse.Namespace) -> int:
     output: Path | None = args.output
     if output is not None and (output.is_dir() or not output.parent.is_dir()):
         raise ConfigError("--output", f"cannot write a file at {output}")
-    with start_blocking_portal() as portal:
-        model = portal.call(partial(load_target, args.model, backend=args.backend))
-        try:
-            session = ChatSession(model, system=args.system, config=config, output=output)
-            _Terminal(session, portal).loop(describe_target(args.model))
-        finally:
-            portal.call(model.aclose)
+    model = sync.run(partial(load_target, args.model, backend=args.backend))
+    with sync.BlockingModel(model):  # closed when the chat ends, however it ends
+        session = ChatSession(model, system=args.system, config=config, output=output)
+        _Terminal(session).loop(describe_target(args.model))
     return 0
 
 
 class _Terminal:
-    """Reads lines in the main thread and streams the replies from the portal's loop."""
+    """Reads lines in the main thread; each reply streams on the blocking facade's loop."""
 
-    def __init__(self, session: ChatSession, portal: BlockingPortal) -> None:
+    def __init__(self, session: ChatSession) -> None:
         self._session = session
-        self._portal = portal
 
     def loop(self, label: str) -> None:
         _enable_line_editing()
@@ -388,14 +379,15 @@ class _Terminal:
 
     def _reply(self, text: str) -> None:
         _write("assistant> ")
-        future = self._portal.start_task_soon(self._session.send, text, _write)
+        finished = threading.Event()
         try:
-            reply = _wait(future)
+            reply = sync.run(self._send, text, finished)
         except KeyboardInterrupt:
-            # Stop the stream at the source and wait until it is closed; a second Ctrl-C while
-            # waiting ends the chat.
-            self._portal.call(self._session.stop)
-            reply = _wait(future)
+            # sync.run has cancelled the reply: its stream closes (so the model stops) and the
+            # exchange is taken out of the conversation. Wait for that before the next line is
+            # read; a second Ctrl-C while waiting ends the chat.
+            finished.wait()
+            reply = Reply("", stopped=True)
         print()
         if reply.stopped:
             print("(stopped; this exchange is left out of the conversation)")
@@ -405,12 +397,11 @@ class _Terminal:
                 file=sys.stderr,
             )
 
-
-def _wait(future: concurrent.futures.Future[_T]) -> _T:
-    """The future's result; waits in short slices so that Ctrl-C is seen at once."""
-    while not future.done():
-        concurrent.futures.wait([future], timeout=0.2)
-    return future.result()
+    async def _send(self, text: str, finished: threading.Event) -> Reply:
+        try:
+            return await self._session.send(text, _write)
+        finally:
+            finished.set()
 
 
 def _write(text: str) -> None:

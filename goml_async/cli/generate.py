@@ -12,7 +12,7 @@ from rich.console import Console
 from goml_async.errors import ConfigError
 from goml_async.types import GenerateConfig, Message
 
-from ._common import load_target
+from ._common import add_model_arguments, load_target
 
 __all__ = ["DEFAULT_SYSTEM", "add_parser", "run"]
 
@@ -46,8 +46,7 @@ def add_parser(commands: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("prompt", metavar="PROMPT", help='the prompt, or "-" for stdin')
-    parser.add_argument("-m", "--model", help="model path or URL (default: the bundled model)")
-    parser.add_argument("--backend", help="force a backend: mlx, llama or http")
+    add_model_arguments(parser, default=None)
     parser.add_argument(
         "--system",
         default=DEFAULT_SYSTEM,

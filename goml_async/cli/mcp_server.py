@@ -23,6 +23,7 @@ from goml_async.errors import BackendUnavailable, ConfigError
 from goml_async.service import ChatAdapter, Service
 from goml_async.settings import GomlSettings
 
+from ._common import add_model_arguments, listen_socket, load_target, served_name
 from .generate import DEFAULT_SYSTEM
 
 if TYPE_CHECKING:
@@ -67,11 +68,7 @@ def add_parser(commands: Any) -> None:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "-m", "--model", default="default", help='model path or URL, or "default" (the default)'
-    )
-    parser.add_argument("--backend", help="force a backend: mlx, llama or http")
-    parser.add_argument("--http-model", default="", help="model name to request from a URL")
+    add_model_arguments(parser, server_model="--http-model")
     parser.add_argument("--name", help="the backend's name in the tools (default: from --model)")
     parser.add_argument(
         "--system",
@@ -124,9 +121,7 @@ async def _main(args: argparse.Namespace, settings: GomlSettings) -> int:
 
     from goml_async.mcp import create_mcp_server
 
-    from ._common import load_target, served_name
-
-    sock = _listen(args.host, args.port) if args.transport == "http" else None
+    sock = listen_socket(args.host, args.port) if args.transport == "http" else None
     service = Service(settings)
     try:
         model = await load_target(
@@ -170,23 +165,6 @@ async def _on_signals(
         await service.aclose()
         scope.cancel()
         return
-
-
-def _listen(host: str, port: int) -> socket.socket:
-    """A socket bound to ``host:port`` (bound here, so ``--port 0`` knows its port)."""
-    try:
-        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-        sock = socket.socket(family, socket.SOCK_STREAM)
-    except OSError as exc:
-        raise ConfigError("--host", f"cannot listen on {host!r}: {exc}") from None
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise ConfigError("--port", f"cannot listen on {host}:{port}: {exc.strerror}") from None
-    sock.setblocking(False)
-    return sock
 
 
 async def _serve_http(

@@ -20,7 +20,7 @@ from goml_async.scoring.judge import DEFAULT_JUDGE_MAX_TOKENS, Judge
 from goml_async.scoring.types import ContentOutcome, ContentProbeResult, ProbeOutcome, ProbeResult
 from goml_async.types import GenerateConfig
 
-from ._common import describe_target, load_target
+from ._common import add_model_arguments, describe_target, load_target
 from ._judging import (
     Stop,
     check_judge,
@@ -66,9 +66,7 @@ def add_parser(commands: Any) -> None:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("-m", "--model", default="default", help="model path, URL or 'default'")
-    parser.add_argument("--backend", help="force a backend: mlx, llama or http")
-    parser.add_argument("--model-name", default="", help="model name sent to a server URL")
+    add_model_arguments(parser, server_model="--model-name")
     parser.add_argument("--judge", help="judge: 'same', 'default', a path or a server URL")
     parser.add_argument("--judge-model", default="", help="model name sent to a judge URL")
     parser.add_argument(

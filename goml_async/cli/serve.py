@@ -13,7 +13,6 @@ import argparse
 import logging
 import signal
 import socket
-import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -23,12 +22,11 @@ import anyio
 import anyio.abc
 
 from goml_async.errors import ConfigError
-from goml_async.registry import load_default_model, load_model
 from goml_async.server import ServerConfig, create_app, require_server_extra
 from goml_async.service import ChatAdapter, Service
 from goml_async.settings import GomlSettings
 
-from ._common import is_url, served_name
+from ._common import add_model_arguments, is_url, listen_socket, load_target, served_name
 
 if TYPE_CHECKING:
     import uvicorn
@@ -72,10 +70,7 @@ def add_parser(commands: Any) -> None:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "-m", "--model", default="default", help='model path or URL, or "default" (the default)'
-    )
-    parser.add_argument("--backend", help="force a backend: mlx, llama or http")
+    add_model_arguments(parser)
     parser.add_argument("--model-name", help="the name replies carry (default: from --model)")
     parser.add_argument(
         "--alias",
@@ -248,29 +243,8 @@ def run(args: argparse.Namespace) -> int:
     return anyio.run(_serve, args, config, limits, backend="asyncio")
 
 
-def _listen(host: str, port: int) -> socket.socket:
-    """A socket bound to ``host:port`` (bound here, so ``--port 0`` knows its port).
-
-    It is made with the TCP protocol number, so asyncio sets TCP_NODELAY on every accepted
-    connection: without it, Nagle's algorithm holds a stream's first token back behind the
-    headers until the client's delayed ACK (about 40 ms on a kept-alive connection).
-    """
-    try:
-        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-        sock = socket.socket(family, kind, proto)
-    except OSError as exc:
-        raise ConfigError("--host", f"cannot listen on {host!r}: {exc}") from None
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.bind(address)  # uvicorn listens once it serves: no connection waits on a load
-    except OSError as exc:
-        sock.close()
-        raise ConfigError(
-            "--port", f"cannot listen on {host}:{port}: {exc.strerror or exc}"
-        ) from None
-    sock.setblocking(False)
-    return sock
+#: The listening socket (the name the serve tests know it by).
+_listen = listen_socket
 
 
 def _url(sock: socket.socket) -> str:
@@ -317,8 +291,6 @@ async def _on_signals(
 
 
 async def _load(args: argparse.Namespace) -> TextModel:
-    label = "the bundled default model" if args.model == "default" else args.model
-    print(f"goml serve: loading {label} ...", file=sys.stderr, flush=True)
     options: dict[str, Any] = {}
     if args.context_len:
         options["context_len"] = args.context_len
@@ -326,13 +298,11 @@ async def _load(args: argparse.Namespace) -> TextModel:
         # A local model decodes as many sequences as the server lets in at once, so requests
         # wait in the server's own line (visible in /healthz), never inside llama-server.
         options["parallel_slots"] = args.max_concurrency
-    if args.model == "default":
-        return await load_default_model(backend=args.backend, **options)
-    return await load_model(args.model, backend=args.backend, **options)
+    return await load_target(args.model, backend=args.backend, prefix="goml serve: ", **options)
 
 
 async def _serve(args: argparse.Namespace, config: ServerConfig, limits: ConnectionLimits) -> int:
-    sock = _listen(args.host, args.port)
+    sock = listen_socket(args.host, args.port)
     started = time.monotonic()
     failure: Exception | None = None
     session = _Session(grace=args.grace, loading=anyio.CancelScope())
