@@ -55,6 +55,7 @@ from .registry import (
     register_backend,
     register_lazy_backend,
 )
+from .retry import RetryPolicy
 from .service import Service
 from .settings import GomlSettings
 from .stream import StopSequenceCutter, StreamContext, TokenSource, TokenStream
@@ -65,6 +66,7 @@ from .types import (
     FinishReason,
     GenerateConfig,
     GenerateMetrics,
+    GenerateOptions,
     GenOpts,
     LoadConfig,
     Message,
@@ -91,6 +93,7 @@ __all__ = [
     "GenOpts",
     "GenerateConfig",
     "GenerateMetrics",
+    "GenerateOptions",
     "GenerationError",
     "GenerationTimeout",
     "GomlError",
@@ -108,6 +111,7 @@ __all__ = [
     "ModelLoadError",
     "NotSupported",
     "Result",
+    "RetryPolicy",
     "Role",
     "Service",
     "ServiceCloseError",

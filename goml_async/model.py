@@ -9,9 +9,9 @@ input validation, the TokenStream, ``metrics()``/``err()`` bookkeeping, ``batch_
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from types import TracebackType
-from typing import Any, ClassVar, Protocol, Self, runtime_checkable
+from typing import Any, ClassVar, Protocol, Self, Unpack, runtime_checkable
 
 import anyio
 
@@ -22,6 +22,7 @@ from .types import (
     ClassifyResult,
     GenerateConfig,
     GenerateMetrics,
+    GenerateOptions,
     Message,
     MessageLike,
     ModelInfo,
@@ -48,25 +49,34 @@ class TextModel(Protocol):
         ...
 
     def generate(
-        self, prompt: str, config: GenerateConfig | None = None, **options: Any
+        self, prompt: str, config: GenerateConfig | None = None, **options: Unpack[GenerateOptions]
     ) -> TokenStream:
         """Stream a completion of ``prompt``."""
         ...
 
     def chat(
-        self, messages: Iterable[MessageLike], config: GenerateConfig | None = None, **options: Any
+        self,
+        messages: Iterable[MessageLike],
+        config: GenerateConfig | None = None,
+        **options: Unpack[GenerateOptions],
     ) -> TokenStream:
         """Stream the assistant's reply to ``messages`` (the model's chat template applies)."""
         ...
 
     async def classify(
-        self, prompts: Sequence[str], config: GenerateConfig | None = None, **options: Any
+        self,
+        prompts: Sequence[str],
+        config: GenerateConfig | None = None,
+        **options: Unpack[GenerateOptions],
     ) -> list[ClassifyResult]:
         """Prefill each prompt and sample the token at its last position."""
         ...
 
     async def batch_generate(
-        self, prompts: Sequence[str], config: GenerateConfig | None = None, **options: Any
+        self,
+        prompts: Sequence[str],
+        config: GenerateConfig | None = None,
+        **options: Unpack[GenerateOptions],
     ) -> list[BatchResult]:
         """Generate for several prompts; each result carries its tokens or its own error."""
         ...
@@ -176,7 +186,7 @@ class BaseTextModel(ABC):
     # -- public API -------------------------------------------------------------------------------
 
     def generate(
-        self, prompt: str, config: GenerateConfig | None = None, **options: Any
+        self, prompt: str, config: GenerateConfig | None = None, **options: Unpack[GenerateOptions]
     ) -> TokenStream:
         """Stream a completion of ``prompt``.
 
@@ -195,7 +205,10 @@ class BaseTextModel(ABC):
         )
 
     def chat(
-        self, messages: Iterable[MessageLike], config: GenerateConfig | None = None, **options: Any
+        self,
+        messages: Iterable[MessageLike],
+        config: GenerateConfig | None = None,
+        **options: Unpack[GenerateOptions],
     ) -> TokenStream:
         """Stream the assistant's reply to ``messages`` (Messages or role/content dicts)."""
         conversation = coerce_messages(messages)
@@ -204,13 +217,19 @@ class BaseTextModel(ABC):
         )
 
     async def classify(
-        self, prompts: Sequence[str], config: GenerateConfig | None = None, **options: Any
+        self,
+        prompts: Sequence[str],
+        config: GenerateConfig | None = None,
+        **options: Unpack[GenerateOptions],
     ) -> list[ClassifyResult]:
         """Not supported unless the backend overrides it."""
         raise NotSupported(f"the {self._model_type} backend cannot classify")
 
     async def batch_generate(
-        self, prompts: Sequence[str], config: GenerateConfig | None = None, **options: Any
+        self,
+        prompts: Sequence[str],
+        config: GenerateConfig | None = None,
+        **options: Unpack[GenerateOptions],
     ) -> list[BatchResult]:
         """Generate for every prompt, :attr:`batch_concurrency` at a time, in input order.
 
@@ -272,7 +291,7 @@ class BaseTextModel(ABC):
     # -- helpers ----------------------------------------------------------------------------------
 
     def _open_stream(
-        self, source: TokenSource, config: GenerateConfig | None, options: dict[str, Any]
+        self, source: TokenSource, config: GenerateConfig | None, options: Mapping[str, Any]
     ) -> TokenStream:
         """A TokenStream over ``source`` that reports to this model when it finishes.
 
@@ -296,7 +315,7 @@ class BaseTextModel(ABC):
         """Validate the call's own options (those in :attr:`call_options`); return them."""
         return options
 
-    def _resolve(self, config: GenerateConfig | None, options: dict[str, Any]) -> GenerateConfig:
+    def _resolve(self, config: GenerateConfig | None, options: Mapping[str, Any]) -> GenerateConfig:
         if self._closed:
             raise GenerationError(f"the {self._model_type} model is closed")
         return resolve_config(config if config is not None else self._default_config, options)
@@ -347,24 +366,33 @@ class _PromptAsChat:
         return self._model.model_type
 
     def generate(
-        self, prompt: str, config: GenerateConfig | None = None, **options: Any
+        self, prompt: str, config: GenerateConfig | None = None, **options: Unpack[GenerateOptions]
     ) -> TokenStream:
         if not isinstance(prompt, str):
             raise ConfigError("prompt", f"must be a str, got {type(prompt).__name__}")
         return self._model.chat([Message("user", prompt)], config, **options)
 
     def chat(
-        self, messages: Iterable[MessageLike], config: GenerateConfig | None = None, **options: Any
+        self,
+        messages: Iterable[MessageLike],
+        config: GenerateConfig | None = None,
+        **options: Unpack[GenerateOptions],
     ) -> TokenStream:
         return self._model.chat(messages, config, **options)
 
     async def classify(
-        self, prompts: Sequence[str], config: GenerateConfig | None = None, **options: Any
+        self,
+        prompts: Sequence[str],
+        config: GenerateConfig | None = None,
+        **options: Unpack[GenerateOptions],
     ) -> list[ClassifyResult]:
         return await self._model.classify(prompts, config, **options)
 
     async def batch_generate(
-        self, prompts: Sequence[str], config: GenerateConfig | None = None, **options: Any
+        self,
+        prompts: Sequence[str],
+        config: GenerateConfig | None = None,
+        **options: Unpack[GenerateOptions],
     ) -> list[BatchResult]:
         return await self._model.batch_generate(prompts, config, **options)
 

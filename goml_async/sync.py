@@ -22,7 +22,7 @@ import atexit
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Self, TypeVar, Unpack
 
 import anyio
 import anyio.lowlevel
@@ -39,6 +39,7 @@ from .types import (
     ClassifyResult,
     GenerateConfig,
     GenerateMetrics,
+    GenerateOptions,
     GenOpts,
     MessageLike,
     ModelInfo,
@@ -178,18 +179,23 @@ class BlockingModel:
         """The model's ``model_type``."""
         return self._model.model_type
 
-    def generate(self, prompt: str, config: GenerateConfig | None = None, **options: Any) -> Result:
+    def generate(
+        self, prompt: str, config: GenerateConfig | None = None, **options: Unpack[GenerateOptions]
+    ) -> Result:
         """Complete ``prompt`` and return the whole reply."""
         return run(self._model.generate(prompt, config, **options).collect)
 
     def chat(
-        self, messages: Iterable[MessageLike], config: GenerateConfig | None = None, **options: Any
+        self,
+        messages: Iterable[MessageLike],
+        config: GenerateConfig | None = None,
+        **options: Unpack[GenerateOptions],
     ) -> Result:
         """Reply to ``messages`` and return the whole reply."""
         return run(self._model.chat(messages, config, **options).collect)
 
     def stream(
-        self, prompt: str, config: GenerateConfig | None = None, **options: Any
+        self, prompt: str, config: GenerateConfig | None = None, **options: Unpack[GenerateOptions]
     ) -> Iterator[Token]:
         """Iterate over the tokens of a completion; leaving the loop stops generation.
 
@@ -199,19 +205,28 @@ class BlockingModel:
         return _iterate(self._model.generate(prompt, config, **options))
 
     def stream_chat(
-        self, messages: Iterable[MessageLike], config: GenerateConfig | None = None, **options: Any
+        self,
+        messages: Iterable[MessageLike],
+        config: GenerateConfig | None = None,
+        **options: Unpack[GenerateOptions],
     ) -> Iterator[Token]:
         """Iterate over the tokens of a chat reply."""
         return _iterate(self._model.chat(messages, config, **options))
 
     def classify(
-        self, prompts: Sequence[str], config: GenerateConfig | None = None, **options: Any
+        self,
+        prompts: Sequence[str],
+        config: GenerateConfig | None = None,
+        **options: Unpack[GenerateOptions],
     ) -> list[ClassifyResult]:
         """Blocking :meth:`TextModel.classify`."""
         return run(lambda: self._model.classify(prompts, config, **options))
 
     def batch_generate(
-        self, prompts: Sequence[str], config: GenerateConfig | None = None, **options: Any
+        self,
+        prompts: Sequence[str],
+        config: GenerateConfig | None = None,
+        **options: Unpack[GenerateOptions],
     ) -> list[BatchResult]:
         """Blocking :meth:`TextModel.batch_generate`."""
         return run(lambda: self._model.batch_generate(prompts, config, **options))
@@ -309,7 +324,7 @@ def generate(
     model: TextModel | BlockingModel,
     prompt: str,
     config: GenerateConfig | None = None,
-    **options: Any,
+    **options: Unpack[GenerateOptions],
 ) -> Result:
     """Complete ``prompt`` on ``model`` (async or blocking) and return the whole reply."""
     return run(_unwrap(model).generate(prompt, config, **options).collect)
@@ -319,7 +334,7 @@ def chat(
     model: TextModel | BlockingModel,
     messages: Iterable[MessageLike],
     config: GenerateConfig | None = None,
-    **options: Any,
+    **options: Unpack[GenerateOptions],
 ) -> Result:
     """Reply to ``messages`` on ``model`` (async or blocking) and return the whole reply."""
     return run(_unwrap(model).chat(messages, config, **options).collect)

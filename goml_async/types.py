@@ -11,7 +11,7 @@ import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
-from typing import Any, Literal, TypeAlias
+from typing import Any, Literal, TypeAlias, TypedDict
 
 from .errors import ConfigError, GomlError
 
@@ -23,6 +23,7 @@ __all__ = [
     "GenOpts",
     "GenerateConfig",
     "GenerateMetrics",
+    "GenerateOptions",
     "LoadConfig",
     "Message",
     "MessageLike",
@@ -263,6 +264,35 @@ class GenerateConfig:
                 known = ", ".join(sorted(_CONFIG_FIELDS))
                 raise ConfigError(name, f"unknown generation option{hint} (known: {known})")
         return replace(self, **options)
+
+
+class GenerateOptions(TypedDict, total=False):
+    """The keyword options of ``generate``/``chat``/``classify``/``batch_generate``: the fields
+    of :class:`GenerateConfig`, each optional (a type checker then catches a misspelt option).
+
+    Example:
+        ```python
+        def ask(model: TextModel, prompt: str, **options: Unpack[GenerateOptions]) -> TokenStream:
+            return model.generate(prompt, **options)
+        ```
+    """
+
+    max_tokens: int
+    temperature: float
+    top_k: int
+    top_p: float
+    repeat_penalty: float
+    stop_tokens: Sequence[int]
+    stop_sequences: Sequence[str]
+    seed: int | None
+    return_logits: bool
+    first_token_timeout: float | None
+    idle_timeout: float | None
+    total_timeout: float | None
+    presence_penalty: float
+    frequency_penalty: float
+    logprobs: bool
+    top_logprobs: int
 
 
 _CONFIG_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(GenerateConfig))

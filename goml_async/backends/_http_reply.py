@@ -15,8 +15,8 @@ from typing import Any, Literal
 
 import httpx
 
-from .._retry import parse_retry_after
 from ..errors import APIStatusError, GenerationError
+from ..retry import parse_retry_after
 from ..types import ModelInfo, Token
 from . import _openai
 

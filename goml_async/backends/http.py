@@ -12,16 +12,15 @@ never replayed. Leaving a stream early closes its HTTP response at once.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping
 from contextlib import aclosing
-from typing import Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, Unpack, cast
 
 import anyio
 import httpx
 from anyio.lowlevel import RunVar
 from pydantic import SecretStr
 
-from .._retry import RetryPolicy
 from .._sse import SSEDecoder, SSETooLarge
 from ..compat import InferenceAdapter
 from ..errors import (
@@ -32,12 +31,15 @@ from ..errors import (
     StreamInterrupted,
 )
 from ..model import BaseTextModel
+from ..retry import RetryPolicy
 from ..settings import GomlSettings
-from ..stream import StreamContext
+from ..stream import StreamContext, TokenStream
 from ..types import (
     GenerateConfig,
+    GenerateOptions,
     LoadConfig,
     Message,
+    MessageLike,
     ModelInfo,
     Token,
 )
@@ -46,7 +48,7 @@ from . import _openai
 from ._loop_clients import LoopClients
 from ._pool import ShardedTransport
 
-__all__ = ["HTTPBackend", "HTTPModel", "HTTPModelBackend", "normalize_base_url"]
+__all__ = ["HTTPBackend", "HTTPCallOptions", "HTTPModel", "HTTPModelBackend", "normalize_base_url"]
 
 Endpoint = Literal["completions", "chat"]
 
@@ -60,6 +62,14 @@ def normalize_base_url(url: str) -> str:
         raise ConfigError("base_url", f"has no host: {url!r}")
     path = parsed.path.rstrip("/")
     return str(parsed.copy_with(path=path or "/v1", query=None, fragment=None)).rstrip("/")
+
+
+class HTTPCallOptions(GenerateOptions, total=False):
+    """:class:`HTTPModel`'s keyword options: GenerateConfig's fields, the model to ask for and
+    fields to add to the request body for this call."""
+
+    model: str
+    extra_body: Mapping[str, Any]
 
 
 class HTTPModel(BaseTextModel):
@@ -230,6 +240,22 @@ class HTTPModel(BaseTextModel):
     # Per call, ``model=`` asks for another model and ``extra_body=`` adds fields to the body
     # (over the model's own extra_body): model.chat(messages, model="other", extra_body={...}).
     call_options = frozenset({"model", "extra_body"})
+
+    if TYPE_CHECKING:  # the signatures with this backend's own options; the base class runs
+
+        def generate(
+            self,
+            prompt: str,
+            config: GenerateConfig | None = None,
+            **options: Unpack[HTTPCallOptions],
+        ) -> TokenStream: ...
+
+        def chat(
+            self,
+            messages: Iterable[MessageLike],
+            config: GenerateConfig | None = None,
+            **options: Unpack[HTTPCallOptions],
+        ) -> TokenStream: ...
 
     def _check_call_options(self, options: dict[str, Any]) -> dict[str, Any]:
         model = options.get("model")
