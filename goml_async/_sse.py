@@ -1,10 +1,12 @@
-"""A sans-I/O Server-Sent Events decoder.
+"""A sans-I/O Server-Sent Events codec: a decoder and the encoder that writes what it reads.
 
 The decoder follows the WHATWG ``text/event-stream`` parsing rules
 (https://html.spec.whatwg.org/multipage/server-sent-events.html#event-stream-interpretation)
 and never touches a socket: the HTTP shell feeds it raw bytes as they arrive and gets complete
 events back. Chunks may be split anywhere, including inside a UTF-8 character or between the CR
-and LF of a CRLF line ending.
+and LF of a CRLF line ending. The encoder (:func:`encode_data`, :func:`encode_event`,
+:func:`encode_comment`) returns the text of one event; whatever it is given, the decoder reads
+back the same event (a CR in the data arrives as LF: the format has no way to carry one).
 
 Example:
     >>> decoder = SSEDecoder()
@@ -14,6 +16,8 @@ Example:
     []
     >>> decoder.flush()
     [ServerSentEvent(event='message', data='[DONE]', id=None, retry=None)]
+    >>> encode_event("a\\nb", event="note")
+    'event: note\\ndata: a\\ndata: b\\n\\n'
 """
 
 from __future__ import annotations
@@ -25,7 +29,15 @@ from typing import Any
 
 from .errors import ConfigError
 
-__all__ = ["DEFAULT_MAX_EVENT_CHARS", "SSEDecoder", "SSETooLarge", "ServerSentEvent"]
+__all__ = [
+    "DEFAULT_MAX_EVENT_CHARS",
+    "SSEDecoder",
+    "SSETooLarge",
+    "ServerSentEvent",
+    "encode_comment",
+    "encode_data",
+    "encode_event",
+]
 
 #: The longest line, and the most data one event may hold, in characters (8 Mi): far above
 #: anything an LLM server sends in one event, and a bound on what a hostile one can make us hold.
@@ -336,3 +348,77 @@ class SSEDecoder:
         elif name == "retry" and value.isascii() and value.isdigit() and len(value) < 4300:
             self._retry = int(value)
         # Any other field name is ignored, as the spec requires.
+
+
+# -- encoding -------------------------------------------------------------------------------------
+
+
+def _lines(text: str) -> list[str]:
+    """``text`` cut at every line ending the decoder knows (LF, CRLF and a lone CR)."""
+    return text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+
+
+def encode_data(data: str, eol: str = "\n") -> str:
+    """The text of one ``message`` event carrying ``data``: ``data:`` lines, then a blank line.
+
+    This is the hot path of every streamed reply: data on one line (any JSON text) costs one
+    concatenation. Each line break in ``data`` (LF, CRLF or a lone CR) starts another ``data:``
+    line, which the decoder joins back with LF.
+
+    Args:
+        data: the event's data, any text.
+        eol: the line ending to write: ``"\\n"`` (the default), ``"\\r\\n"`` or ``"\\r"``.
+    """
+    if "\n" in data or "\r" in data:
+        return "".join([f"data: {line}{eol}" for line in _lines(data)]) + eol
+    return "data: " + data + eol + eol
+
+
+def encode_event(
+    data: str,
+    *,
+    event: str | None = None,
+    id: str | None = None,
+    retry: int | None = None,
+    eol: str = "\n",
+) -> str:
+    """The text of one event with its type, ID and reconnection time, each when given.
+
+    Args:
+        data: the event's data, any text (see :func:`encode_data`).
+        event: the event type (a client's ``message`` handlers skip any other).
+        id: the event ID, which the client keeps for later events too.
+        retry: the reconnection time to announce, in milliseconds.
+        eol: the line ending to write.
+
+    Raises:
+        ValueError: ``event`` or ``id`` spans lines, ``id`` holds a NUL (a client ignores
+            such an ID), or ``retry`` is negative.
+    """
+    fields = ""
+    if event is not None:
+        fields += f"event: {_one_line('event', event)}{eol}"
+    if id is not None:
+        if "\0" in id:
+            raise ValueError(f"an SSE id cannot hold a NUL: {id!r}")
+        fields += f"id: {_one_line('id', id)}{eol}"
+    if retry is not None:
+        if isinstance(retry, bool) or not isinstance(retry, int) or retry < 0:
+            raise ValueError(f"an SSE retry must be an int >= 0, got {retry!r}")
+        fields += f"retry: {retry}{eol}"
+    return fields + encode_data(data, eol)
+
+
+def encode_comment(text: str = "", eol: str = "\n") -> str:
+    """The text of a comment, which every client skips: a keep-alive ping, for example.
+
+    Each line of ``text`` becomes a ``:`` line, and a blank line follows; send it between events.
+    """
+    lines = _lines(text)
+    return "".join([f": {line}{eol}" if line else f":{eol}" for line in lines]) + eol
+
+
+def _one_line(name: str, value: str) -> str:
+    if "\n" in value or "\r" in value:
+        raise ValueError(f"an SSE {name} cannot span lines: {value!r}")
+    return value

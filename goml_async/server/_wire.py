@@ -1,19 +1,25 @@
-"""The server's OpenAI wire format, without I/O: errors, replies and their parts.
+"""The server's side of OpenAI's wire format, without I/O: error replies and whole replies.
 
-Pure functions and small value objects: the ASGI side (``app``, ``sse``) only moves the bytes
-built here. Requests are validated in :mod:`goml_async.server._requests`; their values are
-checked once more by :class:`~goml_async.types.GenerateConfig` when the model is called, and
-:func:`param_name` maps its field names back to the request's.
+The shapes live in :mod:`goml_async._openai_wire`, shared with the client and the test server;
+this module adds the server's own policy: which exception becomes which error reply, and
+replies built from a stream's finish reason and metrics. The ASGI side (``app``, ``sse``) only
+moves the bytes built here. Requests are validated in :mod:`goml_async.server._requests`; their
+values are checked once more by :class:`~goml_async.types.GenerateConfig` when the model is
+called, and :func:`param_name` maps its field names back to the request's.
 """
 
 from __future__ import annotations
 
-import json
 import reprlib
-import uuid
 from collections.abc import Mapping
 from typing import Any, Final
 
+from .._openai_wire.chunks import completion_object, new_completion_id
+from .._openai_wire.errors import error_object, openai_error_type
+from .._openai_wire.json_text import dumps
+from .._openai_wire.usage import timings_from_metrics as timings
+from .._openai_wire.usage import usage_from_metrics as usage
+from .._openai_wire.usage import wire_finish_reason
 from ..errors import (
     APIStatusError,
     ConfigError,
@@ -36,6 +42,9 @@ __all__ = [
     "timings",
     "usage",
 ]
+
+#: OpenAI's finish_reason for a stream's (the name the server's modules know it by).
+openai_finish_reason = wire_finish_reason
 
 #: GenerateConfig field -> the request parameter that sets it.
 _PARAMS: Final = {"stop_sequences": "stop", "repeat_penalty": "repeat_penalty"}
@@ -60,11 +69,6 @@ def shown(value: object) -> str:
     """
     text = _REPR.repr(value)
     return text if len(text) <= _SHOWN_CHARS else text[: _SHOWN_CHARS - 3] + "..."
-
-
-def dumps(value: object) -> str:
-    """Compact JSON with raw UTF-8 text."""
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
 # -- errors ---------------------------------------------------------------------------------------
@@ -95,21 +99,14 @@ class ServerError(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
-        self.type = type or ("server_error" if status >= 500 else "invalid_request_error")
+        self.type = type or openai_error_type(status)
         self.param = param
         self.code = code
         self.headers = dict(headers or {})
 
     def body(self) -> dict[str, Any]:
         """The JSON error object."""
-        return {
-            "error": {
-                "message": self.message,
-                "type": self.type,
-                "param": self.param,
-                "code": self.code,
-            }
-        }
+        return error_object(self.message, self.type, param=self.param, code=self.code)
 
     def __repr__(self) -> str:
         return f"ServerError({self.status}, {self.message!r}, code={self.code!r})"
@@ -151,42 +148,6 @@ def error_from_exception(exc: BaseException) -> ServerError:
 # -- replies --------------------------------------------------------------------------------------
 
 
-def new_completion_id(chat: bool) -> str:
-    """A fresh reply ID: ``chatcmpl-...`` or ``cmpl-...``."""
-    return ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
-
-
-def openai_finish_reason(reason: str | None) -> str:
-    """OpenAI's finish_reason for a TokenStream's: ``length`` stays, everything else is ``stop``."""
-    return "length" if reason == "length" else "stop"
-
-
-def usage(metrics: GenerateMetrics | None) -> dict[str, int]:
-    """OpenAI's usage object from the stream's metrics (the backend's own token counts)."""
-    prompt = metrics.prompt_tokens if metrics is not None else 0
-    completion = metrics.generated_tokens if metrics is not None else 0
-    return {
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
-    }
-
-
-def timings(metrics: GenerateMetrics | None) -> dict[str, float] | None:
-    """llama.cpp's ``timings`` object (an extension OpenAI clients ignore), when the backend
-    measured prefill or decode; None otherwise."""
-    if metrics is None or not (metrics.prefill_seconds or metrics.decode_seconds):
-        return None
-    return {
-        "prompt_n": metrics.prompt_tokens,
-        "prompt_ms": round(metrics.prefill_seconds * 1000, 3),
-        "prompt_per_second": metrics.prefill_tokens_per_sec,
-        "predicted_n": metrics.generated_tokens,
-        "predicted_ms": round(metrics.decode_seconds * 1000, 3),
-        "predicted_per_second": metrics.decode_tokens_per_sec,
-    }
-
-
 def completion_reply(
     *,
     chat: bool,
@@ -200,25 +161,17 @@ def completion_reply(
 ) -> dict[str, Any]:
     """The whole non-streamed reply: ``chat.completion`` or ``text_completion``.
 
-    ``logprobs`` is the choice's ``logprobs`` object (``LogprobsCollector.render()``), when
-    they were asked for.
+    ``finish_reason`` and ``metrics`` are the stream's; ``logprobs`` is the choice's
+    ``logprobs`` object (``LogprobsCollector.render()``), when they were asked for.
     """
-    choice: dict[str, Any] = {"index": 0}
-    if chat:
-        choice["message"] = {"role": "assistant", "content": text}
-    else:
-        choice["text"] = text
-    choice["logprobs"] = logprobs
-    choice["finish_reason"] = openai_finish_reason(finish_reason)
-    reply: dict[str, Any] = {
-        "id": completion_id,
-        "object": "chat.completion" if chat else "text_completion",
-        "created": created,
-        "model": model,
-        "choices": [choice],
-        "usage": usage(metrics),
-    }
-    measured = timings(metrics)
-    if measured is not None:
-        reply["timings"] = measured
-    return reply
+    return completion_object(
+        chat=chat,
+        completion_id=completion_id,
+        created=created,
+        model=model,
+        text=text,
+        finish_reason=wire_finish_reason(finish_reason),
+        usage=usage(metrics),
+        timings=timings(metrics),
+        logprobs=logprobs,
+    )

@@ -2,19 +2,26 @@
 
 An encoder turns the parts of a stream (its start, each token, its end, a failure) into the
 bytes of SSE events; :class:`~goml_async.server.sse.TokenStreamSender` sends them. The
-JSON of OpenAI chunks is built from a prefix made once per stream, so each token costs one
-``json.dumps`` of its text.
+chunks' JSON comes from :class:`~goml_async._openai_wire.chunks.ChunkWriter` (the envelope
+serialised once per stream, so each token costs one JSON string of its text) and the framing
+from :mod:`goml_async._sse`.
 """
 
 from __future__ import annotations
 
 import time
 
+from .._openai_wire.chunks import DONE, ChunkWriter, new_completion_id
+from .._openai_wire.json_text import dumps
+from .._openai_wire.logprobs import LogprobsCollector
+from .._openai_wire.usage import timings_from_metrics, usage_from_metrics, wire_finish_reason
+from .._sse import encode_data, encode_event
 from ..types import GenerateMetrics, Token
-from ._logprobs import LogprobsCollector
-from ._wire import ServerError, dumps, new_completion_id, openai_finish_reason, timings, usage
+from ._wire import ServerError
 
 __all__ = ["EventEncoder", "OpenAIEncoder", "TextEncoder"]
+
+_DONE_EVENT = encode_data(DONE)
 
 
 class EventEncoder:
@@ -56,7 +63,7 @@ class OpenAIEncoder(EventEncoder):
     ``include_usage`` every other chunk carries ``"usage": null``, as OpenAI's do. An error is
     one ``data: {"error": {...}}`` event, and the stream ends without ``[DONE]``. With
     ``logprobs`` each token's chunk carries its log-probabilities in OpenAI's shape
-    (:mod:`goml_async.server._logprobs`).
+    (:mod:`goml_async._openai_wire.logprobs`).
 
     Args:
         chat: chat chunks (True) or completion chunks (False).
@@ -67,7 +74,7 @@ class OpenAIEncoder(EventEncoder):
         logprobs: None for no log-probabilities, else the alternatives per token.
     """
 
-    __slots__ = ("_chat", "_head", "_include_usage", "_logprobs", "_tail")
+    __slots__ = ("_chat", "_include_usage", "_logprobs", "_writer")
 
     def __init__(
         self,
@@ -82,60 +89,40 @@ class OpenAIEncoder(EventEncoder):
         self._chat = chat
         self._include_usage = include_usage
         self._logprobs = None if logprobs is None else LogprobsCollector(chat=chat, top=logprobs)
-        head = {
-            "id": completion_id or new_completion_id(chat),
-            "object": "chat.completion.chunk" if chat else "text_completion",
-            "created": int(time.time()) if created is None else created,
-            "model": model,
-        }
-        # Every chunk is this envelope + its choices (+ usage): built once, filled per token.
-        self._head = "data: " + dumps(head)[:-1]
-        self._tail = ',"usage":null}\n\n' if include_usage else "}\n\n"
-
-    def _choice(
-        self,
-        delta_or_text: str,
-        finish_reason: str | None,
-        extra: str = "",
-        logprobs: str = "null",
-    ) -> str:
-        finish = dumps(finish_reason)
-        return (
-            f'{self._head},"choices":[{{"index":0,{delta_or_text},'
-            f'"logprobs":{logprobs},"finish_reason":{finish}}}]{extra}{self._tail}'
+        self._writer = ChunkWriter(
+            chat=chat,
+            completion_id=completion_id or new_completion_id(chat),
+            created=int(time.time()) if created is None else created,
+            model=model,
+            null_usage=include_usage,
         )
 
     def start(self) -> bytes:
         if not self._chat:
             return b""
-        return self._choice('"delta":{"role":"assistant","content":""}', None).encode()
+        return encode_data(self._writer.role()).encode()
 
     def token(self, text: str) -> bytes:
         if not text:
             return b""
-        if self._chat:
-            return self._choice(f'"delta":{{"content":{dumps(text)}}}', None).encode()
-        return self._choice(f'"text":{dumps(text)}', None).encode()
+        return encode_data(self._writer.content(text)).encode()
 
     def encode_token(self, token: Token) -> bytes:
         if self._logprobs is None or not token.text:
             return self.token(token.text)
         logprobs = dumps(self._logprobs.chunk(token))
-        text = dumps(token.text)
-        part = f'"delta":{{"content":{text}}}' if self._chat else f'"text":{text}'
-        return self._choice(part, None, logprobs=logprobs).encode()
+        return encode_data(self._writer.content(token.text, logprobs)).encode()
 
     def end(self, finish_reason: str | None, metrics: GenerateMetrics | None) -> bytes:
-        reason = openai_finish_reason(finish_reason)
-        measured = timings(metrics)
-        extra = f',"timings":{dumps(measured)}' if measured is not None else ""
-        last = self._choice('"delta":{}' if self._chat else '"text":""', reason, extra)
+        writer = self._writer
+        finish = writer.finish(wire_finish_reason(finish_reason), timings_from_metrics(metrics))
+        last = encode_data(finish)
         if self._include_usage:
-            last += f'{self._head},"choices":[],"usage":{dumps(usage(metrics))}}}\n\n'
-        return (last + "data: [DONE]\n\n").encode()
+            last += encode_data(writer.usage(usage_from_metrics(metrics)))
+        return (last + _DONE_EVENT).encode()
 
     def error(self, error: ServerError) -> bytes:
-        return f"data: {dumps(error.body())}\n\n".encode()
+        return encode_data(dumps(error.body())).encode()
 
 
 class TextEncoder(EventEncoder):
@@ -152,12 +139,14 @@ class TextEncoder(EventEncoder):
     def token(self, text: str) -> bytes:
         if not text:
             return b""
-        lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
-        return ("".join(f"data: {line}\n" for line in lines) + "\n").encode()
+        return encode_data(text).encode()
 
     def end(self, finish_reason: str | None, metrics: GenerateMetrics | None) -> bytes:
-        done = {"finish_reason": openai_finish_reason(finish_reason), "usage": usage(metrics)}
-        return f"event: done\ndata: {dumps(done)}\n\n".encode()
+        done = {
+            "finish_reason": wire_finish_reason(finish_reason),
+            "usage": usage_from_metrics(metrics),
+        }
+        return encode_event(dumps(done), event="done").encode()
 
     def error(self, error: ServerError) -> bytes:
-        return f"event: error\ndata: {dumps(error.body())}\n\n".encode()
+        return encode_event(dumps(error.body()), event="error").encode()

@@ -1,34 +1,32 @@
-"""FakeOpenAIServer's OpenAI wire format, without I/O: the script, request bodies and SSE events.
+"""FakeOpenAIServer's side of the wire, without I/O: the script, request bodies and SSE events.
 
 Everything here is a pure function of a :class:`Script` and a request body; the HTTP side
 (``openai_server``) only writes what :func:`stream_steps` yields and sleeps where it says so.
+The replies are built with the server's own writers (:mod:`goml_async._openai_wire`,
+:mod:`goml_async._sse`), in llama.cpp's variant of the shapes: no ``"logprobs": null`` or
+``"usage": null`` fields, errors with the HTTP status as their code, ``timings`` on the last
+chunk. Only the faults are written by hand.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
+from .._openai_wire.chunks import DONE, ChunkWriter, completion_object
+from .._openai_wire.errors import llama_error_object, llama_error_type
+from .._openai_wire.json_text import dumps
+from .._openai_wire.usage import timings_object, usage_object
+from .._sse import encode_comment, encode_data
 from ..errors import ConfigError
 
 #: A stream is handed to the writer in batches of about this many bytes (one HTTP chunk each).
 BATCH_BYTES: Final = 64 * 1024
 DEFAULT_TOKENS: Final = ("Hello", ",", " world", "!")
-ERROR_PAYLOAD: Final = '{"error":{"message":"boom","type":"server_error","code":500}}'
+ERROR_PAYLOAD: Final = dumps(llama_error_object("boom", "server_error", 500))
 MALFORMED_PAYLOAD: Final = "{not json"
-_ERROR_TYPES: Final = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    408: "timeout_error",
-    429: "rate_limit_error",
-    501: "not_supported_error",
-    503: "unavailable_error",
-}
 
 
 @dataclass(frozen=True)
@@ -190,15 +188,9 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def dumps(value: object) -> str:
-    """Compact JSON with raw UTF-8 text, as llama.cpp and vLLM write it."""
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-
-
 def error_body(status: int, message: str) -> bytes:
-    """An OpenAI/llama.cpp style error body: ``{"error":{"code","message","type"}}``."""
-    kind = _ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
-    return dumps({"error": {"code": status, "message": message, "type": kind}}).encode()
+    """A llama.cpp style error body: ``{"error":{"message","type","code"}}``, code = status."""
+    return dumps(llama_error_object(message, llama_error_type(status), status)).encode()
 
 
 def parse_completion_request(body: object, *, chat: bool) -> CompletionRequest:
@@ -269,56 +261,47 @@ class ReplyPlan:
 
     def usage(self, completion_tokens: int) -> dict[str, int]:
         """The OpenAI ``usage`` object for this reply."""
-        prompt = self.prompt_tokens
-        return {
-            "prompt_tokens": prompt,
-            "completion_tokens": completion_tokens,
-            "total_tokens": prompt + completion_tokens,
-        }
+        return usage_object(self.prompt_tokens, completion_tokens)
 
     def timings(self, prompt_ms: float, predicted_ms: float) -> dict[str, float]:
-        """llama.cpp's ``timings`` object for this reply."""
-        prompt_n, predicted_n = self.prompt_tokens, self.sent_tokens
-        return {
-            "prompt_n": prompt_n,
-            "prompt_ms": round(prompt_ms, 3),
-            "prompt_per_token_ms": round(prompt_ms / prompt_n, 3) if prompt_n else 0.0,
-            "prompt_per_second": prompt_n / prompt_ms * 1e3 if prompt_ms > 0 else 0.0,
-            "predicted_n": predicted_n,
-            "predicted_ms": round(predicted_ms, 3),
-            "predicted_per_token_ms": round(predicted_ms / predicted_n, 3) if predicted_n else 0.0,
-            "predicted_per_second": predicted_n / predicted_ms * 1e3 if predicted_ms > 0 else 0.0,
-        }
+        """llama.cpp's whole ``timings`` object for this reply (with the per-token times)."""
+        return timings_object(
+            prompt_n=self.prompt_tokens,
+            prompt_ms=prompt_ms,
+            predicted_n=self.sent_tokens,
+            predicted_ms=predicted_ms,
+            per_token=True,
+        )
 
-    def envelope(self) -> str:
-        """``{"id":..,"object":..,"created":..,"model":..`` without its closing brace."""
-        kind = "chat.completion.chunk" if self.request.chat else "text_completion"
-        head = {"id": self.response_id, "object": kind, "created": self.created}
-        return dumps({**head, "model": self.script.model})[:-1]
+    def chunks(self) -> ChunkWriter:
+        """The writer of this reply's stream chunks, in llama.cpp's variant of the shape."""
+        return ChunkWriter(
+            chat=self.request.chat,
+            completion_id=self.response_id,
+            created=self.created,
+            model=self.script.model,
+            null_logprobs=False,
+        )
 
     def plain_body(self) -> dict[str, Any]:
         """The whole non-streaming reply (``stream`` false)."""
         script, count = self.script, self.sent_tokens
-        text = "".join(script.tokens[:count])
-        choice: dict[str, Any] = {"index": 0}
-        if self.request.chat:
-            choice["message"] = {"role": "assistant", "content": text}
-        else:
-            choice["text"] = text
-        choice["finish_reason"] = self.finish_reason
-        body: dict[str, Any] = {
-            "id": self.response_id,
-            "object": "chat.completion" if self.request.chat else "text_completion",
-            "created": self.created,
-            "model": script.model,
-            "choices": [choice],
-            "usage": self.usage(count),
-        }
+        timings = None
         if script.timings:
             first = script.first_token_delay + script.token_delay if count else 0.0
             rest = script.token_delay * max(count - 1, 0)
-            body["timings"] = self.timings(first * 1e3, rest * 1e3)
-        return body
+            timings = self.timings(first * 1e3, rest * 1e3)
+        return completion_object(
+            chat=self.request.chat,
+            completion_id=self.response_id,
+            created=self.created,
+            model=script.model,
+            text="".join(script.tokens[:count]),
+            finish_reason=self.finish_reason,
+            usage=self.usage(count),
+            timings=timings,
+            null_logprobs=False,
+        )
 
 
 class SSEFormat:
@@ -327,16 +310,15 @@ class SSEFormat:
     def __init__(self, script: Script) -> None:
         self._eol = script.line_ending
         self._multiline = script.multiline_data
-        self.done = self.event("[DONE]")
-        self.ping = f": ping{self._eol}{self._eol}".encode()
+        self.done = self.event(DONE)
+        self.ping = encode_comment("ping", self._eol).encode()
 
     def event(self, payload: str) -> bytes:
-        """One ``data:`` event carrying ``payload``."""
-        eol = self._eol
+        """One ``data:`` event carrying ``payload`` (one line of JSON, or any text)."""
         cut = payload.find(',"') + 1 if self._multiline else 0
         if cut > 0:  # after a comma between JSON members, "\n" is whitespace: rejoined it parses
-            return f"data: {payload[:cut]}{eol}data: {payload[cut:]}{eol}{eol}".encode()
-        return f"data: {payload}{eol}{eol}".encode()
+            payload = f"{payload[:cut]}\n{payload[cut:]}"
+        return encode_data(payload, self._eol).encode()
 
 
 def stream_steps(
@@ -348,22 +330,16 @@ def stream_steps(
     disconnect first yields what was batched. ``started`` is when the request arrived on
     ``clock``; the timings in the last chunk are measured on it while the writer pulls steps.
     """
-    script, chat = reply.script, reply.request.chat
+    script = reply.script
     fmt = SSEFormat(script)
-    envelope = reply.envelope()
-    if chat:
-        token_open, token_close = ',"choices":[{"index":0,"delta":{"content":', "}"
-    else:
-        token_open, token_close = ',"choices":[{"index":0,"text":', ""
-    token_close += ',"finish_reason":null}]}'
+    writer = reply.chunks()
     events: dict[str, bytes] = {}  # token text -> its encoded event, built once per request
     faults = {script.stall_after, script.malformed_after, script.disconnect_after}
     faults.add(script.error_after)
     batch: list[bytes] = []
     size = 0
-    if chat:
-        role = ',"choices":[{"index":0,"delta":{"role":"assistant","content":""}'
-        batch.append(fmt.event(f'{envelope}{role},"finish_reason":null}}]}}'))
+    if reply.request.chat:
+        batch.append(fmt.event(writer.role()))
     first_token_at = started
     count = reply.sent_tokens
     for index in range(count + 1):
@@ -398,7 +374,7 @@ def stream_steps(
         text = script.tokens[index]
         event = events.get(text)
         if event is None:
-            event = fmt.event(f"{envelope}{token_open}{dumps(text)}{token_close}")
+            event = fmt.event(writer.content(text))
             events[text] = event
         batch.append(event)
         size += len(event)
@@ -406,7 +382,7 @@ def stream_steps(
             yield b"".join(batch)
             batch.clear()
             size = 0
-    batch.extend(_final_events(reply, fmt, envelope, started, first_token_at, clock()))
+    batch.extend(_final_events(reply, fmt, writer, started, first_token_at, clock()))
     yield b"".join(batch)
 
 
@@ -423,22 +399,21 @@ def _fault_steps(script: Script, index: int, fmt: SSEFormat) -> Iterator[Step]:
 
 
 def _final_events(
-    reply: ReplyPlan, fmt: SSEFormat, envelope: str, started: float, first: float, now: float
+    reply: ReplyPlan, fmt: SSEFormat, writer: ChunkWriter, started: float, first: float, now: float
 ) -> list[bytes]:
-    """The finish chunk, the usage chunk when asked for, and ``[DONE]``."""
+    """The finish chunk, the usage chunk when asked for, and ``[DONE]``; ``timings`` (when the
+    script sends them) travel on the last of the chunks, as llama.cpp sends them."""
     if reply.sent_tokens == 0:
         first = now
-    timings = reply.timings((first - started) * 1e3, (now - first) * 1e3)
-    extra = f',"timings":{dumps(timings)}' if reply.script.timings else ""
-    delta = '"delta":{}' if reply.request.chat else '"text":""'
-    reason = dumps(reply.finish_reason)
-    finish = f'{envelope},"choices":[{{"index":0,{delta},"finish_reason":{reason}}}]'
+    timings = None
+    if reply.script.timings:
+        timings = reply.timings((first - started) * 1e3, (now - first) * 1e3)
     if not reply.request.include_usage:
-        return [fmt.event(f"{finish}{extra}}}"), fmt.done]
-    usage = dumps(reply.usage(reply.sent_tokens))
+        return [fmt.event(writer.finish(reply.finish_reason, timings)), fmt.done]
+    usage = reply.usage(reply.sent_tokens)
     return [
-        fmt.event(f"{finish}}}"),
-        fmt.event(f'{envelope},"choices":[],"usage":{usage}{extra}}}'),
+        fmt.event(writer.finish(reply.finish_reason)),
+        fmt.event(writer.usage(usage, timings)),
         fmt.done,
     ]
 

@@ -15,7 +15,6 @@ import contextlib
 import json
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from types import TracebackType
 from typing import Final
@@ -25,7 +24,9 @@ import anyio.abc
 import anyio.from_thread
 import anyio.lowlevel
 
-from ..errors import ConfigError, LifecycleError
+from .._openai_wire.chunks import new_completion_id
+from .._openai_wire.json_text import dumps
+from ..errors import ConfigError, GomlError
 from ._http11 import LAST_CHUNK, ClientGone, Connection, HTTPError, RequestHead, response_head
 from ._openai_wire import (
     CompletionRequest,
@@ -34,7 +35,6 @@ from ._openai_wire import (
     ReplyPlan,
     RequestError,
     Script,
-    dumps,
     error_body,
     parse_completion_request,
     plain_outcome,
@@ -49,7 +49,7 @@ _ROUTES: Final = {
     "/v1/models": "GET",
     "/health": "GET",
 }
-_LOADING: Final = b'{"error":{"code":503,"message":"Loading model","type":"unavailable_error"}}'
+_LOADING: Final = error_body(503, "Loading model")
 
 
 class FakeOpenAIServer:
@@ -106,10 +106,10 @@ class FakeOpenAIServer:
         """Start listening on a background thread; return once the port is bound.
 
         Raises:
-            LifecycleError: the server is already running, or it could not start.
+            GomlError: the server is already running, or it could not start.
         """
         if self._thread is not None:
-            raise LifecycleError("FakeOpenAIServer is already running: stop() it first")
+            raise GomlError("FakeOpenAIServer is already running: stop() it first")
         self._ready.clear()
         with self._lock:
             failures = len(self._errors)
@@ -121,7 +121,7 @@ class FakeOpenAIServer:
             self.stop()
             with self._lock:
                 cause = self._errors[failures] if len(self._errors) > failures else None
-            raise LifecycleError(f"FakeOpenAIServer could not start on {self._host}") from cause
+            raise GomlError(f"FakeOpenAIServer could not start on {self._host}") from cause
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -173,7 +173,7 @@ class FakeOpenAIServer:
     def port(self) -> int:
         """The bound port (the server must be running)."""
         if self._port is None or self._thread is None:
-            raise LifecycleError("FakeOpenAIServer is not running: use `with` or start()")
+            raise GomlError("FakeOpenAIServer is not running: use `with` or start()")
         return self._port
 
     @property
@@ -425,5 +425,4 @@ class FakeOpenAIServer:
 
 
 def _new_reply(script: Script, request: CompletionRequest) -> ReplyPlan:
-    prefix = "chatcmpl" if request.chat else "cmpl"
-    return ReplyPlan(script, request, f"{prefix}-{uuid.uuid4().hex[:24]}", int(time.time()))
+    return ReplyPlan(script, request, new_completion_id(request.chat), int(time.time()))

@@ -1,0 +1,134 @@
+"""How a reply ended: ``usage``, llama.cpp's ``timings`` and ``finish_reason``, both ways.
+
+The server writes them from a stream's :class:`~goml_async.types.GenerateMetrics` and finish
+reason; the client reads them back into the same, from OpenAI's shape and llama.cpp's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Final
+
+from ..types import FinishReason, GenerateMetrics
+
+__all__ = [
+    "NATIVE_STOPS",
+    "finish_reason",
+    "metrics_from",
+    "timings_from_metrics",
+    "timings_object",
+    "usage_from_metrics",
+    "usage_object",
+    "wire_finish_reason",
+]
+
+#: llama.cpp's native ``stop_type`` as an OpenAI finish_reason ("word" is a stop sequence).
+NATIVE_STOPS: Final = {"limit": "length", "eos": "stop", "word": "stop"}
+
+#: The finish reasons servers send that mean the model stopped by itself (not at a limit). A
+#: tuple, not a set: a hostile server's finish_reason may be a list, which a set cannot hash.
+_STOPPED: Final = ("stop", "eos", "stop_sequence", "tool_calls", "content_filter")
+
+
+def wire_finish_reason(reason: str | None) -> str:
+    """OpenAI's finish_reason for a stream's: ``length`` stays, anything else is ``stop``."""
+    return "length" if reason == "length" else "stop"
+
+
+def finish_reason(value: object) -> FinishReason | None:
+    """A server's finish_reason as a stream's (``stop`` or ``length``); None when absent."""
+    if value == "length":
+        return "length"
+    if value in _STOPPED:
+        return "stop"
+    return None
+
+
+def usage_object(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    """OpenAI's ``usage``: ``{"prompt_tokens", "completion_tokens", "total_tokens"}``."""
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+def usage_from_metrics(metrics: GenerateMetrics | None) -> dict[str, int]:
+    """The ``usage`` of a stream's metrics (the backend's own token counts; zeros without)."""
+    if metrics is None:
+        return usage_object(0, 0)
+    return usage_object(metrics.prompt_tokens, metrics.generated_tokens)
+
+
+def timings_object(
+    *,
+    prompt_n: int,
+    prompt_ms: float,
+    predicted_n: int,
+    predicted_ms: float,
+    prompt_per_second: float | None = None,
+    predicted_per_second: float | None = None,
+    per_token: bool = False,
+) -> dict[str, float]:
+    """llama.cpp's ``timings`` object, an extension that OpenAI clients ignore.
+
+    Times are rounded to the microsecond. A rate not given is the count over the time.
+    ``per_token`` adds llama.cpp's ``prompt_per_token_ms`` and ``predicted_per_token_ms``.
+    """
+    if prompt_per_second is None:
+        prompt_per_second = prompt_n / prompt_ms * 1e3 if prompt_ms > 0 else 0.0
+    if predicted_per_second is None:
+        predicted_per_second = predicted_n / predicted_ms * 1e3 if predicted_ms > 0 else 0.0
+    timings: dict[str, float] = {"prompt_n": prompt_n, "prompt_ms": round(prompt_ms, 3)}
+    if per_token:
+        timings["prompt_per_token_ms"] = round(prompt_ms / prompt_n, 3) if prompt_n else 0.0
+    timings["prompt_per_second"] = prompt_per_second
+    timings["predicted_n"] = predicted_n
+    timings["predicted_ms"] = round(predicted_ms, 3)
+    if per_token:
+        per_token_ms = round(predicted_ms / predicted_n, 3) if predicted_n else 0.0
+        timings["predicted_per_token_ms"] = per_token_ms
+    timings["predicted_per_second"] = predicted_per_second
+    return timings
+
+
+def timings_from_metrics(metrics: GenerateMetrics | None) -> dict[str, float] | None:
+    """The ``timings`` of a stream's metrics, when the backend measured prefill or decode."""
+    if metrics is None or not (metrics.prefill_seconds or metrics.decode_seconds):
+        return None
+    return timings_object(
+        prompt_n=metrics.prompt_tokens,
+        prompt_ms=metrics.prefill_seconds * 1000,
+        prompt_per_second=metrics.prefill_tokens_per_sec,
+        predicted_n=metrics.generated_tokens,
+        predicted_ms=metrics.decode_seconds * 1000,
+        predicted_per_second=metrics.decode_tokens_per_sec,
+    )
+
+
+def _number(mapping: Mapping[str, Any], key: str) -> float:
+    value = mapping.get(key)
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
+
+
+def metrics_from(
+    usage: Mapping[str, Any] | None, timings: Mapping[str, Any] | None
+) -> GenerateMetrics | None:
+    """GenerateMetrics from a server's ``usage`` and llama.cpp's ``timings``; None if neither.
+
+    Counts come from ``usage`` first (it includes cached prompt tokens), else from ``timings``.
+    """
+    if not usage and not timings:
+        return None
+    usage = usage or {}
+    timings = timings or {}
+    prompt_tokens = int(_number(usage, "prompt_tokens") or _number(timings, "prompt_n"))
+    generated = int(_number(usage, "completion_tokens") or _number(timings, "predicted_n"))
+    return GenerateMetrics(
+        prompt_tokens=prompt_tokens,
+        generated_tokens=generated,
+        prefill_seconds=_number(timings, "prompt_ms") / 1000,
+        decode_seconds=_number(timings, "predicted_ms") / 1000,
+        prefill_tokens_per_sec=_number(timings, "prompt_per_second"),
+        decode_tokens_per_sec=_number(timings, "predicted_per_second"),
+    )
