@@ -26,7 +26,7 @@ import anyio.lowlevel
 
 from .._openai_wire.chunks import new_completion_id
 from .._openai_wire.json_text import dumps
-from ..errors import ConfigError, GomlError
+from ..errors import ConfigError, LifecycleError
 from ._http11 import LAST_CHUNK, ClientGone, Connection, HTTPError, RequestHead, response_head
 from ._openai_wire import (
     CompletionRequest,
@@ -106,10 +106,10 @@ class FakeOpenAIServer:
         """Start listening on a background thread; return once the port is bound.
 
         Raises:
-            GomlError: the server is already running, or it could not start.
+            LifecycleError: the server is already running, or it could not start.
         """
         if self._thread is not None:
-            raise GomlError("FakeOpenAIServer is already running: stop() it first")
+            raise LifecycleError("FakeOpenAIServer is already running: stop() it first")
         self._ready.clear()
         with self._lock:
             failures = len(self._errors)
@@ -121,7 +121,7 @@ class FakeOpenAIServer:
             self.stop()
             with self._lock:
                 cause = self._errors[failures] if len(self._errors) > failures else None
-            raise GomlError(f"FakeOpenAIServer could not start on {self._host}") from cause
+            raise LifecycleError(f"FakeOpenAIServer could not start on {self._host}") from cause
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -173,7 +173,7 @@ class FakeOpenAIServer:
     def port(self) -> int:
         """The bound port (the server must be running)."""
         if self._port is None or self._thread is None:
-            raise GomlError("FakeOpenAIServer is not running: use `with` or start()")
+            raise LifecycleError("FakeOpenAIServer is not running: use `with` or start()")
         return self._port
 
     @property
