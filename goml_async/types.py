@@ -7,12 +7,12 @@ All types are frozen dataclasses validated on construction: an invalid value rai
 from __future__ import annotations
 
 import difflib
-import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any, Literal, TypeAlias, TypedDict
 
+from ._validate import integer, non_empty_str, number_between, seconds, string
 from .errors import ConfigError, GomlError
 
 __all__ = [
@@ -42,24 +42,6 @@ _ROLES: frozenset[str] = frozenset(("system", "user", "assistant"))
 
 
 # -- validation helpers ---------------------------------------------------------------------------
-
-
-def _int(name: str, value: object, *, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(name, f"must be an int, got {type(value).__name__} {value!r}")
-    if value < minimum:
-        raise ConfigError(name, f"must be >= {minimum}, got {value}")
-    return value
-
-
-def _float(name: str, value: object, *, minimum: float, maximum: float = math.inf) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigError(name, f"must be a number, got {type(value).__name__} {value!r}")
-    number = float(value)
-    if not math.isfinite(number) or not minimum <= number <= maximum:
-        bound = f"between {minimum} and {maximum}" if maximum != math.inf else f">= {minimum}"
-        raise ConfigError(name, f"must be {bound}, got {value!r}")
-    return number
 
 
 def _tuple_of(
@@ -128,8 +110,7 @@ class Message:
     def __post_init__(self) -> None:
         if self.role not in _ROLES:
             raise ConfigError("role", f"must be one of system, user, assistant; got {self.role!r}")
-        if not isinstance(self.content, str):
-            raise ConfigError("content", f"must be a str, got {type(self.content).__name__}")
+        string("content", self.content)
 
     @classmethod
     def coerce(cls, value: MessageLike) -> Message:
@@ -209,19 +190,14 @@ class GenerateConfig:
     top_logprobs: int = 0
 
     def __post_init__(self) -> None:
-        _int("max_tokens", self.max_tokens, minimum=0)
+        integer("max_tokens", self.max_tokens, minimum=0)
         for name in ("first_token_timeout", "idle_timeout", "total_timeout"):
-            value = getattr(self, name)
-            if value is not None:
-                seconds = _float(name, value, minimum=0.0)
-                if seconds <= 0:
-                    raise ConfigError(name, f"must be > 0 seconds or None, got {value!r}")
-                object.__setattr__(self, name, seconds)
-        _int("top_k", self.top_k, minimum=0)
+            object.__setattr__(self, name, seconds(name, getattr(self, name), allow_none=True))
+        integer("top_k", self.top_k, minimum=0)
         set_ = object.__setattr__
-        set_(self, "temperature", _float("temperature", self.temperature, minimum=0.0))
-        set_(self, "top_p", _float("top_p", self.top_p, minimum=0.0, maximum=1.0))
-        set_(self, "repeat_penalty", _float("repeat_penalty", self.repeat_penalty, minimum=0.0))
+        set_(self, "temperature", number_between("temperature", self.temperature, 0.0))
+        set_(self, "top_p", number_between("top_p", self.top_p, 0.0, 1.0))
+        set_(self, "repeat_penalty", number_between("repeat_penalty", self.repeat_penalty, 0.0))
         set_(self, "stop_tokens", _tuple_of("stop_tokens", self.stop_tokens, int))
         set_(
             self,
@@ -229,14 +205,14 @@ class GenerateConfig:
             _tuple_of("stop_sequences", self.stop_sequences, str, allow_empty_items=False),
         )
         if self.seed is not None:
-            _int("seed", self.seed, minimum=0)
+            integer("seed", self.seed, minimum=0)
         if not isinstance(self.return_logits, bool):
             raise ConfigError("return_logits", f"must be a bool, got {self.return_logits!r}")
         for name in ("presence_penalty", "frequency_penalty"):
-            set_(self, name, _float(name, getattr(self, name), minimum=-2.0, maximum=2.0))
+            set_(self, name, number_between(name, getattr(self, name), -2.0, 2.0))
         if not isinstance(self.logprobs, bool):
             raise ConfigError("logprobs", f"must be a bool, got {self.logprobs!r}")
-        _int("top_logprobs", self.top_logprobs, minimum=0)
+        integer("top_logprobs", self.top_logprobs, minimum=0)
         if self.top_logprobs > MAX_TOP_LOGPROBS:
             raise ConfigError(
                 "top_logprobs", f"must be <= {MAX_TOP_LOGPROBS}, got {self.top_logprobs}"
@@ -327,11 +303,10 @@ class LoadConfig:
     adapter_path: str | None = None
 
     def __post_init__(self) -> None:
-        if self.backend is not None and (not isinstance(self.backend, str) or not self.backend):
-            raise ConfigError("backend", f"must be a non-empty str or None, got {self.backend!r}")
-        _int("context_len", self.context_len, minimum=0)
-        _int("gpu_layers", self.gpu_layers, minimum=-1)
-        _int("parallel_slots", self.parallel_slots, minimum=0)
+        non_empty_str("backend", self.backend, allow_none=True)
+        integer("context_len", self.context_len, minimum=0)
+        integer("gpu_layers", self.gpu_layers, minimum=-1)
+        integer("parallel_slots", self.parallel_slots, minimum=0)
         if self.adapter_path is not None:
             if not isinstance(self.adapter_path, str | os.PathLike):
                 raise ConfigError("adapter_path", f"must be a path, got {self.adapter_path!r}")
@@ -369,13 +344,12 @@ class GenOpts:
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
-        set_(self, "temperature", _float("temperature", self.temperature, minimum=0.0))
-        _int("max_tokens", self.max_tokens, minimum=0)
-        if not isinstance(self.model, str):
-            raise ConfigError("model", f"must be a str, got {type(self.model).__name__}")
-        _int("top_k", self.top_k, minimum=0)
-        set_(self, "top_p", _float("top_p", self.top_p, minimum=0.0, maximum=1.0))
-        set_(self, "repeat_penalty", _float("repeat_penalty", self.repeat_penalty, minimum=0.0))
+        set_(self, "temperature", number_between("temperature", self.temperature, 0.0))
+        integer("max_tokens", self.max_tokens, minimum=0)
+        string("model", self.model)
+        integer("top_k", self.top_k, minimum=0)
+        set_(self, "top_p", number_between("top_p", self.top_p, 0.0, 1.0))
+        set_(self, "repeat_penalty", number_between("repeat_penalty", self.repeat_penalty, 0.0))
         set_(self, "stop_tokens", _tuple_of("stop_tokens", self.stop_tokens, int))
         set_(
             self,
