@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal, TypeAlias
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from .._validate import int_at_least, is_number
 from ..errors import ConfigError
 
 if TYPE_CHECKING:
@@ -95,13 +96,11 @@ class ConnectionLimits:
     def __post_init__(self) -> None:
         for name in ("header_timeout", "body_timeout"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+            # Not seconds(): an infinite timeout is allowed here (no limit on slow clients).
+            if not is_number(value) or not value > 0:
                 raise ConfigError(name, f"must be > 0 seconds, got {value!r}")
             object.__setattr__(self, name, float(value))
-        cap = self.max_connections
-        if isinstance(cap, bool) or not isinstance(cap, int) or cap < 0:
-            raise ConfigError("max_connections", f"must be an int >= 0, got {cap!r}")
-        if cap == 0:
+        if int_at_least("max_connections", self.max_connections, 0) == 0:
             object.__setattr__(self, "max_connections", default_max_connections())
 
 

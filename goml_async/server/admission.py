@@ -28,7 +28,7 @@ from typing import Literal
 
 import anyio
 
-from ..errors import ConfigError
+from .._validate import int_at_least, seconds
 
 __all__ = ["Admission", "QueueClosed", "QueueFull", "QueueTimeout"]
 
@@ -80,15 +80,9 @@ class Admission:
     )
 
     def __init__(self, limit: int, *, max_queue: int, timeout: float | None) -> None:
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            raise ConfigError("limit", f"must be an int >= 1, got {limit!r}")
-        if isinstance(max_queue, bool) or not isinstance(max_queue, int) or max_queue < 0:
-            raise ConfigError("max_queue", f"must be an int >= 0, got {max_queue!r}")
-        if timeout is not None and not timeout > 0:
-            raise ConfigError("timeout", f"must be > 0 seconds or None, got {timeout!r}")
-        self._limit = limit
-        self._max_queue = max_queue
-        self._timeout = timeout
+        self._limit = int_at_least("limit", limit, 1)
+        self._max_queue = int_at_least("max_queue", max_queue, 0)
+        self._timeout = seconds("timeout", timeout, allow_none=True)
         self._active = 0
         self._waiters: deque[_Waiter] = deque()
         self._closed = False

@@ -10,12 +10,12 @@ Example:
 from __future__ import annotations
 
 import hmac
-import math
 from collections.abc import AsyncIterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
+from .._validate import int_at_least, non_empty_str, seconds
 from ..errors import ConfigError
 from ..types import Message
 
@@ -31,25 +31,6 @@ __all__ = [
 
 #: The chat page and its assets, served at ``/`` and ``/static/...``.
 DEFAULT_STATIC_DIR: Final = Path(__file__).resolve().parent / "static"
-
-
-def _positive_int(name: str, value: object, *, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(name, f"must be an int >= {minimum}, got {value!r}")
-
-
-def _seconds(name: str, value: object) -> float | None:
-    """``value`` as seconds > 0, or None (no limit)."""
-    if value is None:
-        return None
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or value <= 0
-    ):
-        raise ConfigError(name, f"must be > 0 seconds or None, got {value!r}")
-    return float(value)
 
 
 def _names(name: str, value: object) -> tuple[str, ...]:
@@ -108,22 +89,17 @@ class ServerConfig:
     allowed_origins: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if self.model_name is not None and (
-            not isinstance(self.model_name, str) or not self.model_name
-        ):
-            raise ConfigError(
-                "model_name", f"must be a non-empty str or None, got {self.model_name!r}"
-            )
+        non_empty_str("model_name", self.model_name, allow_none=True)
         set_ = object.__setattr__
         set_(self, "aliases", _names("aliases", self.aliases))
-        _positive_int("max_concurrency", self.max_concurrency, minimum=1)
-        _positive_int("max_queue", self.max_queue, minimum=0)
-        set_(self, "queue_timeout", _seconds("queue_timeout", self.queue_timeout))
-        _positive_int("max_tokens", self.max_tokens, minimum=1)
-        _positive_int("max_context", self.max_context, minimum=0)
-        _positive_int("max_body_bytes", self.max_body_bytes, minimum=1)
-        _positive_int("retry_after", self.retry_after, minimum=0)
-        set_(self, "timeout", _seconds("timeout", self.timeout))
+        int_at_least("max_concurrency", self.max_concurrency, 1)
+        int_at_least("max_queue", self.max_queue, 0)
+        set_(self, "queue_timeout", seconds("queue_timeout", self.queue_timeout, allow_none=True))
+        int_at_least("max_tokens", self.max_tokens, 1)
+        int_at_least("max_context", self.max_context, 0)
+        int_at_least("max_body_bytes", self.max_body_bytes, 1)
+        int_at_least("retry_after", self.retry_after, 0)
+        set_(self, "timeout", seconds("timeout", self.timeout, allow_none=True))
         if self.api_key is not None and (not isinstance(self.api_key, str) or not self.api_key):
             raise ConfigError("api_key", "must be a non-empty str or None")
         if not isinstance(self.static_dir, str | Path):

@@ -40,6 +40,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route, Router
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from .._validate import is_int, is_number
 from ..errors import BackendUnavailable, ConfigError
 from ..service import Service, ServiceUnavailable, UnknownBackendError
 from ..types import GenerateMetrics, GenOpts, Result
@@ -117,16 +118,11 @@ def parse_generate_request(body: object) -> GenerateRequest:
     assert prompt is not None
     temperature = body.get("temperature")
     if temperature is not None and (
-        isinstance(temperature, bool)
-        or not isinstance(temperature, int | float)
-        or not math.isfinite(temperature)
-        or temperature < 0
+        not is_number(temperature) or not math.isfinite(temperature) or temperature < 0
     ):
         raise _bad("temperature", f"must be a number >= 0, got {shown(temperature)}")
     max_tokens = body.get("max_tokens")
-    if max_tokens is not None and (
-        isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 0
-    ):
+    if max_tokens is not None and (not is_int(max_tokens) or max_tokens < 0):
         raise _bad("max_tokens", f"must be an integer >= 0, got {shown(max_tokens)}")
     return GenerateRequest(
         prompt=prompt,
