@@ -27,6 +27,7 @@ from typing import Final, Literal, TypeAlias
 import anyio
 import anyio.lowlevel
 
+from .._validate import int_at_least
 from ..errors import ConfigError, JudgeError
 from .exact import score_gsm8k
 from .heuristic import score_heuristic
@@ -149,12 +150,6 @@ def judge_suites_named(suites: str | Iterable[str]) -> list[str]:
     return sorted(explicit & JUDGE_SUITES)
 
 
-def _positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(name, f"must be an int >= 1, got {value!r}")
-    return value
-
-
 class Engine:
     """Scores responses on the enabled suites, running judge calls concurrently.
 
@@ -203,10 +198,10 @@ class Engine:
     ) -> None:
         if judge is not None and not isinstance(judge, Judge):
             raise ConfigError("judge", f"must be a Judge or None, got {type(judge).__name__}")
-        self._concurrency = _positive_int("concurrency", concurrency)
+        self._concurrency = int_at_least("concurrency", concurrency, 1)
         if target_concurrency is None:
             target_concurrency = self._concurrency
-        self._target_concurrency = _positive_int("target_concurrency", target_concurrency)
+        self._target_concurrency = int_at_least("target_concurrency", target_concurrency, 1)
         if on_result is not None and not callable(on_result):
             raise ConfigError("on_result", f"must be callable or None, got {on_result!r}")
         selected, explicit = _parse_suites(suites)

@@ -22,7 +22,7 @@ import math
 import re
 from typing import Final
 
-from ..errors import ConfigError
+from .._validate import string
 from .text import GO_WHITESPACE, is_error_response
 from .types import StandardScores
 
@@ -45,12 +45,6 @@ _GO_HEX: Final = re.compile(
     re.ASCII,
 )
 _HEX_DIGITS: Final = frozenset("0123456789abcdefABCDEF")
-
-
-def _require_str(name: str, value: object) -> str:
-    if not isinstance(value, str):
-        raise ConfigError(name, f"must be a str, got {type(value).__name__}")
-    return value
 
 
 def _underscores_ok(text: str) -> bool:
@@ -87,7 +81,7 @@ def parse_go_float(text: str) -> float | None:
         >>> parse_go_float("0x10"), parse_go_float("1e400"), parse_go_float(" 1")
         (None, None, None)
     """
-    _require_str("text", text)
+    string("text", text)
     if _GO_SPECIAL.fullmatch(text):
         return float(text)
     hexadecimal = _GO_HEX.fullmatch(text) is not None
@@ -124,7 +118,7 @@ def extract_answer(response: str) -> str:
         >>> extract_answer("Step 1: 40 + 2\\n#### 42")
         '42'
     """
-    _require_str("response", response)
+    string("response", response)
     if (marked := _HASH_ANSWER.search(response)) is not None:
         return marked.group(1)
     last = ""
@@ -153,8 +147,8 @@ def score_gsm8k(response: str, correct: str) -> StandardScores:
         >>> scores.correct, scores.extracted, scores.expected
         (True, '12', '12')
     """
-    _require_str("response", response)
-    _require_str("correct", correct)
+    string("response", response)
+    string("correct", correct)
     if not response or is_error_response(response):
         return StandardScores(correct=False, extracted="", expected=correct)
     extracted = extract_answer(response)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from ..errors import ConfigError
+from .._validate import integer, string
 from ._gotext import re2
 from ._heuristic_words import word_counts
 from .text import GO_WHITESPACE, is_error_response
@@ -192,9 +192,7 @@ def _lek_legacy(subscores: tuple[int, ...]) -> float:
 
 
 def _analyse(text: object) -> _Analysis:
-    if not isinstance(text, str):
-        raise ConfigError("text", f"must be a str, got {type(text).__name__}")
-    return _Analysis(text)
+    return _Analysis(string("text", text))
 
 
 def compliance_markers(text: str) -> int:
@@ -311,8 +309,7 @@ _SUBSCORES: Final = (
 
 def _checked(*values: int) -> tuple[int, ...]:
     for name, value in zip(_SUBSCORES, values, strict=True):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(name, f"must be an int, got {type(value).__name__} {value!r}")
+        integer(name, value)
     return values
 
 

@@ -29,6 +29,7 @@ from typing import Final, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, StrictStr, ValidationError
 
+from .._validate import int_at_least, string
 from ..compat import Backend, as_text_model
 from ..errors import ConfigError, JudgeError
 from ..model import TextModel, prompt_as_chat
@@ -226,10 +227,9 @@ class Judge:
             opts = GenOpts.default()
         elif not isinstance(opts, GenOpts):
             raise ConfigError("opts", f"must be a GenOpts or None, got {type(opts).__name__}")
+        max_tokens = int_at_least("max_tokens", max_tokens, 0, allow_none=True)
         if max_tokens is None:
             max_tokens = opts.max_tokens or DEFAULT_JUDGE_MAX_TOKENS
-        elif isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 0:
-            raise ConfigError("max_tokens", f"must be an int >= 0 or None, got {max_tokens!r}")
         opts = dataclasses.replace(opts, max_tokens=max_tokens)
         if not isinstance(use_chat, bool):
             raise ConfigError("use_chat", f"must be a bool, got {use_chat!r}")
@@ -457,9 +457,7 @@ class Judge:
             assert scores.correct
             ```
         """
-        if not isinstance(benchmark, str):
-            raise ConfigError("benchmark", f"must be a str, got {type(benchmark).__name__}")
-        rubric = _BENCHMARK_RUBRICS.get(normalize_domain(benchmark))
+        rubric = _BENCHMARK_RUBRICS.get(normalize_domain(string("benchmark", benchmark)))
         if rubric == "truthfulqa":
             return await self.score_truthfulqa(question, reference, response)
         if rubric == "donotanswer":
@@ -467,10 +465,8 @@ class Judge:
         if rubric == "toxigen":
             return await self.score_toxigen(question, response)
         if rubric == "exact":
-            for name, value in (("reference", reference), ("response", response)):
-                if not isinstance(value, str):
-                    raise ConfigError(name, f"must be a str, got {type(value).__name__}")
-            return score_gsm8k(response, reference)
+            string("reference", reference)
+            return score_gsm8k(string("response", response), reference)
         raise ConfigError(
             "benchmark",
             f"unknown benchmark {benchmark!r}; known: {', '.join(STANDARD_BENCHMARKS)}",

@@ -20,6 +20,7 @@ import re
 from collections.abc import Callable
 from typing import Final, TypeVar
 
+from .._validate import string
 from ..errors import ConfigError, UnknownProbeError  # UnknownProbeError: re-exported here
 from ._gotext import go_lower, re2
 from .text import strip_think_blocks
@@ -399,10 +400,9 @@ def probe_domains() -> list[str]:
 
 
 def _lookup(kind: str, probes: dict[str, _P], probe_id: object) -> _P:
-    if not isinstance(probe_id, str):
-        raise ConfigError("probe_id", f"must be a str, got {type(probe_id).__name__}")
+    key = string("probe_id", probe_id)
     try:
-        return probes[probe_id]
+        return probes[key]
     except KeyError:
         known = ", ".join(probes)
         raise UnknownProbeError(
@@ -452,6 +452,4 @@ def grade(probe: CapabilityProbe, response: str) -> bool:
     """
     if not isinstance(probe, CapabilityProbe):
         raise ConfigError("probe", f"must be a CapabilityProbe, got {type(probe).__name__}")
-    if not isinstance(response, str):
-        raise ConfigError("response", f"must be a str, got {type(response).__name__}")
-    return probe.check(strip_think_blocks(response))
+    return probe.check(strip_think_blocks(string("response", response)))

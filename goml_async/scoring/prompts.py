@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 from typing import Final
 
+from .._validate import string
 from ..errors import ConfigError
 from .types import ContentProbe
 
@@ -202,9 +203,7 @@ def _fill(template: str, *values: tuple[str, object]) -> str:
         raise AssertionError(f"template has {len(pieces) - 1} slots, got {len(values)} values")
     out = [pieces[0]]
     for (name, value), piece in zip(values, pieces[1:], strict=True):
-        if not isinstance(value, str):
-            raise ConfigError(name, f"must be a str, got {type(value).__name__}")
-        out += (value, piece)
+        out += (string(name, value), piece)
     return "".join(out)
 
 

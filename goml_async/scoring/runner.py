@@ -15,12 +15,13 @@ Example:
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, TypeAlias, TypeVar
+from collections.abc import Callable, Coroutine, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 import anyio
 
+from .._concurrency import maybe_await, task_group
+from .._validate import int_at_least
 from ..compat import Backend, as_text_model
 from ..errors import ConfigError, GenerationError, GomlError, JudgeError
 from ..model import TextModel
@@ -89,7 +90,7 @@ async def run_capability_probes(
     """
     text_model = as_text_model(model)
     probes = _check_probes(probes, CapabilityProbe)
-    limiter = limiter or anyio.CapacityLimiter(_check_concurrency(concurrency))
+    limiter = limiter or anyio.CapacityLimiter(int_at_least("concurrency", concurrency, 1))
     outcomes: list[ProbeOutcome | None] = [None] * len(probes)
     counts = {"passed": 0, "done": 0}
 
@@ -120,7 +121,7 @@ async def run_capability_probes(
         counts["passed"] += passed
         counts["done"] += 1
         if on_probe is not None:
-            await _call(on_probe, outcome, counts["passed"], counts["done"])
+            await maybe_await(on_probe(outcome, counts["passed"], counts["done"]))
 
     await _run_all(run_one, probes)
     return probe_result(outcome for outcome in outcomes if outcome is not None)
@@ -158,7 +159,7 @@ async def run_content_probes(
     """
     text_model = as_text_model(model)
     probes = _check_probes(probes, ContentProbe)
-    limiter = limiter or anyio.CapacityLimiter(_check_concurrency(concurrency))
+    limiter = limiter or anyio.CapacityLimiter(int_at_least("concurrency", concurrency, 1))
     outcomes: list[ContentOutcome | None] = [None] * len(probes)
 
     async def run_one(index: int, probe: ContentProbe) -> None:
@@ -181,7 +182,7 @@ async def run_content_probes(
         )
         outcomes[index] = outcome
         if on_probe is not None:
-            await _call(on_probe, outcome)
+            await maybe_await(on_probe(outcome))
 
     await _run_all(run_one, probes)
     return ContentProbeResult(outcomes=[outcome for outcome in outcomes if outcome is not None])
@@ -205,42 +206,19 @@ async def _answer(
 
 
 async def _run_all(
-    run_one: Callable[[int, _Probe], Awaitable[None]], probes: Sequence[_Probe]
+    run_one: Callable[[int, _Probe], Coroutine[Any, Any, None]], probes: Sequence[_Probe]
 ) -> None:
     """Run ``run_one`` for every probe; the first exception (e.g. from a callback) cancels the
     rest and is raised as itself, not wrapped in an ExceptionGroup."""
-    failure: list[BaseException] = []
-
-    async def guarded(index: int, probe: _Probe, scope: anyio.CancelScope) -> None:
-        try:
-            await run_one(index, probe)
-        except Exception as exc:
-            failure.append(exc)
-            scope.cancel()
-
-    async with anyio.create_task_group() as tg:
+    async with task_group() as tg:
         for index, probe in enumerate(probes):
-            tg.start_soon(guarded, index, probe, tg.cancel_scope)
-    if failure:
-        raise failure[0]
+            tg.start_soon(run_one, index, probe)
 
 
 def _judge_failure(exc: GomlError) -> tuple[str, str]:
     """The recorded message and, for an unusable reply, the reply itself."""
     reply = exc.raw_reply if isinstance(exc, JudgeError) else ""
     return f"{type(exc).__name__}: {exc}", reply
-
-
-async def _call(callback: Callable[..., object], *args: object) -> None:
-    result = callback(*args)
-    if inspect.isawaitable(result):
-        await result
-
-
-def _check_concurrency(concurrency: int) -> int:
-    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
-        raise ConfigError("concurrency", f"must be an int >= 1, got {concurrency!r}")
-    return concurrency
 
 
 def _check_probes(probes: Sequence[_Probe], kind: type[_Probe]) -> Sequence[_Probe]:

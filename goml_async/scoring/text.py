@@ -16,7 +16,8 @@ import re
 from collections.abc import Iterator
 from typing import Any, NoReturn
 
-from ..errors import ConfigError, JudgeError
+from .._validate import int_at_least, string
+from ..errors import JudgeError
 from ._gotext import go_lower
 
 __all__ = [
@@ -45,12 +46,6 @@ _SHORT_REPLY_CHARS = 200
 _MAX_SCANS = 4
 
 
-def _require_str(name: str, value: object) -> str:
-    if not isinstance(value, str):
-        raise ConfigError(name, f"must be a str, got {type(value).__name__}")
-    return value
-
-
 def strip_space(text: str) -> str:
     """Remove leading and trailing white space exactly as Go's ``strings.TrimSpace`` does.
 
@@ -66,7 +61,7 @@ def strip_space(text: str) -> str:
         >>> strip_space("\\x1chello")  # str.strip() would remove \\x1c; Go keeps it
         '\\x1chello'
     """
-    return _require_str("text", text).strip(GO_WHITESPACE)
+    return string("text", text).strip(GO_WHITESPACE)
 
 
 def is_error_response(text: str) -> bool:
@@ -90,7 +85,7 @@ def is_error_response(text: str) -> bool:
     """
     # go-ml lower-cases with Go's strings.ToLower, one code point for one, so the first five
     # code points decide.
-    return go_lower(_require_str("text", text).strip(GO_WHITESPACE)[:5]) == "error"
+    return go_lower(string("text", text).strip(GO_WHITESPACE)[:5]) == "error"
 
 
 def utf8_prefix(text: str, max_bytes: int) -> str:
@@ -112,9 +107,8 @@ def utf8_prefix(text: str, max_bytes: int) -> str:
         >>> utf8_prefix("héllo", 3)
         'hé'
     """
-    _require_str("text", text)
-    if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 0:
-        raise ConfigError("max_bytes", f"must be an int >= 0, got {max_bytes!r}")
+    string("text", text)
+    int_at_least("max_bytes", max_bytes, 0)
     if len(text) <= max_bytes and (text.isascii() or len(text) * 4 <= max_bytes):
         return text
     data = text.encode("utf-8", "surrogatepass")
@@ -146,7 +140,7 @@ def strip_think_blocks(text: str) -> str:
         >>> strip_think_blocks("<think>hmm</think>")
         '<think>hmm</think>'
     """
-    _require_str("text", text)
+    string("text", text)
     last_close = text.rfind(_THINK_CLOSE)
     if last_close == -1:
         cleaned = text
@@ -295,7 +289,7 @@ def extract_json(text: str) -> dict[str, Any]:
         >>> extract_json('Scores:\\n```json\\n{"score": 4, "notes": "uses {x} well"}\\n```')
         {'score': 4, 'notes': 'uses {x} well'}
     """
-    _require_str("text", text)
+    string("text", text)
     tried = 0
     first_problem = ""
     for candidate in _candidates(text):
