@@ -50,6 +50,7 @@ from typing import TYPE_CHECKING, Final
 
 import anyio
 
+from .._validate import int_at_least, is_int
 from ..errors import ConfigError, GenerationError, GomlError, SinkError
 from ..model import TextModel
 from ..types import GenerateConfig, Message
@@ -172,7 +173,7 @@ def read_prompts(path: str | os.PathLike[str]) -> list[SeedPrompt]:
             raise ConfigError("prompts", f"{where}: expected an object, got {row!r:.60}")
         seed_id = row.get("id", row.get("seed_id"))
         prompt, domain = row.get("prompt"), row.get("domain", "")
-        if isinstance(seed_id, int) and not isinstance(seed_id, bool):
+        if is_int(seed_id):
             seed_id = str(seed_id)
         if not isinstance(seed_id, str) or not seed_id:
             raise ConfigError("prompts", f'{where}: "id" must be a non-empty string')
@@ -248,8 +249,7 @@ async def expand_prompts(
     """
     if not worker or any(sep in worker for sep in ("/", "\\", "\0")):
         raise ConfigError("worker", f"must be a non-empty name without '/', got {worker!r}")
-    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
-        raise ConfigError("limit", f"must be an int >= 0, got {limit!r}")
+    int_at_least("limit", limit, 0)
     output = output_path(output_dir, worker)
     summary = ExpandSummary(total=len(prompts), output=output)
     done = set(completed_ids) | await anyio.to_thread.run_sync(read_completed_ids, output)

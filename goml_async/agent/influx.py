@@ -40,12 +40,12 @@ from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Self
 
 import anyio
 import anyio.to_thread
 import httpx
+from anyio.abc import AsyncResource
 from pydantic import SecretStr
 
 from ..errors import BackendUnavailable, ConfigError, NotSupported, SinkError
@@ -79,7 +79,7 @@ logger = logging.getLogger(__name__)
 _INSTALL_HINT = "pip install 'goml_async[influx]'"
 
 
-class InfluxSink:
+class InfluxSink(AsyncResource):
     """Publish line-protocol points to InfluxDB through a write-ahead buffer.
 
     Args:
@@ -178,14 +178,6 @@ class InfluxSink:
         self._check_usable()
         self._wal.records()  # read the buffer now: a corrupt file fails here, not mid-run
         return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def aclose(self) -> None:
         """Close the HTTP clients; idempotent. The buffer keeps what is pending."""

@@ -13,11 +13,9 @@ import signal
 import subprocess
 from contextlib import suppress
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 import anyio
-from anyio.abc import ByteReceiveStream
+from anyio.abc import AsyncResource, ByteReceiveStream
 
 from ..errors import ConfigError, TransportError
 from .types import CommandResult
@@ -39,7 +37,7 @@ def _check_timeouts(connect_timeout: float | None, command_timeout: float) -> No
         raise ConfigError("command_timeout", f"must be > 0, got {command_timeout!r}")
 
 
-class LocalTransport:
+class LocalTransport(AsyncResource):
     """The :class:`~goml_async.agent.types.RemoteTransport` interface on this machine.
 
     Commands run with ``/bin/sh`` in ``root`` (when given); relative paths are relative to
@@ -65,17 +63,6 @@ class LocalTransport:
 
     def __repr__(self) -> str:
         return f"LocalTransport(root={str(self.root) if self.root else None!r})"
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     def _path(self, path: str) -> Path:
         resolved = Path(path).expanduser()

@@ -32,19 +32,18 @@ Example:
 
 from __future__ import annotations
 
-import inspect
 import logging
 import math
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
-from types import TracebackType
-from typing import TYPE_CHECKING, Final, Self
+from typing import TYPE_CHECKING, Final
 
 import anyio
 import anyio.to_thread
-from anyio.abc import ObjectReceiveStream, ObjectSendStream
+from anyio.abc import AsyncResource, ObjectReceiveStream, ObjectSendStream
 
+from .._concurrency import maybe_await, task_group
 from ..errors import GomlError, SinkError
 from ..scoring.probes import CAPABILITY_PROBES
 from ..scoring.types import ProbeOutcome
@@ -77,7 +76,7 @@ class _PassEnd:
     done: anyio.Event = field(default_factory=anyio.Event)
 
 
-class Agent:
+class Agent(AsyncResource):
     """The checkpoint-scoring agent (go-ml's ``Agent``), over one :class:`AgentConfig`.
 
     Args:
@@ -117,17 +116,6 @@ class Agent:
     @property
     def config(self) -> AgentConfig:
         return self._config
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def aclose(self) -> None:
         """Close the transport and sink this agent created, release the work_dir; idempotent."""
@@ -197,16 +185,10 @@ class Agent:
         summary = AgentSummary()
         targets_send, targets_receive = anyio.create_memory_object_stream[Checkpoint | _PassEnd](1)
         results_send, results_receive = anyio.create_memory_object_stream[Evaluation | _PassEnd](1)
-        try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._evaluation_task, targets_receive, results_send, summary)
-                tg.start_soon(self._publishing_task, results_receive, summary)
-                await self._discovery_task(targets_send, summary)
-        except BaseExceptionGroup as group:
-            sole = _sole_exception(group)
-            if sole is group:
-                raise
-            raise sole from sole.__cause__  # one task failed: raise its error as itself
+        async with task_group() as tg:  # a task's failure is raised as itself
+            tg.start_soon(self._evaluation_task, targets_receive, results_send, summary)
+            tg.start_soon(self._publishing_task, results_receive, summary)
+            await self._discovery_task(targets_send, summary)
         return summary
 
     async def _discovery_task(
@@ -441,9 +423,7 @@ class Agent:
         if self._on_event is None:
             return
         event = AgentEvent(kind, self._pass, checkpoint, message, done, passed, total, pending)
-        result = self._on_event(event)
-        if inspect.isawaitable(result):
-            await result
+        await maybe_await(self._on_event(event))
 
     def _get_transport(self) -> RemoteTransport:
         if self._transport is None:
@@ -479,23 +459,10 @@ async def _finish_within(grace: float) -> AsyncIterator[anyio.CancelScope]:
         finally:
             shield.deadline = anyio.current_time() + grace
 
-    failure: Exception | None = None
-    async with anyio.create_task_group() as tg:
+    async with task_group() as tg:  # the body's error is raised as itself
         tg.start_soon(arm)
         try:
             with shield:
                 yield shield
-        except Exception as exc:  # raised below as itself, not inside an ExceptionGroup
-            failure = exc
         finally:
             tg.cancel_scope.cancel()
-    if failure is not None:
-        raise failure
-
-
-def _sole_exception(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The one exception inside (nested) single-member groups, else the group itself."""
-    found: BaseException = group
-    while isinstance(found, BaseExceptionGroup) and len(found.exceptions) == 1:
-        found = found.exceptions[0]
-    return found

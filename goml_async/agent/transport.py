@@ -21,10 +21,10 @@ import sys
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from pathlib import Path
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
+from anyio.abc import AsyncResource
 
 from ..errors import BackendUnavailable, ConfigError, NotSupported, TransportError
 from .local import LocalTransport, _check_timeouts, _exit_code
@@ -47,7 +47,7 @@ _KEEPALIVE_INTERVAL = 30.0
 _KEEPALIVE_COUNT_MAX = 3
 
 
-class SSHTransport:
+class SSHTransport(AsyncResource):
     """Commands and files on a host over SSH (asyncssh), on one reused connection.
 
     The connection is opened by the first call and reused by every later one (commands run
@@ -121,17 +121,6 @@ class SSHTransport:
     @property
     def _target(self) -> str:
         return f"{self.user}@{self.host}:{self.port}"
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def run(self, command: str) -> CommandResult:
         """Run ``command`` with the remote user's shell; its exit code and output.
