@@ -6,11 +6,11 @@ Its errors are defined in :mod:`goml_async.errors` and re-exported here under th
 from __future__ import annotations
 
 import dataclasses
-import inspect
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
+from ._concurrency import maybe_await
 from .compat import Backend, InferenceAdapter
 from .errors import (  # defined in errors.py; re-exported here, where they used to live
     ConfigError,
@@ -154,9 +154,7 @@ async def call_optional(backend: object, *methods: str) -> None:
     for method in methods:
         call = getattr(backend, method, None)
         if callable(call):
-            outcome = call()
-            if inspect.isawaitable(outcome):
-                await outcome
+            await maybe_await(call())
             return
 
 

@@ -12,12 +12,14 @@ before a stop, in whole calls and while streaming alike.
 
 from __future__ import annotations
 
-import inspect
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from types import TracebackType
-from typing import Any, Protocol, Self, TypeAlias, runtime_checkable
+from typing import Any, Protocol, TypeAlias, runtime_checkable
 
+from anyio.abc import AsyncResource
+
+from ._concurrency import maybe_await
+from ._validate import string
 from .errors import ConfigError
 from .model import BaseTextModel, TextModel
 from .stream import StreamContext, TokenStream
@@ -103,12 +105,12 @@ async def _pump(stream: TokenStream, callback: TokenCallback) -> Result:
         async for token in stream:
             if token.text:
                 outcome = callback(token.text)
-                if outcome is not None and inspect.isawaitable(outcome):
-                    await outcome
+                if outcome is not None:  # most callbacks are sync: no coroutine per token
+                    await maybe_await(outcome)
     return Result(text=stream.text, metrics=stream.metrics, finish_reason=stream.finish_reason)
 
 
-class InferenceAdapter:
+class InferenceAdapter(AsyncResource):
     """Any TextModel as a go-ml :class:`Backend` (and deprecated StreamingBackend).
 
     Args:
@@ -129,8 +131,7 @@ class InferenceAdapter:
     def __init__(self, model: TextModel, name: str = "") -> None:
         if not isinstance(model, TextModel):
             raise ConfigError("model", f"must be a TextModel, got {type(model).__name__}")
-        if not isinstance(name, str):
-            raise ConfigError("name", f"must be a str, got {type(name).__name__}")
+        string("name", name)
         self._model = model
         self._name = name or model.model_type
         self._closed = False
@@ -196,17 +197,6 @@ class InferenceAdapter:
             self._closed = True
             await self._model.aclose()
 
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
     def __repr__(self) -> str:
         return f"<InferenceAdapter {self._name!r} over {self._model!r}>"
 
@@ -261,8 +251,7 @@ class BackendTextModel(BaseTextModel):
             yield Token(id=-1, text=result.text)
 
     def _check_call_options(self, options: dict[str, Any]) -> dict[str, Any]:
-        if not isinstance(options.get("model", ""), str):
-            raise ConfigError("model", f"must be a str, got {type(options['model']).__name__}")
+        string("model", options.get("model", ""))
         return options
 
     async def _aclose(self) -> None:

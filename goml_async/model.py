@@ -8,13 +8,15 @@ input validation, the TokenStream, ``metrics()``/``err()`` bookkeeping, ``batch_
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, ClassVar, Protocol, Self, Unpack, runtime_checkable
 
 import anyio
+from anyio.abc import AsyncResource
 
+from ._validate import string
 from .errors import ConfigError, GenerationError, GomlError, NotSupported
 from .stream import StreamContext, TokenSource, TokenStream
 from .types import (
@@ -111,12 +113,11 @@ def _check_prompts(prompts: Sequence[str]) -> list[str]:
     if isinstance(prompts, str) or not isinstance(prompts, Sequence):
         raise ConfigError("prompts", f"must be a list of str, got {type(prompts).__name__}")
     for index, prompt in enumerate(prompts):
-        if not isinstance(prompt, str):
-            raise ConfigError(f"prompts[{index}]", f"must be a str, got {type(prompt).__name__}")
+        string(f"prompts[{index}]", prompt)
     return list(prompts)
 
 
-class BaseTextModel(ABC):
+class BaseTextModel(AsyncResource):
     """Shared behaviour of every TextModel; subclasses supply the token sources.
 
     Subclasses implement :meth:`_stream_prompt`, and :meth:`_stream_chat` when the model has a
@@ -180,7 +181,7 @@ class BaseTextModel(ABC):
         """Yield the tokens of the reply to ``messages``."""
         raise NotSupported(f"the {self._model_type} model has no chat template")
 
-    async def _aclose(self) -> None:  # noqa: B027 - optional hook, a no-op by default
+    async def _aclose(self) -> None:
         """Release the backend's resources (called once)."""
 
     # -- public API -------------------------------------------------------------------------------
@@ -196,8 +197,7 @@ class BaseTextModel(ABC):
                 print(token.text, end="")
             ```
         """
-        if not isinstance(prompt, str):
-            raise ConfigError("prompt", f"must be a str, got {type(prompt).__name__}")
+        string("prompt", prompt)
         if self._prompt_as_chat:
             return self.chat([Message("user", prompt)], config, **options)
         return self._open_stream(
@@ -277,17 +277,6 @@ class BaseTextModel(ABC):
             self._closed = True
             await self._aclose()
 
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
     # -- helpers ----------------------------------------------------------------------------------
 
     def _open_stream(
@@ -353,7 +342,7 @@ def prompt_as_chat(model: TextModel) -> TextModel:
     return _PromptAsChat(model)
 
 
-class _PromptAsChat:
+class _PromptAsChat(AsyncResource):
     """The view :func:`prompt_as_chat` returns."""
 
     prompt_as_chat = True
@@ -368,8 +357,7 @@ class _PromptAsChat:
     def generate(
         self, prompt: str, config: GenerateConfig | None = None, **options: Unpack[GenerateOptions]
     ) -> TokenStream:
-        if not isinstance(prompt, str):
-            raise ConfigError("prompt", f"must be a str, got {type(prompt).__name__}")
+        string("prompt", prompt)
         return self._model.chat([Message("user", prompt)], config, **options)
 
     def chat(
@@ -407,17 +395,6 @@ class _PromptAsChat:
 
     async def aclose(self) -> None:
         await self._model.aclose()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     def __getattr__(self, name: str) -> Any:
         # Everything else is the model's own (model_name, base_url, server, ...).

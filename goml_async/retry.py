@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from datetime import UTC
 from email.utils import parsedate_to_datetime
 
+from ._validate import integer, is_number
 from .errors import ConfigError
 
 __all__ = ["RETRYABLE_STATUS", "RetryPolicy", "parse_retry_after"]
@@ -65,14 +66,10 @@ class RetryPolicy:
     jitter: float = 0.25
 
     def __post_init__(self) -> None:
-        # bool is an int subclass, but max_retries=True is surely a mistake.
-        if not isinstance(self.max_retries, int) or isinstance(self.max_retries, bool):
-            raise ConfigError("max_retries", f"must be an int, got {self.max_retries!r}")
-        if self.max_retries < 0:
-            raise ConfigError("max_retries", f"must be >= 0, got {self.max_retries}")
+        integer("max_retries", self.max_retries, minimum=0)
         for name in ("backoff_initial", "backoff_max", "retry_after_cap", "jitter"):
             value = getattr(self, name)
-            if not isinstance(value, int | float) or isinstance(value, bool):
+            if not is_number(value):
                 raise ConfigError(name, f"must be a number of seconds, got {value!r}")
             if not math.isfinite(value) or value < 0:
                 raise ConfigError(name, f"must be finite and >= 0, got {value!r}")

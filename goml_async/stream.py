@@ -19,10 +19,11 @@ import time
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Generator, Mapping
 from dataclasses import replace
-from types import MappingProxyType, TracebackType
+from types import MappingProxyType
 from typing import Any, NoReturn, Self, TypeAlias
 
 import anyio
+from anyio.abc import AsyncResource
 
 from ._stop_sequences import StopSequenceCutter
 from .errors import GenerationError, GenerationTimeout, GomlError
@@ -60,7 +61,7 @@ class StreamContext:
 TokenSource: TypeAlias = Callable[[StreamContext], AsyncIterator[Token]]
 
 
-class TokenStream:
+class TokenStream(AsyncResource):
     """An async iterator of tokens with the outcome attached once it ends.
 
     Example:
@@ -362,17 +363,6 @@ class TokenStream:
             await self._close_source()
             self._finish("cancelled")
         self._notify()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def collect(self) -> Result:
         """Consume the stream and return the whole reply.

@@ -52,6 +52,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from .._validate import is_int, is_number
 from ..errors import BackendUnavailable, ConfigError, ModelLoadError
 from .gguf_meta import read_gguf_metadata
 
@@ -134,9 +135,9 @@ def lora_alpha(config: dict[str, Any]) -> tuple[int, float]:
         raise ConfigError("lora_parameters", f"must be an object, got {params!r}")
     rank = params.get("rank", DEFAULT_LORA_RANK)
     scale = params.get("scale", DEFAULT_LORA_SCALE)
-    if isinstance(rank, bool) or not isinstance(rank, int) or rank <= 0:
+    if not is_int(rank) or rank <= 0:
         raise ConfigError("lora_parameters.rank", f"must be a positive integer, got {rank!r}")
-    if isinstance(scale, bool) or not isinstance(scale, int | float) or not math.isfinite(scale):
+    if not is_number(scale) or not math.isfinite(scale):
         raise ConfigError("lora_parameters.scale", f"must be a number, got {scale!r}")
     return rank, float(round(scale * rank))
 
