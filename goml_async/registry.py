@@ -30,7 +30,7 @@ from ._bundled import BUNDLED_MODEL_FILE, bundled_model_path
 from .discovery import discover_gguf_models, discover_models
 from .errors import BackendUnavailable, ConfigError, ModelLoadError, UnknownBackendError
 from .model import TextModel
-from .settings import GomlSettings
+from .settings import GomlSettings, current_settings
 from .types import LoadConfig
 
 __all__ = [
@@ -185,7 +185,7 @@ def default_backend(settings: GomlSettings | None = None) -> ModelBackend:
     Raises:
         BackendUnavailable: no backend is installed and available.
     """
-    chosen = (settings or GomlSettings()).default_backend
+    chosen = (settings or current_settings()).default_backend
     if chosen:
         return get_backend(chosen)
     order = (["mlx"] if _apple_silicon() else []) + ["llama"]
@@ -258,7 +258,7 @@ async def load_model(
         BackendUnavailable: the backend is unknown or its extra is not installed.
     """
     if path_or_url is None:
-        path_or_url = GomlSettings().server_url()
+        path_or_url = current_settings().server_url()
         if path_or_url is None:
             raise ConfigError(
                 "path_or_url",

@@ -46,7 +46,7 @@ from ._service_parts import (
 from .compat import Backend, InferenceAdapter, as_text_model
 from .errors import BackendUnavailable, ConfigError, GomlError
 from .model import TextModel
-from .settings import GomlSettings
+from .settings import GomlSettings, current_settings
 from .types import GenerateConfig, GenOpts, Message, MessageLike, Result
 
 if TYPE_CHECKING:
@@ -87,7 +87,7 @@ class Service:
     Args:
         settings: default backend name (``GOML_DEFAULT_BACKEND``), judge URL and model
             (``GOML_JUDGE_URL``, ``GOML_JUDGE_MODEL``), scoring ``concurrency`` and ``suites``;
-            default ``GomlSettings()`` (the environment).
+            default :func:`~goml_async.settings.current_settings` (the environment).
         judge: the judge, overriding ``judge_url``: a :class:`~goml_async.scoring.Judge`, a
             TextModel or Backend to wrap in one (not owned), or the name of a registered
             backend (looked up when the judge is used), e.g. ``Service(judge="judge")`` after
@@ -110,7 +110,7 @@ class Service:
 
     def __init__(self, settings: GomlSettings | None = None, *, judge: JudgeSpec | None = None):
         if settings is None:
-            settings = GomlSettings()
+            settings = current_settings()
         elif not isinstance(settings, GomlSettings):
             raise ConfigError("settings", f"must be GomlSettings, got {type(settings).__name__}")
         self._settings = settings

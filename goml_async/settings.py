@@ -1,11 +1,24 @@
 """GomlSettings: every setting, read from ``GOML_*`` environment variables or given directly.
 
-This is the only module that reads ``os.environ``. Constructor arguments override the
-environment; an invalid value raises :class:`~goml_async.errors.ConfigError` naming the field.
+This is the only module that reads ``os.environ`` (and nothing in goml_async writes to it).
+Constructor arguments override the environment; an invalid value raises
+:class:`~goml_async.errors.ConfigError` naming the field.
+
+Code that is given no settings object uses :func:`current_settings`: one GomlSettings per state
+of the environment, built on first use and shared, so a library call never re-reads and
+re-validates the environment on its own. Objects that take ``settings=`` resolve it once, when
+they are built.
+
+The ``goml agent`` settings (:class:`~goml_async.agent.config.AgentConfig`) share three fields
+with these and read them under the same names: ``GOML_JUDGE_URL``, ``GOML_JUDGE_MODEL`` and
+``GOML_INFLUX_TOKEN`` (the agent's judge also sends ``GOML_API_KEY``). Their older
+``GOML_AGENT_*`` names still work, with a logged deprecation note.
 
 Example:
     >>> GomlSettings(concurrency=8).concurrency
     8
+    >>> current_settings() is current_settings()
+    True
 """
 
 from __future__ import annotations
@@ -19,7 +32,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .errors import ConfigError
 
-__all__ = ["GomlSettings", "default_cache_dir"]
+__all__ = ["GomlSettings", "current_settings", "default_cache_dir", "refresh_settings"]
 
 
 def default_cache_dir() -> Path:
@@ -138,3 +151,64 @@ class GomlSettings(BaseSettings):
         if value is not None and not value.strip():
             raise ValueError("must be a backend name, got an empty string")
         return value
+
+
+#: Variables GomlSettings reads besides ``GOML_*``: its aliases and those of the cache dir.
+_ALSO_READ = frozenset({*_ALIASES, "XDG_CACHE_HOME", "HOME"})
+
+#: The environment :func:`current_settings` last read, and the settings built from it.
+_current: tuple[tuple[tuple[str, str], ...], GomlSettings] | None = None
+
+
+def _environment() -> tuple[tuple[str, str], ...]:
+    """The variables GomlSettings depends on, as they are now (names matched in any case)."""
+    return tuple(
+        sorted(
+            (name, value)
+            for name, value in os.environ.items()
+            if name.upper().startswith("GOML_") or name.upper() in _ALSO_READ
+        )
+    )
+
+
+def current_settings() -> GomlSettings:
+    """The settings of the environment as it is now: built once, then shared.
+
+    Library code that is given no :class:`GomlSettings` uses this one. It is built on the first
+    call and returned again while the variables it reads (``GOML_*``, ``OPENAI_API_KEY``,
+    ``OPENAI_BASE_URL``, ``XDG_CACHE_HOME``, ``HOME``) keep their values; after one changes,
+    the next call builds it anew. Treat it as read-only: to use other values, pass your own
+    ``GomlSettings(...)`` to the object or function.
+
+    Raises:
+        ConfigError: a ``GOML_*`` variable holds an invalid value (nothing is cached then).
+
+    Example:
+        >>> current_settings().concurrency >= 1
+        True
+    """
+    global _current
+    environment = _environment()
+    # One read of the global: two threads may both build on a change, and either result is
+    # the same settings, so no lock is needed.
+    cached = _current
+    if cached is not None and cached[0] == environment:
+        return cached[1]
+    settings = GomlSettings()
+    _current = (environment, settings)
+    return settings
+
+
+def refresh_settings() -> GomlSettings:
+    """Drop the shared settings and read the environment again now.
+
+    :func:`current_settings` already notices a changed variable; this is for a test (or a
+    program) that changed the shared instance in place and wants the environment's values back.
+
+    Example:
+        >>> refresh_settings() is current_settings()
+        True
+    """
+    global _current
+    _current = None
+    return current_settings()

@@ -51,6 +51,8 @@ NOT_REEXPORTED: dict[str, str] = {
     "resolve_config": "types: config-merging helper for backend authors (BaseTextModel calls it)",
     "BUNDLED_MODEL_FILE": "registry: a file-name constant; bundled_model_path() is the API",
     "default_cache_dir": "settings: the default factory of GomlSettings.cache_dir; read that",
+    "current_settings": "settings: the shared GomlSettings of library code given none",
+    "refresh_settings": "settings: drops the shared GomlSettings, for tests",
 }
 
 #: Type aliases that appear in public signatures but are not re-exported (reported as a bug):

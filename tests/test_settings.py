@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import ast
 import os
 from pathlib import Path
 
 import pytest
 
+import goml_async
 from goml_async.errors import ConfigError
-from goml_async.settings import GomlSettings, default_cache_dir
+from goml_async.settings import (
+    GomlSettings,
+    current_settings,
+    default_cache_dir,
+    refresh_settings,
+)
 
 _SECRET = "sk-test-0123456789-do-not-print"
 
@@ -175,3 +182,79 @@ def test_goml_cache_dir_wins_over_xdg(monkeypatch: pytest.MonkeyPatch, tmp_path:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     monkeypatch.setenv("GOML_CACHE_DIR", str(tmp_path / "explicit"))
     assert GomlSettings().cache_dir == tmp_path / "explicit"
+
+
+# -- the shared settings --------------------------------------------------------------------------
+
+
+def test_current_settings_are_built_once_per_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    first = current_settings()
+    assert current_settings() is first  # nothing changed: nothing re-read
+    monkeypatch.setenv("GOML_CONCURRENCY", "8")
+    second = current_settings()
+    assert second is not first and second.concurrency == 8
+    assert current_settings() is second
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))  # read by the cache_dir default
+    assert current_settings().cache_dir == tmp_path / "xdg" / "goml_async"
+    monkeypatch.setenv("GOML_AGENT_HOST", "h")  # not one of its fields, but a GOML_ name
+    assert current_settings().concurrency == 8
+
+
+def test_refresh_settings_reads_the_environment_again() -> None:
+    shared = current_settings()
+    shared.concurrency = 99  # changed in place, against the advice
+    fresh = refresh_settings()
+    assert fresh is not shared and fresh.concurrency == 4
+    assert current_settings() is fresh
+
+
+def test_an_invalid_environment_is_reported_and_not_cached(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("GOML_CONCURRENCY", "lots")
+    for _ in range(2):
+        with pytest.raises(ConfigError, match="GOML_CONCURRENCY"):
+            current_settings()
+    monkeypatch.setenv("GOML_CONCURRENCY", "2")
+    assert current_settings().concurrency == 2
+
+
+def test_objects_without_settings_share_the_current_ones() -> None:
+    from goml_async.service import Service
+
+    assert Service().settings is current_settings()
+    assert Service().settings is Service().settings  # not one environment read per object
+    given = GomlSettings(concurrency=3)
+    assert Service(given).settings is given
+
+
+_ENVIRON_WRITERS = {"setdefault", "update", "pop", "popitem", "clear", "__setitem__", "__delitem__"}
+
+
+def _writes_environ(node: ast.AST) -> bool:
+    def is_environ(target: ast.AST) -> bool:
+        return isinstance(target, ast.Attribute) and target.attr == "environ"
+
+    if isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Store | ast.Del):
+        return is_environ(node.value)
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+        if node.func.attr in ("putenv", "unsetenv"):
+            return True
+        return node.func.attr in _ENVIRON_WRITERS and is_environ(node.func.value)
+    return False
+
+
+def test_nothing_in_the_package_writes_to_the_environment() -> None:
+    package = Path(goml_async.__file__).parent
+    writes = [
+        f"{path.relative_to(package)}:{node.lineno}"
+        for path in sorted(package.rglob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if _writes_environ(node)
+    ]
+    assert writes == []
+    # the check itself finds each kind of write
+    probe = "os.environ['A'] = '1'\nos.environ.setdefault('B', '1')\ndel os.environ['C']\n"
+    assert sum(_writes_environ(node) for node in ast.walk(ast.parse(probe))) == 3

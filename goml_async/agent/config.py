@@ -1,8 +1,12 @@
 """AgentConfig: where checkpoints live, how they are scored and where results go.
 
-Values come from four places, highest first: explicit arguments (CLI flags), ``GOML_AGENT_*``
-environment variables, a TOML file, then the defaults. The file may keep its keys at the top
-level or under an ``[agent]`` table::
+Values come from four places, highest first: explicit arguments (CLI flags), environment
+variables, a TOML file, then the defaults. The variables are ``GOML_AGENT_<FIELD>``, except for
+the fields shared with :class:`~goml_async.settings.GomlSettings`, which are read under its names
+so that one variable serves every ``goml`` command: ``GOML_JUDGE_URL``, ``GOML_JUDGE_MODEL`` and
+``GOML_INFLUX_TOKEN``. Their old names (``GOML_AGENT_JUDGE_URL``, ...) still work when the new
+one is not set, with a logged deprecation note. The file may keep its keys at the top level or
+under an ``[agent]`` table::
 
     [agent]
     host = "trainer.example.org"
@@ -27,17 +31,29 @@ import hashlib
 import json
 import logging
 import re
-import tomllib
-from contextvars import ContextVar
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
-from pydantic.fields import FieldInfo
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    InitSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from ..errors import ConfigError
 from ..settings import default_cache_dir
+from ._config_sources import (
+    ENV_PREFIX,
+    PATH_FIELDS,
+    TOML_FILE_KEYWORD,
+    AgentEnvSource,
+    FileSource,
+    SharedEnvSource,
+    env_name,
+    origin,
+)
 
 if TYPE_CHECKING:
     from .types import RemoteTransport
@@ -46,10 +62,7 @@ __all__ = ["AgentConfig", "ENV_PREFIX", "WORK_DIR_IDENTITY", "default_work_dir"]
 
 logger = logging.getLogger(__name__)
 
-ENV_PREFIX = "GOML_AGENT_"
-
 _SECRET_FIELDS = frozenset({"influx_token"})
-_PATH_FIELDS = ("ssh_key", "known_hosts", "work_dir")
 _OPTIONAL_TEXT = (
     "host",
     "user",
@@ -62,10 +75,6 @@ _OPTIONAL_TEXT = (
     "ssh_key",
     "known_hosts",
 )
-
-#: The TOML file being loaded by :meth:`AgentConfig.load` (its path and its values).
-_FILE: ContextVar[tuple[Path, dict[str, Any]] | None] = ContextVar("_FILE", default=None)
-
 
 #: The settings that tell one agent's job from another's: where the checkpoints come from, what
 #: scores them and where the results go. Agents that differ in any of them get their own default
@@ -121,19 +130,13 @@ def _agents_folder() -> Path:
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
 
-class _FileSettingsSource(PydanticBaseSettingsSource):
-    """The values of the TOML file given to :meth:`AgentConfig.load` (below env vars)."""
-
-    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
-        return None, field_name, False
-
-    def __call__(self) -> dict[str, Any]:
-        loaded = _FILE.get()
-        return dict(loaded[1]) if loaded else {}
-
-
 class AgentConfig(BaseSettings):
     """Everything the checkpoint-scoring agent needs (env prefix ``GOML_AGENT_``).
+
+    ``judge_url``, ``judge_model`` and ``influx_token`` are GomlSettings' fields too and are read
+    from its variables, ``GOML_JUDGE_URL``, ``GOML_JUDGE_MODEL`` and ``GOML_INFLUX_TOKEN``
+    (their ``GOML_AGENT_*`` names are deprecated). ``AgentConfig(_toml_file=path, ...)`` reads
+    a TOML file below the environment, as :meth:`load` does.
 
     Attributes:
         host: the SSH host that holds the checkpoints; None reads ``adapter_base`` locally.
@@ -153,7 +156,8 @@ class AgentConfig(BaseSettings):
             bundled SmolLM2); required for the local backends.
         api_url: the OpenAI-compatible server scored by the ``http`` backend.
         model: the model name sent to ``api_url`` (empty: the checkpoint's model tag).
-        judge_url: the judge model's server (None: no judge scores).
+        judge_url: the judge model's server (None: no judge scores). The judge is called with
+            ``GOML_API_KEY`` (``OPENAI_API_KEY``), as every HTTP model is.
         judge_model: the model name sent to the judge server.
         system: an optional system prompt for the probes.
         capability_max_tokens: max tokens of a capability probe answer.
@@ -228,12 +232,16 @@ class AgentConfig(BaseSettings):
     force: bool = False
     inter_checkpoint_delay: float = Field(default=5.0, ge=0)
 
-    def __init__(self, **values: Any) -> None:
+    def __init__(self, _toml_file: str | Path | None = None, **values: Any) -> None:
+        file = None if _toml_file is None else Path(_toml_file).expanduser()
         try:
-            super().__init__(**values)
+            # The file travels to settings_customise_sources with the init values (the only
+            # per-call channel pydantic-settings has); it takes it out before validation.
+            routed: dict[str, Any] = {} if file is None else {TOML_FILE_KEYWORD: file}
+            super().__init__(**values, **routed)
         except ValidationError as exc:
-            raise _config_error(exc, values) from _cause(exc)
-        self._check(values)
+            raise _config_error(exc, values, file) from _cause(exc)
+        self._check(values, file)
 
     @classmethod
     def settings_customise_sources(
@@ -244,7 +252,16 @@ class AgentConfig(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return init_settings, env_settings, _FileSettingsSource(settings_cls)
+        # Highest first: arguments, the environment, the file (the defaults come last).
+        file = None
+        if isinstance(init_settings, InitSettingsSource):
+            file = init_settings.init_kwargs.pop(TOML_FILE_KEYWORD, None)
+        return (
+            init_settings,
+            AgentEnvSource(settings_cls),
+            SharedEnvSource(settings_cls),
+            FileSource(settings_cls, file),
+        )
 
     @classmethod
     def load(cls, path: str | Path | None = None, **overrides: Any) -> AgentConfig:
@@ -268,15 +285,7 @@ class AgentConfig(BaseSettings):
             'http://127.0.0.1:8080/v1'
         """
         given = {key: value for key, value in overrides.items() if value is not None}
-        if path is None:
-            token = _FILE.set(None)
-        else:
-            file = Path(path).expanduser()
-            token = _FILE.set((file, _read_toml(file)))
-        try:
-            return cls(**given)
-        finally:
-            _FILE.reset(token)
+        return cls(_toml_file=path, **given)
 
     @property
     def buffer_path(self) -> Path:
@@ -348,12 +357,12 @@ class AgentConfig(BaseSettings):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/") if value is not None else None
 
-    @field_validator(*_PATH_FIELDS)
+    @field_validator(*PATH_FIELDS)
     @classmethod
     def _expand_user(cls, value: Path | None) -> Path | None:
         return value.expanduser() if value is not None else None
 
-    def _check(self, given: dict[str, Any]) -> None:
+    def _check(self, given: dict[str, Any], file: Path | None) -> None:
         """Rules that involve more than one field."""
         if self.host is None:
             # Local checkpoints: an absolute folder, so commands and copies agree on it.
@@ -364,7 +373,8 @@ class AgentConfig(BaseSettings):
         for name in ("ssh_key", "known_hosts"):
             path = getattr(self, name)
             if self.host is not None and path is not None and not path.is_file():
-                raise ConfigError(name, f"no such file: {str(path)!r} ({_origin(name, given)})")
+                where = origin(type(self), name, given, file)
+                raise ConfigError(name, f"no such file: {str(path)!r} ({where})")
         if self.backend == "http" and self.api_url is None:
             raise ConfigError(
                 "api_url",
@@ -391,51 +401,18 @@ class AgentConfig(BaseSettings):
             )
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
-    """The agent's keys from a TOML file: the ``[agent]`` table over the top-level keys."""
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError("config", f"no such config file: {str(path)!r}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError("config", f"cannot read {str(path)!r}: {exc}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError("config", f"{str(path)!r} is not valid TOML: {exc}") from exc
-    table = data.pop("agent", {})
-    if not isinstance(table, dict):
-        raise ConfigError("agent", f"must be a table in {str(path)!r}, got {table!r}")
-    values = {**data, **table}
-    for name in _PATH_FIELDS:
-        value = values.get(name)
-        if isinstance(value, str) and value:
-            expanded = Path(value).expanduser()
-            values[name] = str(expanded if expanded.is_absolute() else path.parent / expanded)
-    return values
-
-
-def _origin(field: str, given: dict[str, Any]) -> str:
-    """Where ``field``'s value came from, for error messages."""
-    if field in given:
-        return "given as an argument"
-    loaded = _FILE.get()
-    if loaded is not None and field in loaded[1]:
-        return f"in {str(loaded[0])!r}"
-    return f"env var {ENV_PREFIX}{field.upper()}"
-
-
-def _config_error(exc: ValidationError, given: dict[str, Any]) -> ConfigError:
+def _config_error(exc: ValidationError, given: dict[str, Any], file: Path | None) -> ConfigError:
     first = exc.errors()[0]
     field = ".".join(str(part) for part in first["loc"]) or "config"
     if field not in AgentConfig.model_fields:
-        return ConfigError(field, f"unknown setting ({_origin(field, given)})")
+        return ConfigError(field, f"unknown setting ({origin(AgentConfig, field, given, file)})")
     if first["type"] == "missing":
-        return ConfigError(
-            field, f"required; pass it, set {ENV_PREFIX}{field.upper()} or put it in the file"
-        )
+        return ConfigError(field, f"required; pass it, set {env_name(field)} or put it in the file")
     # Secrets are never echoed (and the chained ValidationError is dropped for them).
     shown = "<hidden>" if field in _SECRET_FIELDS else repr(first.get("input"))
     message = str(first["msg"]).removeprefix("Value error, ")
-    return ConfigError(field, f"{message} (got {shown}; {_origin(field, given)})")
+    where = origin(AgentConfig, field, given, file)
+    return ConfigError(field, f"{message} (got {shown}; {where})")
 
 
 def _cause(exc: ValidationError) -> ValidationError | None:

@@ -32,7 +32,7 @@ from ..errors import (
 )
 from ..model import BaseTextModel
 from ..retry import RetryPolicy
-from ..settings import GomlSettings
+from ..settings import GomlSettings, current_settings
 from ..stream import StreamContext, TokenStream
 from ..types import (
     GenerateConfig,
@@ -93,7 +93,7 @@ class HTTPModel(BaseTextModel):
             ``"chat"`` sends it as one user message (for chat-only servers).
         extra_body: fields added to every request body (server-specific options).
         default_config: the model's default GenerateConfig.
-        settings: where the API key default comes from (default: GomlSettings()).
+        settings: where the API key default comes from (default: current_settings()).
         transport: an httpx transport, for custom networking.
 
     Example:
@@ -152,7 +152,7 @@ class HTTPModel(BaseTextModel):
         super().__init__(
             model_type="http", default_config=base, prompt_as_chat=generate_endpoint == "chat"
         )
-        settings = settings or GomlSettings()
+        settings = settings or current_settings()
         if base_url is None:
             base_url = settings.server_url()
             if base_url is None:

@@ -38,7 +38,7 @@ from ..compat import InferenceAdapter
 from ..convert.gguf_meta import gguf_model_info, read_gguf_metadata
 from ..errors import APIConnectionError, BackendUnavailable, GenerationError, GenerationTimeout
 from ..model import _check_prompts
-from ..settings import GomlSettings
+from ..settings import GomlSettings, current_settings
 from ..stream import StreamContext
 from ..types import (
     ClassifyResult,
@@ -248,7 +248,7 @@ class LlamaModelBackend:
 
     def unavailable_reason(self) -> str | None:
         """Why this backend cannot run here, or None when it can."""
-        settings = self._settings or GomlSettings()
+        settings = self._settings or current_settings()
         if settings.llama_server is not None or shutil.which("llama-server"):
             return None
         if cached_llama_server(settings) is not None:

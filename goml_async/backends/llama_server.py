@@ -50,7 +50,7 @@ import anyio
 import httpx
 
 from ..errors import BackendUnavailable, ConfigError, LifecycleError, ModelLoadError
-from ..settings import GomlSettings
+from ..settings import GomlSettings, current_settings
 from ..types import LoadConfig
 from ._llama_process import (
     LogTail,
@@ -142,7 +142,7 @@ def cached_llama_server(settings: GomlSettings | None = None) -> Path | None:
     It lives at ``<cache_dir>/llama-server/<version>/llama-server`` (``GOML_CACHE_DIR``,
     default ``~/.cache/goml_async``).
     """
-    root = (settings or GomlSettings()).cache_dir / "llama-server"
+    root = (settings or current_settings()).cache_dir / "llama-server"
     candidates = sorted(
         (path for path in root.glob("*/llama-server") if os.access(path, os.X_OK)),
         key=lambda path: path.stat().st_mtime,
@@ -237,7 +237,7 @@ class LlamaServer:
             raise ConfigError("threads", f"must be >= 1, got {threads}")
         if isinstance(extra_args, str | bytes) or not all(isinstance(a, str) for a in extra_args):
             raise ConfigError("extra_args", f"must be a sequence of str, got {extra_args!r}")
-        settings = settings or GomlSettings()
+        settings = settings or current_settings()
         timeout = settings.llama_startup_timeout if startup_timeout is None else startup_timeout
         if not timeout > 0:
             raise ConfigError("startup_timeout", f"must be > 0, got {startup_timeout!r}")

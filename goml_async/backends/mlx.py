@@ -34,7 +34,7 @@ from mlx_lm.models.cache import make_prompt_cache
 
 from ..errors import ConfigError, GenerationError, ModelLoadError
 from ..model import BaseTextModel, _check_prompts
-from ..settings import GomlSettings
+from ..settings import GomlSettings, current_settings
 from ..stream import StreamContext
 from ..types import (
     BatchResult,
@@ -409,14 +409,12 @@ async def load_mlx_model(
             f"must be a number of seconds > 0, got {prefill_chunk_seconds!r}",
         )
     folder = Path(path)  # checked and loaded on the worker thread, not on the event loop
-    settings = settings or GomlSettings()
+    settings = settings or current_settings()
     set_memory_limits(
         settings.mlx_cache_limit if cache_limit is None else cache_limit,
         settings.mlx_memory_limit if memory_limit is None else memory_limit,
     )
     adapter = (config or LoadConfig()).adapter_path
-    # mlx-lm asks the Hugging Face hub about local folders unless told it is offline.
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     worker = MLXWorker(f"goml-mlx-{folder.name}")
     try:
         model, tokenizer = await worker.call(lambda: _load(folder, adapter))
@@ -435,7 +433,10 @@ def _load(folder: Path, adapter: str | None) -> tuple[Any, Any]:
     if adapter is not None and not Path(adapter).exists():
         raise ModelLoadError(adapter, "the LoRA adapter does not exist")
     try:
-        loaded = mlx_lm.load(str(folder), adapter_path=adapter)
+        # A local folder: mlx-lm downloads nothing, but transformers' tokenizer loader would
+        # still ask the Hugging Face hub about it unless told to use local files only.
+        local_only = {"local_files_only": True}
+        loaded = mlx_lm.load(str(folder), tokenizer_config=local_only, adapter_path=adapter)
     except Exception as exc:
         raise ModelLoadError(str(folder), f"mlx-lm could not load it: {exc}") from exc
     return loaded[0], loaded[1]

@@ -15,7 +15,7 @@ from rich.console import Console
 from goml_async.errors import ConfigError
 from goml_async.model import TextModel
 from goml_async.registry import bundled_model_path, load_default_model, load_model
-from goml_async.settings import GomlSettings
+from goml_async.settings import current_settings
 
 __all__ = [
     "add_model_arguments",
@@ -75,7 +75,7 @@ def default_target() -> str | None:
     """What a command runs on when no ``--model`` is given: ``GOML_BASE_URL``, or None (the
     bundled model). ``OPENAI_BASE_URL`` is deliberately not used here: a shell set up for
     OpenAI must not send ``goml`` prompts there unasked."""
-    return GomlSettings().base_url
+    return current_settings().base_url
 
 
 def describe_target(spec: str | None) -> str:

@@ -19,7 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.text import Text
 
 from goml_async.errors import ConfigError
-from goml_async.settings import GomlSettings
+from goml_async.settings import current_settings
 
 from ._common import add_model_arguments, load_target
 
@@ -35,17 +35,19 @@ Find training checkpoints (adapters-*/…_adapters.safetensors) on a host over S
 folder, score each one not scored yet with the 23 capability probes (plus the judge and the
 content probes when a judge is set), and publish the results to InfluxDB.
 
-Settings come from flags, then GOML_AGENT_* environment variables, then --config (TOML, keys at
-the top level or under [agent]), then defaults. Each pass scores the first unscored checkpoint
-(all of them with --force) and the loop runs until stopped (Ctrl-C or SIGTERM stop it cleanly);
---one-shot stops after one pass, --dry-run only lists what a pass would score.
+Settings come from flags, then GOML_AGENT_* environment variables (GOML_JUDGE_URL,
+GOML_JUDGE_MODEL and GOML_INFLUX_TOKEN for the settings shared with the other commands), then
+--config (TOML, keys at the top level or under [agent]), then defaults. Each pass scores the
+first unscored checkpoint (all of them with --force) and the loop runs until stopped (Ctrl-C or
+SIGTERM stop it cleanly); --one-shot stops after one pass, --dry-run only lists what a pass
+would score.
 
 Results go to a write-ahead buffer (work_dir/influx_buffer.jsonl) before InfluxDB, and the
 scored checkpoints to work_dir/scored.json, so a crash, a full disk or an unreachable InfluxDB
 loses nothing: the next pass replays what was not written. One agent at a time uses a work_dir
 (a second one is refused, naming the first one's PID); without --work-dir each job (host,
 adapter base, filter, model, InfluxDB target) gets its own folder under the user cache dir. The
-Influx token is read from GOML_AGENT_INFLUX_TOKEN or the config file, never from a flag.
+Influx token is read from GOML_INFLUX_TOKEN or the config file, never from a flag.
 """
 _AGENT_EPILOG = """\
 examples:
@@ -336,7 +338,7 @@ async def _expand(args: argparse.Namespace, prompts: list[SeedPrompt]) -> int:
             database=args.influx_db,
             org=args.influx_org,
             bucket=args.influx_bucket,
-            token=GomlSettings().influx_token,
+            token=current_settings().influx_token,
             buffer_path=buffer,
         )
     config = replace(EXPAND_CONFIG, max_tokens=args.max_tokens)

@@ -21,7 +21,7 @@ import anyio.abc
 
 from goml_async.errors import BackendUnavailable, ConfigError
 from goml_async.service import ChatAdapter, Service
-from goml_async.settings import GomlSettings
+from goml_async.settings import GomlSettings, current_settings
 
 from ._common import add_model_arguments, listen_socket, load_target, served_name
 from .generate import DEFAULT_SYSTEM
@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
             backend="mcp",
             install_hint=_INSTALL_HINT,
         )
-    settings = GomlSettings()
+    settings = current_settings()
     # uvicorn (for --transport http) runs on asyncio; stdio would run on either.
     return anyio.run(_main, args, settings, backend="asyncio")
 

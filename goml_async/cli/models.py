@@ -12,7 +12,7 @@ from rich.table import Table
 
 from goml_async.errors import ConfigError, ModelLoadError
 from goml_async.registry import bundled_model_path, discover_gguf_models, discover_models
-from goml_async.settings import GomlSettings
+from goml_async.settings import current_settings
 from goml_async.types import DiscoveredModel
 
 __all__ = ["add_parser", "run_convert", "run_list"]
@@ -76,7 +76,7 @@ def add_parser(commands: Any) -> None:
 
 def _known_models() -> tuple[list[DiscoveredModel], str]:
     """The models of GOML_MODEL_DIR, the bundled model and the MLX cache, and where we looked."""
-    settings = GomlSettings()
+    settings = current_settings()
     found: list[DiscoveredModel] = []
     places = []
     if settings.model_dir is not None:

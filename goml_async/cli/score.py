@@ -16,7 +16,7 @@ from rich.table import Table
 from goml_async.errors import ConfigError
 from goml_async.scoring.judge import DEFAULT_JUDGE_MAX_TOKENS, Judge
 from goml_async.scoring.types import ItemError, PromptScore, Response, ScoreReport
-from goml_async.settings import GomlSettings
+from goml_async.settings import current_settings
 
 from ._common import describe_target, load_target
 from ._judging import (
@@ -103,7 +103,7 @@ def add_parser(commands: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # Everything that can be checked without a model is checked before the judge loads.
-    settings = GomlSettings()
+    settings = current_settings()
     judge_spec = args.judge or settings.judge_url
     judge_model = args.judge_model if args.judge_model is not None else settings.judge_model
     concurrency = args.concurrency if args.concurrency is not None else settings.concurrency

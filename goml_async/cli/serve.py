@@ -24,7 +24,7 @@ import anyio.abc
 from goml_async.errors import ConfigError
 from goml_async.server import ServerConfig, create_app, require_server_extra
 from goml_async.service import ChatAdapter, Service
-from goml_async.settings import GomlSettings
+from goml_async.settings import current_settings
 
 from ._common import add_model_arguments, is_url, listen_socket, load_target, served_name
 
@@ -190,7 +190,7 @@ def _check(args: argparse.Namespace) -> ServerConfig:
         raise ConfigError("--grace", f"must be >= 0 seconds, got {args.grace}")
     if args.context_len < 0:
         raise ConfigError("--context-len", f"must be >= 0, got {args.context_len}")
-    settings = GomlSettings()
+    settings = current_settings()
     key = settings.server_api_key
     options = {
         "max_tokens": args.max_tokens,
@@ -358,7 +358,7 @@ async def _run(
         return
     from goml_async.server.ml_routes import ml_mount
 
-    async with model, Service(GomlSettings()) as service:
+    async with model, Service(current_settings()) as service:
         name = config.model_name or served_name(args.model) or None
         app = create_app(
             model,

@@ -35,7 +35,7 @@ from typing import Any
 
 from .._bundled import BUNDLED_MODEL_FILE, bundled_model_path
 from ..errors import BackendUnavailable, ConfigError, ModelLoadError
-from ..settings import GomlSettings
+from ..settings import GomlSettings, current_settings
 from ._gguf_tokenizer import gguf_tokenizer as _tokenizer
 from .gguf_meta import read_gguf_metadata
 
@@ -156,7 +156,7 @@ def default_mlx_model(settings: GomlSettings | None = None) -> Path:
         BackendUnavailable: the conversion's dependencies are not installed.
     """
     source = bundled_model_path()
-    folder = (settings or GomlSettings()).cache_dir / "mlx"
+    folder = (settings or current_settings()).cache_dir / "mlx"
     target = folder / f"{_DEFAULT_NAME}-{_fingerprint(source)}"
     if not _complete(target):
         try:
