@@ -15,6 +15,7 @@ import anyio
 import anyio.abc
 from rich.console import Console
 
+from goml_async._concurrency import task_group
 from goml_async.errors import ConfigError
 
 from ._common import describe_target, is_url
@@ -120,15 +121,10 @@ async def stop_on_signals() -> AsyncIterator[Stop]:
         ```
     """
     stop = Stop()
-    try:
-        async with anyio.create_task_group() as group:
-            await group.start(_watch, stop)
-            yield stop
-            group.cancel_scope.cancel()
-    except BaseExceptionGroup as errors:
-        if len(errors.exceptions) != 1:
-            raise
-        raise errors.exceptions[0] from errors.exceptions[0].__cause__
+    async with task_group() as group:
+        await group.start(_watch, stop)
+        yield stop
+        group.cancel_scope.cancel()
 
 
 async def _watch(stop: Stop, *, task_status: anyio.abc.TaskStatus[None]) -> None:

@@ -13,7 +13,7 @@ import anyio
 from rich.console import Console
 from rich.table import Table
 
-from goml_async.errors import ConfigError
+from goml_async._validate import integer
 from goml_async.model import TextModel
 from goml_async.types import GenerateConfig, Message
 
@@ -67,10 +67,8 @@ def add_parser(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.tokens < 1:
-        raise ConfigError("--tokens", f"must be >= 1, got {args.tokens}")
-    if args.rounds < 1:
-        raise ConfigError("--rounds", f"must be >= 1, got {args.rounds}")
+    integer("--tokens", args.tokens, minimum=1)
+    integer("--rounds", args.rounds, minimum=1)
     status: int = anyio.run(_bench, args)
     return status
 

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from goml_async._validate import integer
 from goml_async.errors import ConfigError
 from goml_async.model import TextModel
 from goml_async.scoring.judge import DEFAULT_JUDGE_MAX_TOKENS, Judge
@@ -85,8 +86,7 @@ def add_parser(commands: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # Everything that can be checked without a model is checked before one loads.
-    if args.concurrency < 1:
-        raise ConfigError("--concurrency", f"must be >= 1, got {args.concurrency}")
+    integer("--concurrency", args.concurrency, minimum=1)
     check_judge(args.judge, allow_same=True)
     check_judge_max_tokens(args.judge_max_tokens)
     config = GenerateConfig(max_tokens=args.max_tokens, temperature=args.temperature)
