@@ -19,10 +19,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from types import TracebackType
 from typing import TYPE_CHECKING, Self
 
 import anyio
+from anyio.abc import AsyncResource
 
 from ._service_parts import (
     BackendStatus,
@@ -81,7 +81,7 @@ class _Entry:
         return self.model
 
 
-class Service:
+class Service(AsyncResource):
     """Named backends, a default backend, a judge and a scoring engine.
 
     Args:
@@ -499,14 +499,6 @@ class Service:
 
     async def __aenter__(self) -> Self:
         return await self.start()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     def __repr__(self) -> str:
         return f"<Service {self._state} backends={self.list_backends()}>"

@@ -22,6 +22,7 @@ from anyio.lowlevel import RunVar
 from pydantic import SecretStr
 
 from .._sse import SSEDecoder, SSETooLarge
+from .._validate import int_at_least, seconds, string
 from ..compat import InferenceAdapter
 from ..errors import (
     APIConnectionError,
@@ -124,18 +125,12 @@ class HTTPModel(BaseTextModel):
         settings: GomlSettings | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        if not isinstance(model, str):
-            raise ConfigError("model", f"must be a str, got {type(model).__name__}")
+        string("model", model)
         if generate_endpoint not in ("completions", "chat"):
             raise ConfigError(
                 "generate_endpoint", f"must be 'completions' or 'chat', got {generate_endpoint!r}"
             )
-        if (
-            isinstance(max_concurrency, bool)
-            or not isinstance(max_concurrency, int)
-            or max_concurrency < 1
-        ):
-            raise ConfigError("max_concurrency", f"must be an int >= 1, got {max_concurrency!r}")
+        int_at_least("max_concurrency", max_concurrency, 1)
         if not isinstance(connect_timeout, int | float) or connect_timeout <= 0:
             raise ConfigError("connect_timeout", f"must be > 0 seconds, got {connect_timeout!r}")
         base = (default_config or GenerateConfig()).with_options(
@@ -549,12 +544,7 @@ class HTTPModelBackend:
         probe_timeout = options.pop("probe_timeout", 10.0)
         if not isinstance(probe, bool):
             raise ConfigError("probe", f"must be True or False, got {probe!r}")
-        if (
-            isinstance(probe_timeout, bool)
-            or not isinstance(probe_timeout, int | float)
-            or not 0 < probe_timeout < float("inf")
-        ):
-            raise ConfigError("probe_timeout", f"must be > 0 seconds, got {probe_timeout!r}")
+        probe_timeout = seconds("probe_timeout", probe_timeout)
         model = HTTPModel(path, **options)
         if not probe:
             return model

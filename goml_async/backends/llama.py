@@ -28,11 +28,11 @@ import os
 import shutil
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import replace
-from types import TracebackType
 from typing import Any, Self
 
 import anyio
 import httpx
+from anyio.abc import AsyncResource
 
 from ..compat import InferenceAdapter
 from ..convert.gguf_meta import gguf_model_info, read_gguf_metadata
@@ -269,7 +269,7 @@ class LlamaModelBackend:
         return await start_llama_model(path, config, **options)
 
 
-class LlamaBackend:
+class LlamaBackend(AsyncResource):
     """go-ml's string-level llama backend: a managed llama-server, whole replies.
 
     ``async with LlamaBackend("model.gguf") as backend`` starts the server (go-ml's ``Start``)
@@ -350,11 +350,3 @@ class LlamaBackend:
 
     async def __aenter__(self) -> Self:
         return await self.start()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()

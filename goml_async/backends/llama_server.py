@@ -43,12 +43,13 @@ import sys
 import weakref
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Self
 
 import anyio
 import httpx
+from anyio.abc import AsyncResource
 
+from .._validate import integer, is_int, non_empty_str
 from ..errors import BackendUnavailable, ConfigError, LifecycleError, ModelLoadError
 from ..settings import GomlSettings, current_settings
 from ..types import LoadConfig
@@ -186,7 +187,7 @@ def _resolve_command(
     ), True
 
 
-class LlamaServer:
+class LlamaServer(AsyncResource):
     """One llama.cpp HTTP server process, owned by this object.
 
     Args:
@@ -227,14 +228,10 @@ class LlamaServer:
     ) -> None:
         if config is not None and not isinstance(config, LoadConfig):
             raise ConfigError("config", f"must be a LoadConfig, got {type(config).__name__}")
-        if not isinstance(host, str) or not host:
-            raise ConfigError("host", f"must be a non-empty str, got {host!r}")
-        if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        non_empty_str("host", host)
+        if not is_int(port) or not 0 <= port <= 65535:
             raise ConfigError("port", f"must be an int in 0..65535, got {port!r}")
-        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)):
-            raise ConfigError("threads", f"must be an int or None, got {threads!r}")
-        if threads is not None and threads < 1:
-            raise ConfigError("threads", f"must be >= 1, got {threads}")
+        integer("threads", threads, minimum=1, allow_none=True)
         if isinstance(extra_args, str | bytes) or not all(isinstance(a, str) for a in extra_args):
             raise ConfigError("extra_args", f"must be a sequence of str, got {extra_args!r}")
         settings = settings or current_settings()
@@ -321,14 +318,6 @@ class LlamaServer:
 
     async def __aenter__(self) -> Self:
         return await self.start()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def start(self) -> Self:
         """Validate the input, launch the server and wait until ``/health`` says it is ready.

@@ -18,6 +18,8 @@ from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
+from goml_async._concurrency import task_group
+from goml_async._validate import integer
 from goml_async.errors import ConfigError
 from goml_async.settings import current_settings
 
@@ -206,23 +208,18 @@ async def _agent(config: AgentConfig, err: Console, verbose: bool) -> int:
     summary: AgentSummary | None = None
     with display.live():
         agent = Agent(config, on_event=display.handle)
-        try:
-            async with agent, anyio.create_task_group() as tg:
+        async with agent, task_group() as tg:
 
-                async def stop_on_signal() -> None:
-                    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                        async for signum in signals:
-                            stopped_by.append(signal.Signals(signum).name)
-                            tg.cancel_scope.cancel()
-                            return
+            async def stop_on_signal() -> None:
+                with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                    async for signum in signals:
+                        stopped_by.append(signal.Signals(signum).name)
+                        tg.cancel_scope.cancel()
+                        return
 
-                tg.start_soon(stop_on_signal)
-                summary = await agent.run()
-                tg.cancel_scope.cancel()
-        except BaseExceptionGroup as group:
-            if len(group.exceptions) != 1:
-                raise
-            raise group.exceptions[0] from group.exceptions[0].__cause__
+            tg.start_soon(stop_on_signal)
+            summary = await agent.run()
+            tg.cancel_scope.cancel()
     if stopped_by:
         err.print(f"goml agent: stopped by {stopped_by[0]}", highlight=False)
         return 0
@@ -309,10 +306,8 @@ def run_expand(args: argparse.Namespace) -> int:
     """Generate responses for the seed prompts not done yet."""
     from goml_async.agent.expand import read_prompts
 
-    if args.limit < 0:
-        raise ConfigError("--limit", f"must be >= 0, got {args.limit}")
-    if args.max_tokens < 1:
-        raise ConfigError("--max-tokens", f"must be >= 1, got {args.max_tokens}")
+    integer("--limit", args.limit, minimum=0)
+    integer("--max-tokens", args.max_tokens, minimum=1)
     if args.influx_url is not None and not args.influx_url.startswith(("http://", "https://")):
         raise ConfigError(
             "--influx-url", f"must start with http:// or https://, got {args.influx_url!r}"

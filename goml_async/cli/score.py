@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from goml_async._validate import integer
 from goml_async.errors import ConfigError
 from goml_async.scoring.judge import DEFAULT_JUDGE_MAX_TOKENS, Judge
 from goml_async.scoring.types import ItemError, PromptScore, Response, ScoreReport
@@ -108,8 +109,7 @@ def run(args: argparse.Namespace) -> int:
     judge_model = args.judge_model if args.judge_model is not None else settings.judge_model
     concurrency = args.concurrency if args.concurrency is not None else settings.concurrency
     suites = args.suites if args.suites is not None else settings.suites
-    if concurrency < 1:
-        raise ConfigError("--concurrency", f"must be >= 1, got {concurrency}")
+    integer("--concurrency", concurrency, minimum=1)
     check_judge(judge_spec, allow_same=False)
     check_judge_max_tokens(args.judge_max_tokens)
     _check_suites(suites, has_judge=bool(judge_spec))

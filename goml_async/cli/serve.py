@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Final
 import anyio
 import anyio.abc
 
+from goml_async._validate import integer
 from goml_async.errors import ConfigError
 from goml_async.server import ServerConfig, create_app, require_server_extra
 from goml_async.service import ChatAdapter, Service
@@ -188,8 +189,7 @@ def _check(args: argparse.Namespace) -> ServerConfig:
         raise ConfigError("--port", f"must be in 0..65535, got {args.port}")
     if not args.grace >= 0:
         raise ConfigError("--grace", f"must be >= 0 seconds, got {args.grace}")
-    if args.context_len < 0:
-        raise ConfigError("--context-len", f"must be >= 0, got {args.context_len}")
+    integer("--context-len", args.context_len, minimum=0)
     settings = current_settings()
     key = settings.server_api_key
     options = {
