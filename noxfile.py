@@ -28,7 +28,7 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def typecheck(session: nox.Session) -> None:
-    """mypy --strict on the package (configured in pyproject.toml)."""
+    """mypy --strict on the package, the tests and the benchmarks (configured in pyproject.toml)."""
     # Every extra, so mypy checks the optional backends against their real libraries.
     session.install("-e", ".[dev]")
     session.run("mypy")

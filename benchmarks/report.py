@@ -95,7 +95,7 @@ def verdict(passed: bool | None) -> str:
 
 
 def summary_rows(records: Sequence[Record]) -> list[tuple[str, ...]]:
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for record in records:
         link = f"[{record['title']}](#{slugify(record['heading'])})"
         for measure in record["measures"]:

@@ -28,7 +28,7 @@ and waits on a ``concurrent.futures.Future`` that the pump resolves without awai
 from __future__ import annotations
 
 import types
-from collections.abc import Coroutine, Generator, Iterator
+from collections.abc import Coroutine, Generator
 from concurrent.futures import Future
 from typing import Any, TypeAlias, TypeVar
 
@@ -166,7 +166,9 @@ class _Pump:
             limit = min(2 * limit, MAX_BATCH)
 
 
-def iterate(portal: BlockingPortal, token: EventLoopToken, stream: TokenStream) -> Iterator[Token]:
+def iterate(
+    portal: BlockingPortal, token: EventLoopToken, stream: TokenStream
+) -> Generator[Token, None, None]:
     """Iterate over ``stream`` from a thread other than the loop's (``portal``'s, ``token``'s).
 
     Leaving the loop early closes the stream in its task; an exception while waiting (Ctrl-C's

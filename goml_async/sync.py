@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import atexit
 import threading
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Generator, Iterable, Sequence
 from types import TracebackType
 from typing import Any, Self, TypeVar, Unpack
 
@@ -147,7 +147,7 @@ def shutdown() -> None:
     _loop.stop()
 
 
-def _iterate(stream: TokenStream) -> Iterator[Token]:
+def _iterate(stream: TokenStream) -> Generator[Token, None, None]:
     # A generator, so that nothing starts on the loop before the caller's first ``next()``.
     portal, token = _loop.handles()
     yield from _sync_stream.iterate(portal, token, stream)
@@ -196,7 +196,7 @@ class BlockingModel:
 
     def stream(
         self, prompt: str, config: GenerateConfig | None = None, **options: Unpack[GenerateOptions]
-    ) -> Iterator[Token]:
+    ) -> Generator[Token, None, None]:
         """Iterate over the tokens of a completion; leaving the loop stops generation.
 
         Tokens that are already there reach the calling thread together; a model that computes
@@ -209,7 +209,7 @@ class BlockingModel:
         messages: Iterable[MessageLike],
         config: GenerateConfig | None = None,
         **options: Unpack[GenerateOptions],
-    ) -> Iterator[Token]:
+    ) -> Generator[Token, None, None]:
         """Iterate over the tokens of a chat reply."""
         return _iterate(self._model.chat(messages, config, **options))
 

@@ -17,7 +17,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import pytest
 
@@ -32,7 +32,23 @@ _CHAT_TEMPLATE = (
     "{% for m in messages %}<|begin_of_text|>{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
     "{% if add_generation_prompt %}assistant: {% endif %}"
 )
-_TINY = {
+
+
+class _TinyShape(TypedDict):
+    """The tiny model's shape, under the names of a Hugging Face llama config.json."""
+
+    hidden_size: int
+    num_hidden_layers: int
+    intermediate_size: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    rms_norm_eps: float
+    max_position_embeddings: int
+    rope_theta: float
+
+
+_TINY: _TinyShape = {
     "hidden_size": 64,
     "num_hidden_layers": 2,
     "intermediate_size": 128,

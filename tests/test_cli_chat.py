@@ -206,8 +206,9 @@ async def test_stop_closes_the_stream_and_drops_the_exchange() -> None:
     assert reply.text == "".join(written)
     count = len(written)
     assert count < 20
-    await anyio.sleep(0.05)
-    assert len(written) == count  # the source is closed: nothing more arrives
+    # The model's call is over (its metrics count what it made: the written tokens, not the
+    # 200 scripted): the source is closed, and nothing more can arrive.
+    assert count <= model.metrics().generated_tokens < 200
     assert model.err() is None
     assert _pairs(session.messages) == [("system", SYSTEM)]
     session.stop()  # no reply running: nothing happens

@@ -8,6 +8,7 @@ import inspect
 import pkgutil
 import re
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -214,7 +215,7 @@ INTERNAL_SIGNALS = {
 }
 
 
-def _importable_modules() -> list[object]:
+def _importable_modules() -> list[ModuleType]:
     modules = []
     for info in pkgutil.walk_packages(goml_async.__path__, "goml_async."):
         if info.name.endswith("__main__"):
@@ -242,7 +243,7 @@ def test_every_goml_error_is_defined_in_errors_and_exported() -> None:
 def test_exceptions_exported_by_public_modules_are_the_errors_ones() -> None:
     stray = set()
     for module in _importable_modules():
-        name = module.__name__  # type: ignore[attr-defined]
+        name = module.__name__
         if any(part.startswith("_") for part in name.split(".")):
             continue
         for export in getattr(module, "__all__", []):

@@ -64,7 +64,7 @@ async def call(client: Client | ClientSession, tool: str, **arguments: Any) -> d
     """Call ``tool``; it must succeed with structured content."""
     result = await client.call_tool(tool, arguments)
     assert not result.is_error, result.content
-    assert result.structured_content is not None
+    assert isinstance(result.structured_content, dict), result.structured_content
     return result.structured_content
 
 
@@ -205,11 +205,11 @@ async def test_ml_probe_grades_the_answers(scripted: Client) -> None:
 async def test_ml_probe_reports_progress_after_each_probe(scripted: Client) -> None:
     seen: list[tuple[float, float | None, str | None]] = []
 
-    async def progress(done: float, total: float | None, message: str | None) -> None:
-        seen.append((done, total, message))
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        seen.append((progress, total, message))
 
     result = await scripted.call_tool(
-        "ml_probe", {"categories": "arithmetic, analogy"}, progress_callback=progress
+        "ml_probe", {"categories": "arithmetic, analogy"}, progress_callback=on_progress
     )
     assert not result.is_error
     # One notification per finished probe, in the order they finish (they run concurrently),
@@ -379,13 +379,13 @@ async def test_goml_mcp_defaults_to_a_system_message_and_reports_probe_progress(
 
         seen: list[tuple[float, float | None, str | None]] = []
 
-        async def progress(done: float, total: float | None, message: str | None) -> None:
-            seen.append((done, total, message))
+        async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+            seen.append((progress, total, message))
 
         result = await session.call_tool(
             "ml_probe",
             {"categories": "arithmetic,analogy", "max_tokens": 16},
-            progress_callback=progress,
+            progress_callback=on_progress,
         )
         assert not result.is_error and result.structured_content is not None
         graded = result.structured_content["results"]
@@ -446,15 +446,15 @@ async def test_cancelling_ml_probe_stops_the_model(
         seen: list[float] = []
         first = anyio.Event()
 
-        async def progress(done: float, total: float | None, message: str | None) -> None:
-            seen.append(done)
+        async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+            seen.append(progress)
             first.set()
 
         # All 23 probes with room for long answers: minutes of work, unless cancelled.
         everything = {"max_tokens": 2000}
         async with anyio.create_task_group() as group:
             group.start_soon(
-                partial(session.call_tool, "ml_probe", everything, progress_callback=progress)
+                partial(session.call_tool, "ml_probe", everything, progress_callback=on_progress)
             )
             with anyio.fail_after(120):
                 await first.wait()
@@ -585,6 +585,7 @@ async def test_goml_mcp_over_http_accepts_connections_without_nagles_delay(
             with anyio.fail_after(30):
                 assert (await client.receive()).startswith(b"HTTP/1.1 ")  # accepted, answered
             local = client.extra(anyio.abc.SocketAttribute.local_address)
+            assert isinstance(local, tuple)  # TCP, not a UNIX socket's path
             accepted = _this_process_socket(local[:2])
             assert accepted is not None
             with accepted:

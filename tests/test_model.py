@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
+from typing import TYPE_CHECKING, Unpack
 
 import anyio
 import pytest
@@ -17,8 +18,10 @@ from goml_async import (
     StreamContext,
     TextModel,
     Token,
+    TokenStream,
 )
 from goml_async.testing import ScriptedModel
+from goml_async.types import GenerateOptions, MessageLike
 
 pytestmark = pytest.mark.anyio
 
@@ -150,10 +153,32 @@ async def test_batch_generate_is_cancelled_as_a_whole() -> None:
     assert model._open == 0
 
 
+class VoiceOptions(GenerateOptions, total=False):
+    """WithOwnOptions' keyword options: GenerateConfig's fields and its own ``voice``."""
+
+    voice: str
+
+
 class WithOwnOptions(BaseTextModel):
     """A backend with a per-call option of its own (``voice=``) and a chat template."""
 
     call_options = frozenset({"voice"})
+
+    if TYPE_CHECKING:  # the signatures with this backend's own option, as a backend declares it
+
+        def generate(
+            self,
+            prompt: str,
+            config: GenerateConfig | None = None,
+            **options: Unpack[VoiceOptions],
+        ) -> TokenStream: ...
+
+        def chat(
+            self,
+            messages: Iterable[MessageLike],
+            config: GenerateConfig | None = None,
+            **options: Unpack[VoiceOptions],
+        ) -> TokenStream: ...
 
     def __init__(self, *, prompt_as_chat: bool = False) -> None:
         super().__init__(model_type="own-options", prompt_as_chat=prompt_as_chat)
@@ -188,11 +213,13 @@ async def test_a_backends_own_call_options_reach_its_source_apart_from_the_confi
 async def test_call_options_are_checked_and_others_stay_config_errors() -> None:
     model = WithOwnOptions()
     with pytest.raises(ConfigError, match="voice"):
-        model.generate("hi", voice=3)
+        model.generate("hi", voice=3)  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="volume"):
-        model.generate("hi", volume=3)  # neither a GenerateConfig field nor declared
+        # Neither a GenerateConfig field nor declared:
+        model.generate("hi", volume=3)  # type: ignore[call-arg]
     with pytest.raises(ConfigError, match="voice"):
-        PromptOnly().generate("hi", voice="low")  # declared by another backend only
+        # Declared by another backend only:
+        PromptOnly().generate("hi", voice="low")  # type: ignore[call-arg]
 
 
 async def test_prompt_as_chat_sends_generate_as_one_user_message() -> None:

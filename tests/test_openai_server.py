@@ -93,7 +93,7 @@ def raw_exchange(server: FakeOpenAIServer, request: bytes) -> bytes:
 
 def dechunk(framed: bytes) -> list[bytes]:
     """The pieces of a chunked body, checking its framing up to the last chunk."""
-    pieces = []
+    pieces: list[bytes] = []
     while True:
         size_line, _, framed = framed.partition(b"\r\n")
         size = int(size_line, 16)

@@ -18,6 +18,7 @@ from goml_async import (
     Result,
     Service,
 )
+from goml_async.backends.http import HTTPBackend
 from goml_async.scoring import Judge, Response
 from goml_async.service import (
     ChatAdapter,
@@ -158,8 +159,8 @@ async def test_generate_passes_prompt_options_and_system() -> None:
     async with service:
         result = await service.generate("m", "Capital of France?", GenOpts(max_tokens=2))
         assert (result.text, result.finish_reason) == ("Paris.", "length")
-        assert model.calls[-1][0] == "Capital of France?"
-        assert model.calls[-1][1].max_tokens == 2
+        prompt, config = model.calls[-1]
+        assert (prompt, config.max_tokens) == ("Capital of France?", 2)
         await service.generate(None, "Hi", system="Be brief.")
         assert model.calls[-1][0] == [Message("system", "Be brief."), Message("user", "Hi")]
         chat = await service.chat("", [{"role": "user", "content": "yo"}])
@@ -268,9 +269,11 @@ async def test_judge_url_builds_an_owned_http_judge() -> None:
     assert (judge.model_name, judge.base_url) == ("judge-7b", "http://127.0.0.1:9/v1")
     assert service.engine.judge is judge and service.engine.concurrency == 3
     assert service.engine.skipped_suites == ()
+    backend = judge.model
+    assert isinstance(backend, HTTPBackend)
     async with service:
-        assert judge.model.available()
-    assert not judge.model.available()  # owned: closed with the Service
+        assert backend.available()
+    assert not backend.available()  # owned: closed with the Service
 
 
 async def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

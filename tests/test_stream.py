@@ -333,7 +333,7 @@ async def test_aclose_after_break_closes_the_source() -> None:
         break
     assert not source.closed
     await stream.aclose()
-    assert source.closed and not source.exhausted
+    assert (source.closed, source.exhausted) == (True, False)
     assert stream.finish_reason == "cancelled"
     assert stream.text == "a"
     await stream.aclose()  # idempotent

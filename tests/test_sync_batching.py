@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import subprocess
 import sys
 import textwrap
@@ -374,7 +375,7 @@ def test_finish_forwards_sends_throws_and_close_to_the_step() -> None:
     assert outer.throw(error) == "third"  # thrown into the step, which handled it
     outer.close()  # GeneratorExit closes the step
     assert log == ["answer", error, "cleanup"]
-    assert inner.cr_frame is None
+    assert inspect.getcoroutinestate(inner) == inspect.CORO_CLOSED
 
     inner = step()
     inner.send(None)

@@ -182,7 +182,7 @@ def test_generate_config_checks_penalties_and_logprobs(
     field: str, value: object, problem: str
 ) -> None:
     with pytest.raises(ConfigError, match=problem) as info:
-        GenerateConfig(**{field: value})
+        GenerateConfig(**{field: value})  # type: ignore[arg-type]
     assert info.value.field == field
 
 

@@ -20,7 +20,7 @@ import logging
 import posixpath
 import re
 import shlex
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
 from ..errors import ConfigError, TransportError
@@ -138,7 +138,7 @@ def checkpoint_from_file(
 
 async def iter_checkpoints(
     transport: RemoteTransport, base_dir: str, filter: str | None = None
-) -> AsyncIterator[Checkpoint]:
+) -> AsyncGenerator[Checkpoint, None]:
     """Yield the checkpoints under ``base_dir`` as they are found.
 
     Each checkpoint is yielded as soon as its directory is listed and its file's mtime read,

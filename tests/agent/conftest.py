@@ -308,7 +308,7 @@ class _AsyncsshThread:
         self.stop = asyncio.Event()
         owner = self
 
-        class CountingServer(asyncssh.SSHServer):  # type: ignore[misc]
+        class CountingServer(asyncssh.SSHServer):
             def connection_made(self, conn: Any) -> None:
                 owner.info.accepted += 1
                 owner.live.add(conn)

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from model_fixtures import require
 
+from goml_async import registry
 from goml_async.agent import evaluate as evaluate_module
 from goml_async.agent.config import AgentConfig
 from goml_async.agent.discovery import discover_checkpoints
@@ -70,9 +71,9 @@ def loaded_models(monkeypatch: pytest.MonkeyPatch) -> list[TextModel]:
 
         return wrapper
 
-    monkeypatch.setattr(evaluate_module, "load_model", recording(evaluate_module.load_model))
+    monkeypatch.setattr(evaluate_module, "load_model", recording(registry.load_model))
     monkeypatch.setattr(
-        evaluate_module, "load_default_model", recording(evaluate_module.load_default_model)
+        evaluate_module, "load_default_model", recording(registry.load_default_model)
     )
     return loaded
 

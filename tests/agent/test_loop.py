@@ -659,7 +659,7 @@ def test_a_second_goml_agent_on_the_same_work_dir_is_refused_naming_the_first(
     monkeypatch.setenv("XDG_CACHE_HOME", env["XDG_CACHE_HOME"])
     for name in [n for n in os.environ if n.startswith("GOML_AGENT_")]:
         monkeypatch.delenv(name)
-    flags = {
+    flags: dict[str, Any] = {
         "adapter_base": str(checkpoint_tree.root),
         "backend": "http",
         "api_url": server.base_url,

@@ -15,7 +15,7 @@ from goml_async.agent.points import (
     probe_point,
     timestamp_ns,
 )
-from goml_async.agent.types import Checkpoint
+from goml_async.agent.types import Checkpoint, Point
 from goml_async.scoring.probes import CAPABILITY_PROBES
 from goml_async.scoring.types import (
     CapabilityScores,
@@ -73,7 +73,7 @@ RESULT = ProbeResult(
 
 
 def _scores(*values: int) -> ContentScores:
-    return ContentScores(**dict(zip(CONTENT_DIMENSIONS, values, strict=True)))
+    return ContentScores.model_validate(dict(zip(CONTENT_DIMENSIONS, values, strict=True)))
 
 
 CONTENT = ContentProbeResult(
@@ -85,8 +85,8 @@ CONTENT = ContentProbeResult(
 )
 
 
-def _lines(points: list[object]) -> list[str]:
-    return [point.to_line() for point in points]  # type: ignore[attr-defined]
+def _lines(points: list[Point]) -> list[str]:
+    return [point.to_line() for point in points]
 
 
 def test_capability_lines_are_go_ml_formats_on_the_checkpoint_time() -> None:

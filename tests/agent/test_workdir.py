@@ -46,8 +46,8 @@ def test_another_process_is_refused_until_the_holder_is_killed(tmp_path: Path) -
         holder.wait(10)
     assert (work / LOCK_FILE).read_text() == f"{holder.pid}\n"  # a stale PID stays behind
     with WorkDirLock(work) as lock:  # the kernel dropped the dead holder's lock
-        assert lock.held and (work / LOCK_FILE).read_text() == f"{os.getpid()}\n"
-    assert not lock.held and (work / LOCK_FILE).read_text() == ""
+        assert (lock.held, (work / LOCK_FILE).read_text()) == (True, f"{os.getpid()}\n")
+    assert (lock.held, (work / LOCK_FILE).read_text()) == (False, "")
 
 
 def test_release_is_idempotent_and_a_dropped_lock_is_released(tmp_path: Path) -> None:

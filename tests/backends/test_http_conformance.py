@@ -468,7 +468,7 @@ async def test_invalid_options_name_the_field() -> None:
         ({"idle_timeout": -1}, "idle_timeout"),
     ):
         with pytest.raises(ConfigError) as caught:
-            HTTPModel("http://127.0.0.1:1/v1", **options)  # type: ignore[arg-type]
+            HTTPModel("http://127.0.0.1:1/v1", **options)
         assert caught.value.field == field
 
 

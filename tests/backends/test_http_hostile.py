@@ -28,7 +28,7 @@ from goml_async.errors import APIStatusError, ConfigError
 pytestmark = pytest.mark.anyio
 
 #: A route's answer: status, content type, and the body (bytes, or a callable writing chunks).
-Answer = tuple[int, str, bytes | Callable[[Callable[[bytes], None]], None]]
+Answer = tuple[int, str, bytes | Callable[[Callable[[bytes], object]], None]]
 
 LISTING = json.dumps({"object": "list", "data": [{"id": "m", "object": "model"}]}).encode()
 
@@ -227,7 +227,7 @@ async def test_a_huge_error_body_is_read_only_up_to_the_cap(routes: tuple[Routes
     scripted, url = routes
     sent = [0]
 
-    def endless_error(write: Callable[[bytes], None]) -> None:
+    def endless_error(write: Callable[[bytes], object]) -> None:
         chunk = b"E" * 65536
         for _ in range(3200):  # 200 MiB if the client read it all
             write(chunk)
@@ -248,7 +248,7 @@ async def test_an_sse_line_that_never_ends_is_refused_in_bounded_memory(
 ) -> None:
     scripted, url = routes
 
-    def endless_line(write: Callable[[bytes], None]) -> None:
+    def endless_line(write: Callable[[bytes], object]) -> None:
         write(b"data: ")
         for _ in range(2000):  # 128 MiB without a line ending
             write(b"x" * 65536)

@@ -143,6 +143,7 @@ async def test_a_plain_break_frees_the_llama_server_place(
     async with await load_model(
         str(tiny_gguf), use_launcher=True, max_concurrency=1, threads=1
     ) as model:
+        assert isinstance(model, HTTPModel)  # llama-server, spoken to over HTTP
         for _ in range(20):
             async for _token in model.generate("hello", max_tokens=64):
                 break
@@ -160,6 +161,7 @@ async def test_a_prompt_too_long_for_the_context_names_the_model_not_the_interna
     async with await load_model(
         str(tiny_gguf), use_launcher=True, context_len=64, threads=1
     ) as model:
+        assert isinstance(model, HTTPModel)
         with pytest.raises(APIStatusError) as caught:
             await model.generate("hello " * 500, max_tokens=4)
         message = str(caught.value)

@@ -12,6 +12,7 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+from processes import gone
 
 from goml_async import (
     APIConnectionError,
@@ -32,16 +33,6 @@ pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
 SYSTEM = {"role": "system", "content": "You are a helpful assistant."}
 QUESTION = {"role": "user", "content": "What is the capital of France? Answer in one word."}
-
-
-def process_gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    # A zombie waiting for the sandbox's init to reap it is gone for our purposes.
-    status = Path(f"/proc/{pid}/status")
-    return status.exists() and "zombie" in status.read_text()
 
 
 async def slots_busy(model: LlamaModel) -> int:
@@ -67,7 +58,7 @@ async def test_the_bundled_model_answers_paris(
     assert result.metrics is not None
     assert result.metrics.prompt_tokens > 10  # the server's count
     assert pid is not None
-    assert process_gone(pid)  # aclose stopped the server
+    assert gone(pid)  # aclose stopped the server
 
 
 async def test_info_comes_from_the_gguf_file(bundled_gguf: Path) -> None:

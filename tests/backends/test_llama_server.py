@@ -238,7 +238,7 @@ async def test_port_in_use(fake_servers: dict[str, Path], fake_gguf: Path) -> No
 
 async def test_ready_on_a_free_port(fake_servers: dict[str, Path], fake_gguf: Path) -> None:
     server = LlamaServer(fake_gguf, binary=fake_servers["ok"], settings=NO_ENV)
-    assert server.port == 0 and server.pid is None
+    assert (server.port, server.pid) == (0, None)
     async with server:
         assert server.port > 0
         assert server.base_url == f"http://127.0.0.1:{server.port}"

@@ -16,7 +16,7 @@ import anyio
 import httpx
 import pytest
 
-from goml_async import GenerationError, Token, load_model
+from goml_async import GenerateConfig, GenerationError, Token, load_model
 from goml_async.backends.llama import LlamaModel
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
@@ -158,12 +158,21 @@ async def test_stop_tokens_stop_at_the_id_and_free_the_slot(
 # -- penalties ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("penalty", ["presence_penalty", "frequency_penalty"])
-async def test_penalties_change_the_output(tiny: LlamaModel, penalty: str) -> None:
+@pytest.mark.parametrize(
+    "penalised_config",
+    [
+        GenerateConfig(max_tokens=12, presence_penalty=2),
+        GenerateConfig(max_tokens=12, frequency_penalty=2),
+    ],
+    ids=["presence_penalty", "frequency_penalty"],
+)
+async def test_penalties_change_the_output(
+    tiny: LlamaModel, penalised_config: GenerateConfig
+) -> None:
     # Greedy, the tiny model repeats one token; a penalty on repeats must break that.
     plain = [token.id async for token in tiny.generate(PROMPT, max_tokens=12)]
     assert len(set(plain)) == 1
-    penalised = [token.id async for token in tiny.generate(PROMPT, max_tokens=12, **{penalty: 2})]
+    penalised = [token.id async for token in tiny.generate(PROMPT, penalised_config)]
     assert len(set(penalised)) > 1
 
 

@@ -57,7 +57,7 @@ def _strong_adapter(folder: Path, *, seed: int = 5, modules: tuple[str, ...] = (
         "mlp.down_proj": (inter, hidden),
     }
     tensors = {}
-    for layer in range(int(_TINY["num_hidden_layers"])):
+    for layer in range(_TINY["num_hidden_layers"]):
         for key, (inputs, outputs) in dims.items():
             if modules and key not in modules:
                 continue
@@ -95,7 +95,7 @@ def test_names_shapes_dtype_and_metadata(
     names = [t.name for t in reader.tensors]
     expected = sorted(
         f"blk.{layer}.{module}.weight.lora_{part}"
-        for layer in range(int(_TINY["num_hidden_layers"]))
+        for layer in range(_TINY["num_hidden_layers"])
         for module in ("attn_q", "attn_v")
         for part in "ab"
     )

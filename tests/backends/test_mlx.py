@@ -19,7 +19,6 @@ from goml_async import (
     load_model,
 )
 from goml_async.backends import _mlx_sampling as mlx_sampling
-from goml_async.backends import mlx as mlx_backend
 from goml_async.backends.mlx import MLXModel, load_mlx_model, set_memory_limits
 
 pytestmark = pytest.mark.anyio
@@ -112,7 +111,9 @@ async def test_greedy_generation_is_deterministic_with_metrics(tiny: MLXModel) -
     assert metrics.peak_memory_bytes > 0
 
 
-async def test_every_token_comes_from_the_worker_thread(tiny: MLXModel) -> None:
+async def test_every_token_comes_from_the_worker_thread(
+    tiny: MLXModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
     seen: set[str] = set()
     original = tiny._produce
 
@@ -120,7 +121,7 @@ async def test_every_token_comes_from_the_worker_thread(tiny: MLXModel) -> None:
         seen.add(threading.current_thread().name)
         original(*args)
 
-    tiny._produce = produce  # type: ignore[method-assign]
+    monkeypatch.setattr(tiny, "_produce", produce)
     await tiny.generate("a", max_tokens=3).collect()
     await tiny.generate("b", max_tokens=3).collect()
     assert seen == {tiny.worker_thread.name}
@@ -131,8 +132,8 @@ async def test_sampling_options_reach_mlx_lm(
     tiny: MLXModel, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     made: dict[str, Any] = {}
-    real_sampler = mlx_sampling.make_sampler
-    real_processors = mlx_sampling.make_logits_processors
+    from mlx_lm.sample_utils import make_logits_processors as real_processors
+    from mlx_lm.sample_utils import make_sampler as real_sampler
 
     def sampler(**kwargs: Any) -> Any:
         made["sampler"] = kwargs
@@ -182,7 +183,9 @@ async def test_chat_applies_the_chat_template(
     assert result.metrics.generated_tokens == 4
 
 
-async def test_nothing_is_generated_ahead_of_the_reader(tiny: MLXModel) -> None:
+async def test_nothing_is_generated_ahead_of_the_reader(
+    tiny: MLXModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The consumer gets each token before the next one is generated."""
     produced: list[float] = []
     import mlx_lm
@@ -194,21 +197,20 @@ async def test_nothing_is_generated_ahead_of_the_reader(tiny: MLXModel) -> None:
             produced.append(time.perf_counter())
             yield response
 
-    mlx_backend.mlx_lm.stream_generate = stream_generate  # type: ignore[attr-defined]
-    try:
-        received: list[float] = []
-        async for _token in tiny.generate("hello", max_tokens=4):
-            received.append(time.perf_counter())
-            await anyio.sleep(0.2)  # a slow reader
-    finally:
-        mlx_backend.mlx_lm.stream_generate = real  # type: ignore[attr-defined]
+    monkeypatch.setattr(mlx_lm, "stream_generate", stream_generate)
+    received: list[float] = []
+    async for _token in tiny.generate("hello", max_tokens=4):
+        received.append(time.perf_counter())
+        await anyio.sleep(0.2)  # a slow reader
     assert len(produced) == len(received) == 4
     for index in range(1, 4):
         # Token i+1 was produced only after the reader had taken token i and slept.
         assert produced[index] > received[index - 1] + 0.15
 
 
-async def test_breaking_out_stops_generation_at_the_next_token(tiny: MLXModel) -> None:
+async def test_breaking_out_stops_generation_at_the_next_token(
+    tiny: MLXModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
     produced: list[int] = []
     import mlx_lm
 
@@ -219,17 +221,14 @@ async def test_breaking_out_stops_generation_at_the_next_token(tiny: MLXModel) -
             produced.append(response.token)
             yield response
 
-    mlx_backend.mlx_lm.stream_generate = stream_generate  # type: ignore[attr-defined]
-    try:
-        async with tiny.generate("hello", max_tokens=0) as stream:
-            async for _token in stream:
-                if len(produced) == 3:
-                    break
-        await anyio.sleep(0.2)
-        stopped_at = len(produced)
-        await anyio.sleep(0.3)
-    finally:
-        mlx_backend.mlx_lm.stream_generate = real  # type: ignore[attr-defined]
+    monkeypatch.setattr(mlx_lm, "stream_generate", stream_generate)
+    async with tiny.generate("hello", max_tokens=0) as stream:
+        async for _token in stream:
+            if len(produced) == 3:
+                break
+    await anyio.sleep(0.2)
+    stopped_at = len(produced)
+    await anyio.sleep(0.3)
     assert stream.finish_reason == "cancelled"
     assert stopped_at == 3  # not one token computed after the break
     assert len(produced) == stopped_at  # and nothing after
@@ -260,7 +259,7 @@ async def test_a_model_failure_keeps_the_partial_text(
                 raise RuntimeError("[metal::malloc] out of memory")
             yield response
 
-    monkeypatch.setattr(mlx_backend.mlx_lm, "stream_generate", failing)
+    monkeypatch.setattr(mlx_lm, "stream_generate", failing)
     with pytest.raises(GenerationError, match="out of memory") as caught:
         await tiny.generate("hello", max_tokens=10).collect()
     assert caught.value.tokens_generated == 3
@@ -323,12 +322,12 @@ async def test_an_idle_deadline_stops_the_worker(
                 time.sleep(1.0)  # a stall inside MLX
             yield response
 
-    monkeypatch.setattr(mlx_backend.mlx_lm, "stream_generate", slow)
+    monkeypatch.setattr(mlx_lm, "stream_generate", slow)
     with pytest.raises(GenerationTimeout) as caught:
         await tiny.generate("hello", max_tokens=0, idle_timeout=0.3).collect()
     assert caught.value.deadline == "idle"
     assert caught.value.tokens_generated == 2
-    monkeypatch.setattr(mlx_backend.mlx_lm, "stream_generate", real)
+    monkeypatch.setattr(mlx_lm, "stream_generate", real)
     # Once the stalled token is done, the worker notices the reader left and takes new work.
     with anyio.fail_after(5):
         assert (await tiny.generate("hello", max_tokens=2).collect()).finish_reason == "length"

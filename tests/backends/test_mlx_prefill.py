@@ -122,7 +122,8 @@ async def test_paced_prefill_gives_mlx_lm_s_own_output(tiny: MLXModel, tiny_mlx:
     ids = tiny._tokenizer.encode(_source_text())[:1500]
     prompt = tiny._tokenizer.decode(ids)
     tokens = [t async for t in tiny.generate(prompt, max_tokens=8)]
-    model, tokenizer = mlx_lm.load(str(tiny_mlx))
+    loaded = mlx_lm.load(str(tiny_mlx))
+    model, tokenizer = loaded[0], loaded[1]
     reference = list(mlx_lm.stream_generate(model, tokenizer, prompt, max_tokens=8))
     assert [t.id for t in tokens] == [r.token for r in reference]
     for token, response in zip(tokens, reference, strict=True):

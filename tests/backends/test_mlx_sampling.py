@@ -41,7 +41,8 @@ def _log_softmax(reference: Any, ids: list[int]) -> np.ndarray:
     """The model's own log-probabilities of the token after ``ids``, in float64."""
     logits = np.array(reference(mx.array(ids)[None])[0, -1].astype(mx.float32), dtype=np.float64)
     top = logits.max()
-    return logits - (top + np.log(np.exp(logits - top).sum()))
+    log_probs: np.ndarray = logits - (top + np.log(np.exp(logits - top).sum()))
+    return log_probs
 
 
 def _greedy_openai(

@@ -146,15 +146,15 @@ def test_the_hash_marker_wins(prose: str, marked: int, other: int) -> None:
     assert score_gsm8k(response, str(other)).correct is (marked == other)
 
 
-_FUNCTIONS: list[Callable[[object, object], object]] = [score_gsm8k, score_exact]
+_FUNCTIONS: list[Callable[[str, str], object]] = [score_gsm8k, score_exact]
 
 
 @pytest.mark.parametrize("function", _FUNCTIONS)
-def test_non_str_arguments_are_rejected(function: Callable[[object, object], object]) -> None:
+def test_non_str_arguments_are_rejected(function: Callable[[str, str], object]) -> None:
     with pytest.raises(ConfigError, match="response: must be a str"):
-        function(42, "42")
+        function(42, "42")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="correct: must be a str"):
-        function("42", 42)
+        function("42", 42)  # type: ignore[arg-type]
 
 
 def test_extract_answer_rejects_non_str() -> None:

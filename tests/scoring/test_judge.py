@@ -263,13 +263,13 @@ async def test_stats_count_unusable_capped_and_failed_replies() -> None:
     )
     model = ScriptedModel(lambda prompt: next(replies))
     judge = Judge(model, max_tokens=3)
-    assert judge.stats == JudgeStats() and not judge.stats.mostly_unusable
+    assert (judge.stats, judge.stats.mostly_unusable) == (JudgeStats(), False)
     await judge.score_semantic("p", "r")
     assert judge.stats == JudgeStats(replies=1)
     with pytest.raises(JudgeError, match=r"semantic judge: no JSON object found") as plain:
         await judge.score_semantic("p", "r")
     assert "cap" not in str(plain.value)
-    assert judge.stats == JudgeStats(replies=2, unusable=1) and not judge.stats.mostly_unusable
+    assert (judge.stats, judge.stats.mostly_unusable) == (JudgeStats(replies=2, unusable=1), False)
     with pytest.raises(JudgeError) as capped:
         await judge.score_semantic("p", "r")
     assert str(capped.value).endswith("(the reply stopped at the 3-token cap)")

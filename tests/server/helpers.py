@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import json
-import os
 import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import anyio
+from openai.types.chat import ChatCompletionUserMessageParam
 
 from goml_async._sse import ServerSentEvent, SSEDecoder
 
-USER = {"role": "user", "content": "hello there"}
+# Typed as the openai client's message, so it goes to that client as it is.
+USER: ChatCompletionUserMessageParam = {"role": "user", "content": "hello there"}
 
 
 def sse_events(body: bytes) -> list[ServerSentEvent]:
@@ -154,29 +154,3 @@ async def wait_until(condition: Callable[[], bool], seconds: float = 5.0) -> Non
     with anyio.fail_after(seconds):
         while not condition():  # noqa: ASYNC110 (polling state that has no event to wait on)
             await anyio.sleep(0.005)
-
-
-def child_pids(pid: int) -> list[int]:
-    """The processes whose parent is ``pid`` (read from /proc)."""
-    children = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # The command name is in parentheses and may hold spaces; the ppid follows it.
-        fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[1]) == pid:
-            children.append(int(entry.name))
-    return children
-
-
-def process_gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    status = Path(f"/proc/{pid}/status")
-    return status.exists() and "zombie" in status.read_text()

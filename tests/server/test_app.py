@@ -7,7 +7,7 @@ leave mid-stream, through ``helpers.drive``.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from goml_async.stream import StreamContext
 from goml_async.testing import ScriptedModel
 from goml_async.types import Message, Token
 
-from .helpers import USER, chunk_text, drive, sse_events, sse_payloads
+from .helpers import USER, chunk_text, drive, sse_events, sse_payloads, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -484,7 +484,7 @@ async def test_a_client_leaving_a_plain_request_stops_the_model() -> None:
     app = create_app(model)
 
     async def leave_soon() -> None:
-        await anyio.sleep(0.05)
+        await wait_until(lambda: len(model.calls) == 1)  # generating: hang up now
         gone.set()
 
     gone = anyio.Event()
@@ -499,14 +499,22 @@ async def test_a_client_leaving_a_plain_request_stops_the_model() -> None:
         await gone.wait()
         return {"type": "http.disconnect"}
 
-    messages: list[dict[str, Any]] = []
+    messages: list[Mapping[str, Any]] = []
 
-    async def send(message: dict[str, Any]) -> None:
+    async def send(message: MutableMapping[str, Any]) -> None:
         messages.append(message)
 
     headers = [(b"host", b"localhost"), (b"content-type", b"application/json")]
-    scope = {"type": "http", "method": "POST", "path": "/v1/chat/completions", "headers": headers}
-    scope |= {"query_string": b"", "root_path": "", "scheme": "http", "http_version": "1.1"}
+    scope: dict[str, Any] = {
+        "type": "http",
+        "method": "POST",
+        "path": "/v1/chat/completions",
+        "headers": headers,
+        "query_string": b"",
+        "root_path": "",
+        "scheme": "http",
+        "http_version": "1.1",
+    }
     with anyio.fail_after(5):
         async with anyio.create_task_group() as group:
             group.start_soon(leave_soon)
@@ -517,7 +525,8 @@ async def test_a_client_leaving_a_plain_request_stops_the_model() -> None:
 
 
 async def test_a_stream_stopped_at_shutdown_before_its_first_token_gets_503() -> None:
-    app = create_app(ScriptedModel(REPLY, delay=5.0))
+    model = ScriptedModel(REPLY, delay=5.0)
+    app = create_app(model)
     results: list[Any] = []
     async with anyio.create_task_group() as group:
 
@@ -525,7 +534,7 @@ async def test_a_stream_stopped_at_shutdown_before_its_first_token_gets_503() ->
             results.append(await drive(app, "/v1/chat/completions", chat(stream=True)))
 
         group.start_soon(request)
-        await anyio.sleep(0.05)
+        await wait_until(lambda: len(model.calls) == 1)  # the model is working on it
         with anyio.fail_after(5):
             assert await app.drain(0.05) == 1
     assert results[0].status == 503
@@ -533,7 +542,8 @@ async def test_a_stream_stopped_at_shutdown_before_its_first_token_gets_503() ->
 
 
 async def test_shutdown_lets_a_short_stream_finish() -> None:
-    app = create_app(ScriptedModel(REPLY, delay=0.05))
+    model = ScriptedModel(REPLY, delay=0.05)
+    app = create_app(model)
     async with anyio.create_task_group() as group:
         results: list[Any] = []
 
@@ -541,7 +551,7 @@ async def test_shutdown_lets_a_short_stream_finish() -> None:
             results.append(await drive(app, "/v1/chat/completions", chat(stream=True)))
 
         group.start_soon(request)
-        await anyio.sleep(0.05)
+        await wait_until(lambda: len(model.calls) == 1)
         assert app.active_requests == 1
         assert await app.drain(5.0) == 0
     assert results[0].body.endswith(b"data: [DONE]\n\n")
@@ -558,7 +568,7 @@ async def test_shutdown_stops_what_outlives_the_grace_period() -> None:
 
         group.start_soon(request, chat(stream=True))
         group.start_soon(request, chat())
-        await anyio.sleep(0.05)
+        await wait_until(lambda: len(model.calls) == 2)
         assert app.active_requests == 2
         with anyio.fail_after(5):
             assert await app.drain(0.1) == 2
@@ -578,18 +588,19 @@ async def test_shutdown_stops_what_outlives_the_grace_period() -> None:
 
 
 async def test_a_second_drain_ends_the_first_ones_wait() -> None:
-    app = create_app(ScriptedModel(LONG, delay=0.01))
+    model = ScriptedModel(LONG, delay=0.01)
+    app = create_app(model)
     stopped: list[int] = []
     with anyio.fail_after(3):  # not the first drain's 30 s grace period
         async with anyio.create_task_group() as group:
             group.start_soon(drive, app, "/v1/chat/completions", chat(stream=True))
-            await anyio.sleep(0.05)
+            await wait_until(lambda: len(model.calls) == 1)
 
             async def patient() -> None:
                 stopped.append(await app.drain(30.0))
 
             group.start_soon(patient)
-            await anyio.sleep(0.05)
+            await wait_until(lambda: app.shutting_down)  # the first drain waits
             stopped.append(await app.drain(0.0))
     assert sorted(stopped) == [0, 1]
     assert app.stats.stopped_at_shutdown == 1

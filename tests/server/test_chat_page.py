@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,8 @@ from model_fixtures import _missing, require
 from goml_async.registry import load_default_model
 from goml_async.stream import TokenStream
 
+from .helpers import wait_until
+
 pytestmark = [pytest.mark.slow, pytest.mark.anyio]
 
 QUESTION = "What is the capital of France?"
@@ -33,14 +35,6 @@ API_KEY = "test-key"
 def anyio_backend() -> str:
     """playwright's async API runs on asyncio only."""
     return "asyncio"
-
-
-async def _wait_until(condition: Callable[[], bool], seconds: float) -> None:
-    with anyio.fail_after(seconds):
-        while True:
-            if condition():
-                return
-            await anyio.sleep(0.02)
 
 
 @dataclass
@@ -82,7 +76,7 @@ async def served(anyio_backend: str, bundled_gguf: Path) -> AsyncIterator[Served
         async with anyio.create_task_group() as group:
             for server in servers:
                 group.start_soon(server.serve)
-            await _wait_until(lambda: all(server.started for server in servers), 30)
+            await wait_until(lambda: all(server.started for server in servers), 30)
             served.url, served.locked_url = (
                 f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}/"
                 for server in servers
@@ -218,7 +212,7 @@ async def test_the_stop_button_stops_the_generation(chat: Page, served: Served) 
     await _expect(answer).to_have_attribute("data-state", "stopped")
     await _expect(answer.locator(".note")).to_have_text("stopped")
     # The server saw the client go and closed the stream: the model stopped generating.
-    await _wait_until(lambda: stream.done, 10)
+    await wait_until(lambda: stream.done, 10)
     assert stream.finish_reason == "cancelled"
     assert stream.metrics is not None
     assert stream.metrics.generated_tokens < 400

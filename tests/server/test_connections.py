@@ -4,8 +4,9 @@ connections than the cap, against the server ``goml serve`` runs (uvicorn, async
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import anyio
 import httpx
@@ -77,8 +78,8 @@ async def test_slow_headers_are_cut_off_and_a_probe_still_gets_through() -> None
     async with serving(app, limits) as port, anyio.create_task_group() as group:
         for _ in range(41):
             group.start_soon(dribble, port, closed_after)
-        connections = app.connection_stats
-        assert connections is not None
+        assert app.connection_stats is not None
+        connections: Callable[[], dict[str, Any]] = app.connection_stats
         await wait_until(lambda: connections()["shed_total"] >= 40 - 16 + 1)
         asked = time.monotonic()
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:

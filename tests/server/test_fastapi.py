@@ -8,13 +8,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from fastapi import FastAPI
+from processes import children_of, gone, wait_until
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.routing import Route
@@ -27,7 +27,7 @@ from goml_async.integrations.fastapi import (
 )
 from goml_async.testing import ScriptedModel
 
-from .helpers import child_pids, drive, process_gone, sse_events
+from .helpers import drive, sse_events
 
 REPO = Path(__file__).resolve().parents[2]
 REPLY = ["Hello", ",\nworld", "!"]
@@ -145,19 +145,21 @@ def test_the_example_app_runs(bundled_gguf: Path) -> None:
         env={**os.environ, "NO_PROXY": "127.0.0.1"},
     )
     url = f"http://127.0.0.1:{port}"
+
+    def answering() -> bool:
+        assert process.poll() is None, process.stdout.read() if process.stdout else ""
+        try:
+            return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
+        except httpx.TransportError:
+            return False
+
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, process.stdout.read() if process.stdout else ""
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the example app did not start within 60 s"
-            time.sleep(0.2)
-        children = child_pids(process.pid)
-        question = {"question": "What is the capital of France?", "max_tokens": 16}
+        assert wait_until(answering, 60), "the example app did not start within 60 s"
+        children = children_of(process.pid)
+        question: dict[str, str | int] = {
+            "question": "What is the capital of France?",
+            "max_tokens": 16,
+        }
         response = httpx.get(f"{url}/ask", params=question, timeout=60)
         events = sse_events(response.content)
         text = "".join(event.data for event in events if event.event == "message")
@@ -167,4 +169,4 @@ def test_the_example_app_runs(bundled_gguf: Path) -> None:
         process.send_signal(signal.SIGINT)
         output = process.communicate(timeout=30)[0].decode(errors="replace")
     assert process.returncode == 0, output
-    assert children and all(process_gone(pid) for pid in children)  # llama-server stopped
+    assert children and all(gone(pid) for pid in children)  # llama-server stopped

@@ -60,7 +60,9 @@ def openai_client(app: ServerApp) -> openai.AsyncOpenAI:
         base_url="http://localhost/v1",
         api_key="unused",
         max_retries=0,
-        http_client=httpx.AsyncClient(transport=httpx.ASGITransport(app=app)),
+        # openai takes an httpx client as well as its own httpx2 one; its annotation names only
+        # httpx2, and httpx is the client that has an in-process ASGI transport here.
+        http_client=httpx.AsyncClient(transport=httpx.ASGITransport(app=app)),  # type: ignore[arg-type]
     )
 
 
@@ -185,8 +187,9 @@ async def test_chat_logprobs_in_openais_shape() -> None:
     reply = ChatCompletion.model_validate(
         (await post(create_app(scripted_with_logprobs()), body)).json()
     )
-    content = reply.choices[0].logprobs and reply.choices[0].logprobs.content
-    assert content is not None
+    logprobs = reply.choices[0].logprobs
+    assert logprobs is not None and logprobs.content is not None
+    content = logprobs.content
     assert [entry.token for entry in content] == TOKENS
     assert [entry.logprob for entry in content] == LOGPROBS
     assert content[0].bytes == list(b"Hel")

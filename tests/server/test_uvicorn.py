@@ -10,7 +10,6 @@ import json
 import re
 import socket
 import time
-from collections.abc import Callable
 
 import anyio
 import httpx
@@ -19,7 +18,7 @@ import pytest
 from goml_async.server import create_app
 from goml_async.testing import ScriptedModel
 
-from .helpers import USER, chunk_text, sse_payloads, uvicorn_serving
+from .helpers import USER, chunk_text, sse_payloads, uvicorn_serving, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -28,14 +27,6 @@ pytestmark = pytest.mark.anyio
 def anyio_backend() -> str:
     """uvicorn needs asyncio."""
     return "asyncio"
-
-
-async def wait_until(condition: Callable[[], bool], seconds: float) -> None:
-    with anyio.fail_after(seconds):
-        while True:
-            if condition():
-                return
-            await anyio.sleep(0.01)
 
 
 async def test_a_stream_over_http() -> None:
