@@ -461,6 +461,8 @@ class _Run:
             return
         try:
             outcome = self.on_result(index, slot.score(), tuple(slot.sorted_errors()))
+            # Not maybe_await(): only an async callback takes the lock (one at a time), so a
+            # sync one costs no checkpoint on the scoring fast path.
             if inspect.isawaitable(outcome):
                 async with self.callback_lock:
                     await outcome
