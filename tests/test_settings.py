@@ -249,7 +249,7 @@ def _writes_environ(node: ast.AST) -> bool:
 def test_nothing_in_the_package_writes_to_the_environment() -> None:
     package = Path(goml_async.__file__).parent
     writes = [
-        f"{path.relative_to(package)}:{node.lineno}"
+        f"{path.relative_to(package)}:{getattr(node, 'lineno', '?')}"
         for path in sorted(package.rglob("*.py"))
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
         if _writes_environ(node)

@@ -44,7 +44,7 @@ def deprecations(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if "deprecated" in r.getMessage()]
 
 
-def value(config: AgentConfig, field: str) -> Any:
+def value(config: AgentConfig | GomlSettings, field: str) -> Any:
     got = getattr(config, field)
     return got.get_secret_value() if hasattr(got, "get_secret_value") else got
 

@@ -274,9 +274,9 @@ def test_llama_cpp_native_chunks_carry_ids_and_end_the_stream() -> None:
     assert _openai.parse_event(LLAMA_NATIVE_LOGPROBS, state) == Token(
         411, "):", -5.40988826751709, TOP_2
     )
-    assert not state.done
+    done_before = state.done
     assert _openai.parse_event(LLAMA_NATIVE_LAST, state) is None
-    assert state.done  # the native stream has no [DONE]
+    assert (done_before, state.done) == (False, True)  # the native stream has no [DONE]
     assert state.usage == {"prompt_tokens": 6, "completion_tokens": 1}  # cached ones included
     assert _openai.finish_reason(state.finish_reason) == "length"
     metrics = _openai.metrics_from(state.usage, state.timings)
