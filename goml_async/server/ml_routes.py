@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, TypeAlias
@@ -40,7 +39,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route, Router
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .._validate import is_int, is_number
+from .._validate import is_int, number_between
 from ..errors import BackendUnavailable, ConfigError
 from ..service import Service, ServiceUnavailable, UnknownBackendError
 from ..types import GenerateMetrics, GenOpts, Result
@@ -117,10 +116,11 @@ def parse_generate_request(body: object) -> GenerateRequest:
     prompt = _text(body, "prompt", required=True)
     assert prompt is not None
     temperature = body.get("temperature")
-    if temperature is not None and (
-        not is_number(temperature) or not math.isfinite(temperature) or temperature < 0
-    ):
-        raise _bad("temperature", f"must be a number >= 0, got {shown(temperature)}")
+    if temperature is not None:
+        try:  # an int too large for a float (10**400) is refused like an infinity
+            number_between("temperature", temperature, 0.0)
+        except ConfigError:
+            raise _bad("temperature", f"must be a number >= 0, got {shown(temperature)}") from None
     max_tokens = body.get("max_tokens")
     if max_tokens is not None and (not is_int(max_tokens) or max_tokens < 0):
         raise _bad("max_tokens", f"must be an integer >= 0, got {shown(max_tokens)}")

@@ -52,6 +52,7 @@ BAD_REQUESTS: list[tuple[Any, int, str, str | None]] = [
     ({"prompt": "hi", "max_tokens": 2.5}, 400, "invalid_value", "max_tokens"),
     ({"prompt": "hi", "temperature": -0.5}, 400, "invalid_value", "temperature"),
     ({"prompt": "hi", "temperature": "hot"}, 400, "invalid_value", "temperature"),
+    ({"prompt": "hi", "temperature": 10**400}, 400, "invalid_value", "temperature"),  # no 500
     ({"prompt": "hi", "backend": 3}, 400, "invalid_value", "backend"),
     ({"prompt": "hi", "max_token": 3}, 400, "unknown_field", "max_token"),
     ({"prompt": "hi", "backend": "nope"}, 404, "backend_not_found", "backend"),
