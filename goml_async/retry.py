@@ -9,8 +9,8 @@ Example:
     >>> policy = RetryPolicy(max_retries=3, backoff_initial=0.5, jitter=0.0)
     >>> policy.should_retry(0, 503), policy.should_retry(0, 404), policy.should_retry(3, 503)
     (True, False, False)
-    >>> [policy.delay(attempt) for attempt in range(3)]
-    [0.5, 1.0, 2.0]
+    >>> tuple(policy.delay(attempt) for attempt in range(3))
+    (0.5, 1.0, 2.0)
     >>> policy.delay(0, parse_retry_after({"Retry-After": "120"}))
     30.0
 """
