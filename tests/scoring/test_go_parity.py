@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from model_fixtures import _missing
 
 from goml_async.scoring._gotext import FOLD_ORBITS, compiled_re2_patterns, go_lower, re2
 from goml_async.scoring.exact import parse_go_float
@@ -343,7 +344,9 @@ def ask(oracle: Path, request: dict[str, Any]) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def oracle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if shutil.which("go") is None:
-        pytest.skip("no Go toolchain on PATH (apt-get install golang-go); recorded answers used")
+        # Fails under CI (scripts/setup installs golang-go); skips elsewhere, where the
+        # recorded answers are still checked.
+        _missing("no Go toolchain on PATH (apt-get install golang-go); recorded answers used")
     return build_oracle(tmp_path_factory.mktemp("go_oracle"))
 
 
