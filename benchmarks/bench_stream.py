@@ -338,7 +338,14 @@ async def measure(count: int, repeat: int) -> list[CaseResult]:
     for _ in range(repeat):
         for case in CASES:
             samples[case.name].append(await time_once(case, fixture) / count)
-    baseline = samples[CASES[0].name]
+    return summarise(CASES, samples)
+
+
+def summarise(
+    cases: Sequence[Case] | Sequence[BlockingCase], samples: dict[str, list[float]]
+) -> list[CaseResult]:
+    """Best and median ns/token of each case, against the first case's (the baseline)."""
+    baseline = samples[cases[0].name]
     return [
         CaseResult(
             case=case,
@@ -347,7 +354,7 @@ async def measure(count: int, repeat: int) -> list[CaseResult]:
             baseline_best=min(baseline),
             baseline_median=statistics.median(baseline),
         )
-        for case in CASES
+        for case in cases
     ]
 
 
@@ -380,17 +387,7 @@ def measure_blocking(count: int, repeat: int) -> list[CaseResult]:
     for _ in range(repeat):
         for case in BLOCKING_CASES:
             samples[case.name].append(time_blocking_once(case, fixture) / count)
-    peer = samples[BLOCKING_CASES[0].name]
-    return [
-        CaseResult(
-            case=case,
-            best=min(samples[case.name]),
-            median=statistics.median(samples[case.name]),
-            baseline_best=min(peer),
-            baseline_median=statistics.median(peer),
-        )
-        for case in BLOCKING_CASES
-    ]
+    return summarise(BLOCKING_CASES, samples)
 
 
 def blocking_verdict(rows: list[CaseResult]) -> str:
