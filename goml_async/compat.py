@@ -14,16 +14,16 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any, Protocol, TypeAlias, runtime_checkable
+from typing import Any, Final, Protocol, TypeAlias, runtime_checkable
 
 from anyio.abc import AsyncResource
 
 from ._concurrency import maybe_await
 from ._validate import string
-from .errors import ConfigError
+from .errors import ConfigError, NotSupported
 from .model import BaseTextModel, TextModel
 from .stream import StreamContext, TokenStream
-from .types import GenerateMetrics, GenOpts, Message, MessageLike, Result, Token
+from .types import GenerateConfig, GenerateMetrics, GenOpts, Message, MessageLike, Result, Token
 
 __all__ = [
     "Backend",
@@ -240,6 +240,7 @@ class BackendTextModel(BaseTextModel):
     async def _one_reply(
         self, call: Callable[[GenOpts], Awaitable[Result]], context: StreamContext
     ) -> AsyncIterator[Token]:
+        _refuse_what_genopts_cannot_carry(context.config)
         model = context.options.get("model", self._model_name)
         result = await call(GenOpts.from_config(context.config, model=model))
         # Zeros mean "unknown" (a string backend reports no token counts); the stream still
@@ -258,6 +259,26 @@ class BackendTextModel(BaseTextModel):
         aclose = getattr(self._backend, "aclose", None)
         if aclose is not None:
             await aclose()
+
+
+# GenerateConfig fields a go-ml string Backend cannot be given (GenOpts has no place for them),
+# with their "not asked for" values; the deadlines need none, the TokenStream enforces them.
+_NOT_IN_GENOPTS: Final = {
+    "seed": None,
+    "presence_penalty": 0.0,
+    "frequency_penalty": 0.0,
+    "logprobs": False,
+    "top_logprobs": 0,
+    "return_logits": False,
+}
+
+
+def _refuse_what_genopts_cannot_carry(config: GenerateConfig) -> None:
+    for name, unset in _NOT_IN_GENOPTS.items():
+        if getattr(config, name) != unset:
+            raise NotSupported(
+                f"{name}: a go-ml string Backend takes only GenOpts' fields; use a TextModel"
+            )
 
 
 #: go-ml's name for an HTTP Backend seen as a TextModel.

@@ -134,3 +134,33 @@ def test_an_adapter_with_its_own_generate_stays_a_backend() -> None:
     lifted = as_text_model(adapter)
     assert isinstance(lifted, BackendTextModel) and lifted.backend is adapter
     assert isinstance(adapter, Backend)
+
+
+class StringBackend:
+    """A go-ml string Backend of its own (no TextModel inside)."""
+
+    name = "strings"
+
+    def available(self) -> bool:
+        return True
+
+    async def generate(self, prompt: str, opts: Any = None) -> Any:
+        from goml_async import Result
+
+        return Result(text="ok")
+
+    async def chat(self, messages: Any, opts: Any = None) -> Any:
+        return await self.generate("", opts)
+
+
+@pytest.mark.parametrize(
+    "field", ["seed", "presence_penalty", "frequency_penalty", "logprobs", "return_logits"]
+)
+async def test_a_string_backend_refuses_what_genopts_cannot_carry(field: str) -> None:
+    from goml_async import NotSupported
+
+    model = as_text_model(StringBackend())
+    value = {"seed": 7, "logprobs": True, "return_logits": True}.get(field, 0.5)
+    with pytest.raises(NotSupported, match=field):
+        await model.generate("hi", **{field: value})
+    assert (await model.generate("hi", temperature=0.2, max_tokens=3)).text == "ok"
