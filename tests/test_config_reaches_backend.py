@@ -161,6 +161,7 @@ async def test_a_string_backend_refuses_what_genopts_cannot_carry(field: str) ->
 
     model = as_text_model(StringBackend())
     value = {"seed": 7, "logprobs": True, "return_logits": True}.get(field, 0.5)
+    changes: dict[str, Any] = {field: value}
     with pytest.raises(NotSupported, match=field):
-        await model.generate("hi", **{field: value})
+        await model.generate("hi", dataclasses.replace(GenerateConfig(), **changes))
     assert (await model.generate("hi", temperature=0.2, max_tokens=3)).text == "ok"
