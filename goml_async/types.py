@@ -292,7 +292,9 @@ class LoadConfig:
         backend: force a backend by name (``"mlx"``, ``"llama"``, ``"http"``); None picks one.
         context_len: context window in tokens; 0 keeps the model's default.
         gpu_layers: layers to offload to the GPU; -1 means all.
-        parallel_slots: concurrent sequences a server may run; 0 keeps the server's default.
+        parallel_slots: sequences the model decodes together (MLX continuous batching,
+            llama-server ``--parallel``); more concurrent streams wait in line, first come
+            first served. 0 picks the backend's default (8 on MLX, 4 on llama.cpp).
         adapter_path: a LoRA adapter to apply at load time.
     """
 
@@ -402,6 +404,8 @@ class GenerateMetrics:
 
     Token counts come from the backend where it reports them; ``time_to_first_token`` is
     measured on the client. Rates are tokens per second; memory is in bytes.
+    ``cached_tokens`` counts the prompt tokens served from a prompt cache (0 when none were,
+    or the backend cannot tell).
     """
 
     prompt_tokens: int = 0
@@ -414,6 +418,7 @@ class GenerateMetrics:
     decode_tokens_per_sec: float = 0.0
     peak_memory_bytes: int = 0
     active_memory_bytes: int = 0
+    cached_tokens: int = 0
 
 
 @dataclass(frozen=True, slots=True)
