@@ -20,7 +20,7 @@ from anyio.abc import AsyncResource
 
 from ._concurrency import maybe_await
 from ._validate import string
-from .errors import ConfigError, NotSupported
+from .errors import BackendUnavailable, ConfigError, NotSupported
 from .model import BaseTextModel, TextModel
 from .stream import StreamContext, TokenStream
 from .types import GenerateConfig, GenerateMetrics, GenOpts, Message, MessageLike, Result, Token
@@ -132,8 +132,12 @@ class InferenceAdapter(AsyncResource):
         if not isinstance(model, TextModel):
             raise ConfigError("model", f"must be a TextModel, got {type(model).__name__}")
         string("name", name)
-        self._model = model
-        self._name = name or model.model_type
+        self._bind(name or model.model_type, model)
+
+    def _bind(self, name: str, model: TextModel | None) -> None:
+        """Set the adapter's state; a subclass that starts its model later binds None first."""
+        self._name = name
+        self._model: TextModel | None = model
         self._closed = False
 
     @property
@@ -143,12 +147,21 @@ class InferenceAdapter(AsyncResource):
 
     @property
     def model(self) -> TextModel:
-        """The wrapped TextModel, for classify, batch_generate, info and metrics."""
+        """The wrapped TextModel, for classify, batch_generate, info and metrics.
+
+        Raises:
+            BackendUnavailable: the model is not started yet (a ``LlamaBackend`` before
+                ``start()``).
+        """
+        if self._model is None:
+            raise BackendUnavailable(
+                f"{self._name} not available: start() it first", backend=self._name
+            )
         return self._model
 
     def available(self) -> bool:
-        """True until the adapter is closed."""
-        return not self._closed
+        """True from the time the model is bound until the adapter is closed."""
+        return self._model is not None and not self._closed
 
     @staticmethod
     def _options(opts: GenOpts | None) -> dict[str, Any]:
@@ -161,11 +174,11 @@ class InferenceAdapter(AsyncResource):
 
     async def generate(self, prompt: str, opts: GenOpts | None = None) -> Result:
         """Complete ``prompt``; ``opts=None`` keeps the model's defaults."""
-        return await self._model.generate(prompt, **self._options(opts)).collect()
+        return await self.model.generate(prompt, **self._options(opts)).collect()
 
     async def chat(self, messages: Sequence[MessageLike], opts: GenOpts | None = None) -> Result:
         """Reply to ``messages``."""
-        return await self._model.chat(messages, **self._options(opts)).collect()
+        return await self.model.chat(messages, **self._options(opts)).collect()
 
     async def generate_stream(
         self, prompt: str, opts: GenOpts | None, callback: TokenCallback
@@ -177,7 +190,7 @@ class InferenceAdapter(AsyncResource):
             stacklevel=2,
         )
         _check_callback(callback)
-        return await _pump(self._model.generate(prompt, **self._options(opts)), callback)
+        return await _pump(self.model.generate(prompt, **self._options(opts)), callback)
 
     async def chat_stream(
         self, messages: Sequence[MessageLike], opts: GenOpts | None, callback: TokenCallback
@@ -189,16 +202,17 @@ class InferenceAdapter(AsyncResource):
             stacklevel=2,
         )
         _check_callback(callback)
-        return await _pump(self._model.chat(messages, **self._options(opts)), callback)
+        return await _pump(self.model.chat(messages, **self._options(opts)), callback)
 
     async def aclose(self) -> None:
         """Close the wrapped model. Idempotent."""
         if not self._closed:
             self._closed = True
-            await self._model.aclose()
+            if self._model is not None:
+                await self._model.aclose()
 
     def __repr__(self) -> str:
-        return f"<InferenceAdapter {self._name!r} over {self._model!r}>"
+        return f"<{type(self).__name__} {self._name!r} over {self._model!r}>"
 
 
 def _check_callback(callback: object) -> None:
@@ -323,16 +337,13 @@ def as_text_model(target: TextModel | Backend) -> TextModel:
 def _wrapped(backend: Backend) -> TextModel | None:
     """The TextModel a Backend wraps and calls as it is, if any.
 
-    An InferenceAdapter (HTTPBackend, ChatAdapter) or a LlamaBackend exposes it as ``model``;
+    An InferenceAdapter (HTTPBackend, ChatAdapter, LlamaBackend) calls its ``model`` as it is;
     a subclass that overrides ``generate`` or ``chat`` does something of its own there, so it
-    is kept as a Backend.
+    is kept as a Backend, as is any other Backend.
     """
     kind = type(backend)
-    if isinstance(backend, InferenceAdapter) and (
-        kind.generate is not InferenceAdapter.generate or kind.chat is not InferenceAdapter.chat
-    ):
+    if not isinstance(backend, InferenceAdapter):
         return None
-    if not isinstance(getattr(kind, "model", None), property):
+    if kind.generate is not InferenceAdapter.generate or kind.chat is not InferenceAdapter.chat:
         return None
-    inner = getattr(backend, "model")  # noqa: B009 - a property that may raise BackendUnavailable
-    return inner if isinstance(inner, TextModel) else None
+    return backend.model  # BackendUnavailable for a LlamaBackend that is not started

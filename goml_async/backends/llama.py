@@ -32,7 +32,6 @@ from typing import Any, Self
 
 import anyio
 import httpx
-from anyio.abc import AsyncResource
 
 from ..compat import InferenceAdapter
 from ..convert.gguf_meta import gguf_model_info, read_gguf_metadata
@@ -43,12 +42,9 @@ from ..stream import StreamContext
 from ..types import (
     ClassifyResult,
     GenerateConfig,
-    GenOpts,
     LoadConfig,
     Message,
-    MessageLike,
     ModelInfo,
-    Result,
     Token,
 )
 from . import _http_reply, _llama_wire, _openai
@@ -269,12 +265,15 @@ class LlamaModelBackend:
         return await start_llama_model(path, config, **options)
 
 
-class LlamaBackend(AsyncResource):
+class LlamaBackend(InferenceAdapter):
     """go-ml's string-level llama backend: a managed llama-server, whole replies.
 
-    ``async with LlamaBackend("model.gguf") as backend`` starts the server (go-ml's ``Start``)
-    and stops it on exit (``Stop``); :meth:`available` is true while it runs. Unlike go-ml it
-    picks a free port, streams, and reports a crash with the server's exit code and logs.
+    An :class:`~goml_async.compat.InferenceAdapter` over a :class:`LlamaModel`, like
+    ``HTTPBackend`` over an ``HTTPModel``, except that the server starts on :meth:`start`
+    (go-ml's ``Start``) rather than at construction: ``async with LlamaBackend("model.gguf")
+    as backend`` starts it and stops it on exit (``Stop``); :meth:`available` is true while it
+    runs. Unlike go-ml it picks a free port, streams, and reports a crash with the server's
+    exit code and logs.
 
     Args:
         model_path: the GGUF model.
@@ -282,8 +281,6 @@ class LlamaBackend(AsyncResource):
         config: further LoadConfig fields.
         **options: LlamaServer and HTTPModel keywords (see :func:`start_llama_model`).
     """
-
-    name = "llama"
 
     def __init__(
         self,
@@ -296,57 +293,45 @@ class LlamaBackend(AsyncResource):
         config = config or LoadConfig()
         if lora_path is not None:
             config = replace(config, adapter_path=os.fspath(lora_path))
+        # No model until start(): InferenceAdapter's own constructor needs a running one.
+        self._bind("llama", None)
         self._model_path = model_path
         self._config = config
         # go-ml's Generate is a chat with one user message, as for HTTPBackend.
-        self._options = {"generate_endpoint": "chat", **options}
-        self._adapter: InferenceAdapter | None = None
+        self._start_options = {"generate_endpoint": "chat", **options}
 
     @property
     def model(self) -> LlamaModel:
-        """The running LlamaModel (for classify, batch_generate, info and metrics)."""
-        model = self._running().model
-        assert isinstance(model, LlamaModel)
-        return model
+        """The running LlamaModel (for classify, batch_generate, info and metrics).
 
-    def _running(self) -> InferenceAdapter:
-        if self._adapter is None or not self._adapter.available():
+        Raises:
+            BackendUnavailable: the server is not started, or was stopped.
+        """
+        model = self._model
+        if model is None or self._closed:
             raise BackendUnavailable(
                 "llama-server not available: start() it first", backend="llama"
             )
-        return self._adapter
+        assert isinstance(model, LlamaModel)
+        return model
 
     async def start(self) -> Self:
         """Start llama-server (idempotent)."""
-        if self._adapter is None:
-            model = await start_llama_model(self._model_path, self._config, **self._options)
-            self._adapter = InferenceAdapter(model, "llama")
+        if self._model is None:
+            self._model = await start_llama_model(
+                self._model_path, self._config, **self._start_options
+            )
         return self
 
     def available(self) -> bool:
         """True while the server runs."""
-        if self._adapter is None or not self._adapter.available():
+        if not super().available():
             return False
-        model = self._adapter.model
-        assert isinstance(model, LlamaModel)
         try:
-            model.server.check_alive()
+            self.model.server.check_alive()
         except BackendUnavailable:
             return False
         return True
-
-    async def generate(self, prompt: str, opts: GenOpts | None = None) -> Result:
-        """Complete ``prompt``."""
-        return await self._running().generate(prompt, opts)
-
-    async def chat(self, messages: Sequence[MessageLike], opts: GenOpts | None = None) -> Result:
-        """Reply to ``messages``."""
-        return await self._running().chat(messages, opts)
-
-    async def aclose(self) -> None:
-        """Stop the server (go-ml's ``Stop``). Idempotent."""
-        if self._adapter is not None:
-            await self._adapter.aclose()
 
     async def __aenter__(self) -> Self:
         return await self.start()

@@ -27,7 +27,9 @@ from goml_async import (
     load_model,
 )
 from goml_async.backends.gguf_meta import gguf_model_info, read_gguf_metadata
+from goml_async.backends.http import HTTPBackend
 from goml_async.backends.llama import LlamaBackend, LlamaModel, LlamaModelBackend
+from goml_async.compat import InferenceAdapter, as_text_model
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
@@ -149,6 +151,24 @@ async def test_llama_backend_start_generate_stop(bundled_gguf: Path) -> None:
         assert "Paris" in result.text
         assert backend.model.info().architecture == "llama"
     assert not backend.available()
+    with pytest.raises(BackendUnavailable, match="start"):
+        await backend.chat([QUESTION])
+
+
+async def test_llama_backend_is_built_like_http_backend(bundled_gguf: Path) -> None:
+    # Both string backends are InferenceAdapters over their model, so code above the backends
+    # lifts either to the very model it wraps (no GenOpts round trip).
+    backend = LlamaBackend(bundled_gguf, use_launcher=True)
+    assert isinstance(backend, InferenceAdapter)
+    assert issubclass(HTTPBackend, InferenceAdapter)
+    with pytest.raises(BackendUnavailable, match="start"):
+        as_text_model(backend)
+    async with backend:
+        assert as_text_model(backend) is backend.model
+        reply = await as_text_model(backend).generate("The capital of France is").collect()
+        assert reply.text
+    with pytest.raises(BackendUnavailable, match="start"):
+        as_text_model(backend)
 
 
 # -- registry and errors --------------------------------------------------------------------------
