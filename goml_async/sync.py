@@ -163,7 +163,25 @@ def _unwrap(model: TextModel | BlockingModel) -> TextModel:
     return model
 
 
-class BlockingModel:
+class _BlockingResource:
+    """``with`` support for the blocking wrappers: leaving the block calls ``close()``."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class BlockingModel(_BlockingResource):
     """A TextModel with blocking methods. Create it with :func:`load_model` or wrap one."""
 
     def __init__(self, model: TextModel) -> None:
@@ -247,22 +265,11 @@ class BlockingModel:
         """Close the model. Idempotent."""
         run(self._model.aclose)
 
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
     def __repr__(self) -> str:
         return f"<BlockingModel {self._model!r}>"
 
 
-class BlockingBackend:
+class BlockingBackend(_BlockingResource):
     """A go-ml :class:`~goml_async.compat.Backend` with blocking methods."""
 
     def __init__(self, backend: Backend) -> None:
@@ -297,17 +304,6 @@ class BlockingBackend:
         aclose = getattr(self._backend, "aclose", None)
         if aclose is not None:
             run(aclose)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def load_model(path_or_url: str, backend: str | None = None, **options: Any) -> BlockingModel:

@@ -1,5 +1,5 @@
-"""What the commands share: the model arguments, loading a model from one argument, and the
-listening socket of the commands that serve."""
+"""What the commands share: the model arguments, loading a model from one argument, the
+progress bar of long work, and the listening socket of the commands that serve."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from goml_async.errors import ConfigError
 from goml_async.model import TextModel
@@ -24,6 +25,7 @@ __all__ = [
     "is_url",
     "listen_socket",
     "load_target",
+    "progress_bar",
     "served_name",
 ]
 
@@ -151,3 +153,20 @@ def listen_socket(host: str, port: int) -> socket.socket:
         ) from None
     sock.setblocking(False)
     return sock
+
+
+def progress_bar(
+    console: Console, *, label_width: int = 22, only_on_terminal: bool = True
+) -> Progress:
+    """The bar of a long command: label, bar, done/total and time so far, on ``console``.
+
+    ``only_on_terminal`` hides it when the console is not a terminal (a log gets plain lines).
+    """
+    return Progress(
+        TextColumn(f"{{task.description:<{label_width}}}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        disable=only_on_terminal and not console.is_terminal,
+    )

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from rich.console import Console, Group
 from rich.live import Live
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
 from goml_async._concurrency import task_group
@@ -23,7 +22,7 @@ from goml_async._validate import integer
 from goml_async.errors import ConfigError
 from goml_async.settings import current_settings
 
-from ._common import add_model_arguments, load_target
+from ._common import add_model_arguments, load_target, progress_bar
 
 if TYPE_CHECKING:
     from goml_async.agent.config import AgentConfig
@@ -237,13 +236,8 @@ class _Display:
 
     def __init__(self, err: Console, out: Console, *, verbose: bool) -> None:
         self._err, self._out, self._verbose = err, out, verbose
-        self._progress = Progress(
-            TextColumn("{task.description:<30}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=err,
-        )
+        # Shown through the live view, which itself runs only on a terminal.
+        self._progress = progress_bar(err, label_width=30, only_on_terminal=False)
         self._task = self._progress.add_task("waiting", total=None)
         self._status = Text("starting")
         self._counts = {"evaluated": 0, "published": 0, "failed": 0}

@@ -11,7 +11,6 @@ from typing import Any
 
 import anyio
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from goml_async._validate import integer
@@ -21,7 +20,7 @@ from goml_async.scoring.judge import DEFAULT_JUDGE_MAX_TOKENS, Judge
 from goml_async.scoring.types import ContentOutcome, ContentProbeResult, ProbeOutcome, ProbeResult
 from goml_async.types import GenerateConfig
 
-from ._common import add_model_arguments, describe_target, load_target
+from ._common import add_model_arguments, describe_target, load_target, progress_bar
 from ._judging import (
     Stop,
     check_judge,
@@ -142,7 +141,7 @@ async def _run_probes(
     from goml_async.scoring.probes import CAPABILITY_PROBES
     from goml_async.scoring.runner import CONTENT_CONFIG, run_capability_probes, run_content_probes
 
-    with _progress(err) as progress:
+    with progress_bar(err) as progress:
         task = progress.add_task("probes", total=len(CAPABILITY_PROBES))
 
         def advance(outcome: ProbeOutcome, passed: int, done: int) -> None:
@@ -238,17 +237,6 @@ def _report(
         err.print(f"[yellow]{result.error_count} probes failed to generate; first: {first.error}")
     # Every probe failing to generate means the model could not be used at all.
     return 1 if result.error_count == result.total else 0
-
-
-def _progress(console: Console) -> Progress:
-    return Progress(
-        TextColumn("{task.description:<22}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        disable=not console.is_terminal,
-    )
 
 
 def _category_table(result: ProbeResult, label: str, *, partial: bool = False) -> Table:

@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from goml_async._validate import integer
@@ -19,7 +18,7 @@ from goml_async.scoring.judge import DEFAULT_JUDGE_MAX_TOKENS, Judge
 from goml_async.scoring.types import ItemError, PromptScore, Response, ScoreReport
 from goml_async.settings import current_settings
 
-from ._common import describe_target, load_target
+from ._common import describe_target, load_target, progress_bar
 from ._judging import (
     Stop,
     check_judge,
@@ -187,7 +186,7 @@ class _Finished:
         self._err = err
         self._rows: dict[int, tuple[PromptScore, Sequence[ItemError]]] = {}
         self._errors = 0
-        self.progress = _progress(err)
+        self.progress = progress_bar(err, label_width=20)
         self._task = self.progress.add_task("scoring", total=len(responses))
 
     def add(self, index: int, score: PromptScore, errors: Sequence[ItemError]) -> None:
@@ -267,17 +266,6 @@ def _summarize(
         write_scores(args.output, output)
         err.print(f"wrote {args.output}", highlight=False)
     return 1 if args.fail_on_error and report.error_count else 0
-
-
-def _progress(console: Console) -> Progress:
-    return Progress(
-        TextColumn("{task.description:<20}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        disable=not console.is_terminal,
-    )
 
 
 def _summary_table(averages: dict[str, dict[str, float]], suites: list[str]) -> Table:
