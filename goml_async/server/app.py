@@ -25,7 +25,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import asdict
-from typing import Any, Protocol
+from typing import Any
 
 import anyio
 from starlette.applications import Starlette
@@ -39,7 +39,7 @@ from starlette.types import Receive, Scope, Send
 from ..model import TextModel
 from ._wire import ServerError, shown
 from .admission import Admission, QueueClosed, QueueFull, QueueTimeout
-from .completions import Completions, Endpoint
+from .completions import Completions, Endpoint, Stoppable
 from .guard import RequestGuard
 from .limits import ServerConfig, bearer_token_ok
 from .sse import send_json_error
@@ -53,12 +53,6 @@ _SHUTTING_DOWN = "the server is shutting down"
 _STATUS_CODES = {404: "not_found", 405: "method_not_allowed"}
 #: The ``aliases`` entry that makes the server accept any model name.
 ANY_NAME = "*"
-
-
-class Stoppable(Protocol):
-    """A request in progress that the shutdown may stop."""
-
-    def stop(self, error: ServerError | None = None) -> None: ...
 
 
 def _default_name(model: TextModel) -> str:

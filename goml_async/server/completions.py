@@ -9,16 +9,18 @@ request 503).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import anyio
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.types import Receive, Scope, Send
 
+from ..model import TextModel
 from ..stream import TokenStream
 from ..types import Result
 from ._http import ClientGone, read_json_body
@@ -26,13 +28,11 @@ from ._logprobs import LogprobsCollector
 from ._requests import CompletionRequest, parse_completion_request
 from ._wire import ServerError, completion_reply, error_from_exception, new_completion_id
 from .events import OpenAIEncoder
-from .limits import clamp_max_tokens, window_messages
+from .limits import ServerConfig, clamp_max_tokens, window_messages
 from .sse import TokenStreamSender, run_until_disconnect
+from .stats import ServerStats
 
-if TYPE_CHECKING:
-    from .app import ServerApp
-
-__all__ = ["Completions", "Endpoint"]
+__all__ = ["CompletionHost", "Completions", "Endpoint", "Stoppable"]
 
 logger = logging.getLogger("goml_async.server")
 
@@ -63,10 +63,39 @@ class _PlainJob:
         self.scope.cancel()
 
 
-class Completions:
-    """The two completion endpoints of one :class:`~goml_async.server.app.ServerApp`."""
+class CompletionHost(Protocol):
+    """What the endpoints need of the app that serves them (:class:`~.app.ServerApp`).
 
-    def __init__(self, app: ServerApp) -> None:
+    Named here, not imported, so the endpoints sit below the app that routes to them.
+    """
+
+    model: TextModel
+    model_name: str
+    config: ServerConfig
+    stats: ServerStats
+
+    def authorize(self, request: Request) -> None: ...
+    def refuse_if_shutting_down(self) -> None: ...
+    def shutdown_error(self) -> ServerError: ...
+    def check_model(self, requested: str) -> None: ...
+    async def enter(self) -> None: ...
+    def leave(self) -> None: ...
+    async def send_error(
+        self, error: ServerError, send: Send, scope: Scope | None = None
+    ) -> None: ...
+    def tracking(self, job: Stoppable) -> contextlib.AbstractContextManager[None]: ...
+
+
+class Stoppable(Protocol):
+    """A request in progress that the shutdown may stop."""
+
+    def stop(self, error: ServerError | None = None) -> None: ...
+
+
+class Completions:
+    """The two completion endpoints of one app (a :class:`CompletionHost`)."""
+
+    def __init__(self, app: CompletionHost) -> None:
         self._app = app
 
     async def chat(self, scope: Scope, receive: Receive, send: Send) -> None:
