@@ -41,7 +41,7 @@ from .errors import (
     UnknownBackendError,
     UnknownProbeError,
 )
-from .model import BaseTextModel, TextModel, prompt_as_chat
+from .model import BaseTextModel, TextModel, parallel_slots, prompt_as_chat
 from .registry import (
     ModelBackend,
     bundled_model_path,
@@ -140,6 +140,7 @@ __all__ = [
     "list_backends",
     "load_default_model",
     "load_model",
+    "parallel_slots",
     "prompt_as_chat",
     "register_backend",
     "register_lazy_backend",

@@ -33,7 +33,7 @@ from .types import (
     resolve_config,
 )
 
-__all__ = ["BaseTextModel", "TextModel", "prompt_as_chat"]
+__all__ = ["BaseTextModel", "TextModel", "parallel_slots", "prompt_as_chat"]
 
 
 @runtime_checkable
@@ -170,6 +170,16 @@ class BaseTextModel(AsyncResource):
     def closed(self) -> bool:
         """True once :meth:`aclose` has been called."""
         return self._closed
+
+    @property
+    def parallel_slots(self) -> int:
+        """How many streams this model serves at once; more wait in line, first come first served.
+
+        Code that sends a model many requests (probes, scoring, the agent, a server) runs this
+        many at a time unless told otherwise. Backends that batch report their slot count; the
+        default is :attr:`batch_concurrency`.
+        """
+        return max(1, self.batch_concurrency)
 
     # -- the primitive ----------------------------------------------------------------------------
 
@@ -316,6 +326,19 @@ class BaseTextModel(AsyncResource):
     def __repr__(self) -> str:
         state = " closed" if self._closed else ""
         return f"<{type(self).__name__} {self._model_type}{state}>"
+
+
+def parallel_slots(model: TextModel) -> int:
+    """How many requests to run on ``model`` at once: its :attr:`BaseTextModel.parallel_slots`,
+    or 1 for a TextModel that does not say (it may not be safe for concurrent use).
+
+    Example:
+        >>> from goml_async.testing import ScriptedModel
+        >>> parallel_slots(ScriptedModel(["hi"])) >= 1
+        True
+    """
+    slots = getattr(model, "parallel_slots", 1)
+    return slots if isinstance(slots, int) and not isinstance(slots, bool) and slots > 0 else 1
 
 
 def prompt_as_chat(model: TextModel) -> TextModel:

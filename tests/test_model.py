@@ -19,6 +19,8 @@ from goml_async import (
     TextModel,
     Token,
     TokenStream,
+    parallel_slots,
+    prompt_as_chat,
 )
 from goml_async.testing import ScriptedModel
 from goml_async.types import GenerateOptions, MessageLike
@@ -139,6 +141,24 @@ async def test_batch_generate_respects_its_concurrency_limit() -> None:
     results = await model.batch_generate([f"p{i}" for i in range(10)])
     assert len(results) == 10
     assert model.max_concurrency == 3
+
+
+def test_parallel_slots_default_to_the_batch_concurrency() -> None:
+    model = ScriptedModel(["a"])
+    assert model.parallel_slots == model.batch_concurrency == parallel_slots(model)
+    model.batch_concurrency = 6
+    assert parallel_slots(model) == 6
+    assert parallel_slots(prompt_as_chat(model)) == 6  # the view is the model's
+    model.batch_concurrency = 0
+    assert parallel_slots(model) == 1
+
+
+def test_parallel_slots_of_a_model_that_does_not_say_is_one() -> None:
+    class Bare:
+        model_type = "bare"
+        parallel_slots = "many"  # not a count: ignored
+
+    assert parallel_slots(Bare()) == 1  # type: ignore[arg-type]
 
 
 async def test_batch_generate_of_nothing() -> None:
