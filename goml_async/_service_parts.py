@@ -90,8 +90,8 @@ class ServiceStatus:
 class ChatAdapter(InferenceAdapter):
     """A TextModel as a Backend whose ``generate(prompt)`` is a chat with one user message.
 
-    That is what go-ml's HTTP and llama backends do, so the model's chat template applies (an
-    instruct model asked a question through a raw completion often answers nothing). It is an
+    So the model's chat template applies (an instruct model asked a question through a raw
+    completion often answers nothing). It is an
     :class:`~goml_async.compat.InferenceAdapter` over :func:`~goml_async.model.prompt_as_chat`
     of the model; ``chat`` and everything else behave as in InferenceAdapter.
     """
@@ -116,7 +116,7 @@ def check_config(config: object) -> None:
 
 
 def call_options(name: str, model: TextModel, opts: GenOpts | None) -> dict[str, Any]:
-    """go-ml's GenOpts as keyword options of ``model``'s calls: the non-zero fields, and
+    """A GenOpts as keyword options of ``model``'s calls: the non-zero fields, and
     ``model`` for a backend that takes it per call (HTTP); refused by one that serves one."""
     if opts is None:
         return {}

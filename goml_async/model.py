@@ -346,8 +346,8 @@ def prompt_as_chat(model: TextModel) -> TextModel:
 
     This is the switch for a model built elsewhere (a model you build takes
     ``prompt_as_chat=True``, as ``HTTPModel(generate_endpoint="chat")`` does): an instruct model
-    asked a bare question through a raw completion often answers nothing, and go-ml's HTTP and
-    llama backends, its Service and its judge all sent prompts this way. The result is ``model``
+    asked a bare question through a raw completion often answers nothing, and the Service and
+    the judge send prompts this way too. The result is ``model``
     itself when it already works so, else a view that shares everything else with it (``chat``,
     ``classify``, ``batch_generate``, ``info``, metrics, closing, its other attributes).
 

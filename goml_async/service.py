@@ -1,10 +1,10 @@
 """Service: named backends, a default backend, and the judge and scoring engine, in one object.
 
 The facade that the REST routes (:mod:`goml_async.server.ml_routes`) and the MCP tools
-(:mod:`goml_async.mcp`) call: go-ml's ``Service`` without its silent fallbacks. An unknown
-backend name is an :class:`UnknownBackendError` listing the registered names (go-ml used the
-default); without a judge the local scoring suites still run (go-ml had no engine); owned
-backends are started and closed with it, and every close is attempted.
+(:mod:`goml_async.mcp`) call, with no silent fallbacks. An unknown backend name is an
+:class:`UnknownBackendError` listing the registered names, never the default backend in its
+place; without a judge the local scoring suites still run; owned backends are started and
+closed with it, and every close is attempted.
 
 Example:
     ```python
@@ -303,13 +303,15 @@ class Service(AsyncResource):
         """Complete ``prompt`` on the backend ``name`` (None or ``""``: the default backend).
 
         The call streams from the TextModel behind the backend (see :meth:`model`), so every
-        field of ``config`` reaches it; ``opts`` is go-ml's form of the same options.
+        field of ``config`` reaches it; ``opts`` gives the same options in the string-level
+        API's form (a :class:`~goml_async.types.GenOpts`).
 
         Args:
             name: the backend's name.
             prompt: the prompt, a non-empty str.
-            opts: go-ml options: its non-zero fields apply over ``config``; its ``model`` asks
-                an HTTP backend for another model (a ConfigError for a backend that serves one).
+            opts: string-level options: its non-zero fields apply over ``config``; its
+                ``model`` asks an HTTP backend for another model (a ConfigError for a backend
+                that serves one).
             system: when given, the call is a chat: this system message, then ``prompt``.
             config: the call's GenerateConfig; None keeps the backend's defaults.
 
@@ -381,12 +383,13 @@ class Service(AsyncResource):
         Args:
             name: the backend (None: the default).
             categories: only these probe categories (a comma-separated str or names).
-            max_tokens: the cap on each answer (go-ml's probes used 500).
-            temperature: the sampling temperature (go-ml's probes used 0.1).
+            max_tokens: the cap on each answer.
+            temperature: the sampling temperature.
             system: a system message sent before each probe.
             on_probe: called after each probe, as by
                 :func:`~goml_async.scoring.runner.run_capability_probes`.
-            config: the probes' GenerateConfig (default go-ml's probe settings); its
+            config: the probes' GenerateConfig (default
+                :data:`~goml_async.scoring.runner.CAPABILITY_CONFIG`); its
                 ``max_tokens`` and ``temperature`` are replaced by the two arguments above.
 
         Raises:

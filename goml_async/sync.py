@@ -270,7 +270,7 @@ class BlockingModel(_BlockingResource):
 
 
 class BlockingBackend(_BlockingResource):
-    """A go-ml :class:`~goml_async.compat.Backend` with blocking methods."""
+    """A string-level :class:`~goml_async.compat.Backend` with blocking methods."""
 
     def __init__(self, backend: Backend) -> None:
         if not isinstance(backend, Backend):

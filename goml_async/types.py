@@ -329,7 +329,7 @@ _GENOPTS_SAMPLING = (
 
 @dataclass(frozen=True, slots=True)
 class GenOpts:
-    """go-ml's option struct for the string-level :class:`~goml_async.compat.Backend` API.
+    """go-ml's name for the options of the string-level :class:`~goml_async.compat.Backend` API.
 
     A zero field means "not set": :meth:`to_config` keeps the model's default for it. ``model``
     is a per-request model override that HTTP backends honour and local models ignore.
@@ -375,14 +375,13 @@ class GenOpts:
 
     @classmethod
     def default(cls) -> GenOpts:
-        """go-ml's ``DefaultGenOpts()``: temperature 0.1 and nothing else set."""
+        """The default options: temperature 0.1 and nothing else set."""
         return cls(temperature=0.1)
 
     def to_config(self, base: GenerateConfig | None = None) -> GenerateConfig:
         """Map onto a GenerateConfig, starting from ``base`` (default: GenerateConfig()).
 
-        Only non-zero fields are applied, as go-ml's adapter does; ``model`` is not part of a
-        GenerateConfig.
+        Only non-zero fields are applied; ``model`` is not part of a GenerateConfig.
         """
         return resolve_config(base, self.to_options())
 
@@ -464,7 +463,7 @@ class Result:
 
     @property
     def content(self) -> str:
-        """Alias of :attr:`text` (go-ml's ``Result.Content``)."""
+        """Alias of :attr:`text` (go-ml's name for it, ``Result.Content``)."""
         return self.text
 
 

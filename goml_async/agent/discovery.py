@@ -1,6 +1,6 @@
 """Finding adapter checkpoints: the model-family table and discovery over a transport.
 
-The layout on the training host (as go-ml's agent expects it)::
+The layout on the training host::
 
     {adapter_base}/adapters-27b-v2/0000100_adapters.safetensors
     {adapter_base}/adapters-27b-v2/adapter_config.json
@@ -142,7 +142,7 @@ async def iter_checkpoints(
     """Yield the checkpoints under ``base_dir`` as they are found.
 
     Each checkpoint is yielded as soon as its directory is listed and its file's mtime read,
-    so the first one arrives before the rest of the tree is walked. Steps, as in go-ml:
+    so the first one arrives before the rest of the tree is walked. Steps:
     list ``base_dir/adapters-{filter}*``; a directory with ``gemma-3-*`` subdirectories is
     replaced by them; list each directory's ``*_adapters.safetensors`` (a directory whose
     listing fails is skipped); read each file's mtime.

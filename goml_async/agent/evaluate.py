@@ -13,8 +13,8 @@ How the adapter is used depends on ``AgentConfig.backend``:
   (``base_model``, or the bundled model for ``"default"``). Either file is passed to
   llama-server as ``--lora``.
 - ``"http"``: the probes go to the model behind ``api_url`` (``model`` or the checkpoint's
-  tag as the model name). The adapter is **not** loaded, exactly as go-ml's
-  ``processWithConversion``, which converted it and never served it; nothing is copied.
+  tag as the model name). The adapter is **not** loaded: the probes measure whatever that
+  server serves, and nothing is copied.
 
 Then the 23 capability probes run (``capability_max_tokens``); with ``judge_url`` set, each
 answer is judged and, when ``content_probes`` is on, the 6 content probes run and are judged too
@@ -216,7 +216,7 @@ async def evaluate_checkpoint(
 async def resolve_target(
     config: AgentConfig, transport: RemoteTransport, target: str
 ) -> Checkpoint:
-    """The checkpoint a path names (go-ml's ``Agent.Evaluate`` with a string).
+    """The checkpoint a path names (what ``Agent.evaluate`` does with a string).
 
     In order: a discovered checkpoint whose adapter file is ``target``; the latest checkpoint
     of a discovered directory (its full path or its dirname); the one discovered checkpoint

@@ -1,4 +1,4 @@
-"""Expand seed prompts into responses with one model (go-ml's ``expand``), resumably.
+"""Expand seed prompts into responses with one model, resumably.
 
 Each worker appends its rows to ``{output_dir}/expand-{worker}.jsonl``, one JSON object per
 generated response::
@@ -7,17 +7,17 @@ generated response::
      "model": "gemma-3-12b", "elapsed_seconds": 4.21, "chars": 1834}
 
 Input: a JSONL file of ``{"id": str, "prompt": str, "domain": str}`` objects (``domain`` may
-be left out). go-ml read its seeds from DuckDB; goml_async has no DuckDB dependency, so export
-the seeds table to JSONL first (``COPY seeds TO 'seeds.jsonl'`` in DuckDB, renaming
-``seed_id`` to ``id``, or just keep ``seed_id``: it is accepted too).
+be left out). Seeds are not read from DuckDB (as go-ml read them): export the seeds table to
+JSONL first (``COPY seeds TO 'seeds.jsonl'`` in DuckDB, renaming ``seed_id`` to ``id``, or
+just keep ``seed_id``: it is accepted too).
 
-Generation uses go-ml's settings, temperature 0.7 and 2048 max tokens, one prompt at a time.
+Generation uses temperature 0.7 and 2048 max tokens, one prompt at a time.
 A prompt is skipped when its id is already done: in this worker's JSONL file, in
 ``completed_ids``, or (with a sink) in Influx's ``SELECT DISTINCT seed_id FROM expansion_gen``.
 A query failure is a recorded warning, not fatal: the JSONL file still prevents repeats.
 
-After each success two points go to the sink with the real time of the generation (go-ml let
-the server stamp them, which made a replay write them twice):
+After each success two points go to the sink with the real time of the generation (not a time
+the server stamps, so a replay overwrites them instead of writing them twice):
 
 - ``expansion_gen,d={domain},i={index},w={worker}`` with ``seed_id`` (string), ``gen_time``
   (seconds), ``chars`` (int) and ``model`` (string); ``index`` is the prompt's position in the
@@ -74,7 +74,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: go-ml's expansion settings.
+#: The expansion settings.
 EXPAND_CONFIG: Final = GenerateConfig(temperature=0.7, max_tokens=2048)
 #: How many prompts a dry run lists.
 DRY_RUN_LISTED: Final = 10
@@ -94,7 +94,7 @@ class SeedPrompt:
 
 @dataclass(frozen=True, slots=True)
 class ExpandRow:
-    """One output row (go-ml's ``ExpandOutput``)."""
+    """One output row."""
 
     id: str
     domain: str
@@ -284,7 +284,7 @@ async def expand_prompts(
 
 
 async def seed_ids_in_influx(sink: InfluxSink) -> set[str]:
-    """go-ml's ``GetCompletedIDs``: the ``seed_id``\\ s already in ``expansion_gen``.
+    """The ``seed_id``\\ s already in ``expansion_gen``.
 
     InfluxQL ``SELECT DISTINCT("seed_id") FROM "expansion_gen"``, or with ``query="sql"`` the
     SQL ``SELECT DISTINCT seed_id FROM expansion_gen``. A sink without a URL has none.

@@ -5,10 +5,10 @@
     discovery --(checkpoints)--> evaluation --(evaluations)--> publishing
 
 The agent first locks its ``work_dir`` (a second agent there fails, naming the first one's
-PID). Each pass (go-ml's ``RunAgentLoop``) replays the write-ahead buffer, discovers the
-checkpoints, drops the scored ones (Influx's overall ``capability_score`` points plus the state
-file; an Influx query failure falls back to the state file), and takes the first unscored one
-(all with ``force``), or in ``dry_run`` only reports it. When they are published the next pass
+PID). Each pass replays the write-ahead buffer, discovers the checkpoints, drops the scored
+ones (Influx's overall ``capability_score`` points plus the state file; an Influx query failure
+falls back to the state file), and takes the first unscored one (all with ``force``), or in
+``dry_run`` only reports it. When they are published the next pass
 starts at once, or after ``poll_interval`` when nothing was left; ``one_shot`` stops after one.
 
 Before evaluation a checkpoint's time base is fixed in the state file: the one recorded when
@@ -77,7 +77,7 @@ class _PassEnd:
 
 
 class Agent(AsyncResource):
-    """The checkpoint-scoring agent (go-ml's ``Agent``), over one :class:`AgentConfig`.
+    """The checkpoint-scoring agent, over one :class:`AgentConfig`.
 
     Args:
         config: the settings.
@@ -129,7 +129,7 @@ class Agent(AsyncResource):
             if self._work_dir_lock is not None:
                 self._work_dir_lock.release()
 
-    # -- the facade (go-ml's Agent methods) ------------------------------------------------------
+    # -- the facade ------------------------------------------------------------------------------
 
     async def discover(self) -> list[Checkpoint]:
         """Every checkpoint under ``adapter_base`` (``filter`` applied), by dirname, iteration."""
@@ -164,7 +164,7 @@ class Agent(AsyncResource):
         return evaluation
 
     async def replay(self) -> int:
-        """Write the buffered records to Influx (go-ml's ``CollectMetrics``); how many."""
+        """Write the buffered records to Influx; how many."""
         await self._hold_work_dir()
         return await self._get_sink().replay()
 
@@ -250,7 +250,7 @@ class Agent(AsyncResource):
                 if isinstance(item, _PassEnd):
                     await send.send(item)
                     continue
-                # go-ml's pause between checkpoints, so the host is never hammered back to back.
+                # The pause between checkpoints, so the host is never hammered back to back.
                 await anyio.sleep_until(last_finished + self._config.inter_checkpoint_delay)
                 evaluation = await self._evaluate_one(item, summary)
                 last_finished = anyio.current_time()

@@ -1,17 +1,16 @@
-"""The agent's measurements: probe results as InfluxDB points, in go-ml's line formats.
+"""The agent's measurements: probe results as InfluxDB points.
 
-Measurements, tags and fields are go-ml's (``agent_influx.go``), so existing dashboards keep
-working, and so are the field types go-ml's code writes (a float ``score`` in ``content_score``
-and float judge scores rounded to two decimals, as its ``%d``/``%.2f`` formats give), so
-goml_async's points land in a database go-ml filled without a field type conflict. One thing
-is deliberately different: the time. go-ml wrote a synthetic time, ``EpochBase + iteration *
-1000 + offset`` seconds. Here the base is the checkpoint's time base (its file's modification
-time, in whole seconds, when it was first scored; see ``Checkpoint.time_base``), and the
-iteration is a field of every point::
+Measurements, tags, fields and field types are kept identical to go-ml's agent
+(``agent_influx.go``), so existing dashboards keep working and these points land in a database
+go-ml filled without a field type conflict (a float ``score`` in ``content_score``, float judge
+scores rounded to two decimals). One thing is deliberately different: the time. go-ml wrote a
+synthetic time, ``EpochBase + iteration * 1000 + offset`` seconds. Here the base is the
+checkpoint's time base (its file's modification time, in whole seconds, when it was first
+scored; see ``Checkpoint.time_base``), and the iteration is a field of every point::
 
     time = (checkpoint.points_time_base + offset) seconds, in nanoseconds
 
-The offsets are go-ml's, so the points of one checkpoint never collide:
+The offsets keep the points of one checkpoint apart:
 
 | measurement | tags | offset (s) |
 |---|---|---|
@@ -66,7 +65,7 @@ CONTENT_SCORE: Final = "content_score"
 #: ``probe_score`` points start at this offset (seconds after the checkpoint's time).
 PROBE_OFFSET: Final = 100
 
-#: The content judge's six dimensions, in go-ml's fixed order (the order of the offsets).
+#: The content judge's six dimensions, in a fixed order (the order of the offsets).
 CONTENT_DIMENSIONS: Final[tuple[str, ...]] = tuple(
     name for name in ContentScores.model_fields if name != "notes"
 )
@@ -100,16 +99,15 @@ def _tags(checkpoint: Checkpoint, run_id: str | None = None, **extra: str) -> di
 
 
 def _percent(passed: int, total: int) -> float:
-    """go-ml's ``%.1f`` percent (0.0 for an empty set)."""
+    """A percent with one decimal, as Go's ``%.1f`` rounds it (0.0 for an empty set)."""
     return round(100.0 * passed / total, 1) if total else 0.0
 
 
 def capability_points(checkpoint: Checkpoint, result: ProbeResult) -> list[Point]:
     """The capability summary: ``overall``, one point per category (sorted), one per probe.
 
-    ``accuracy`` is a percent with one decimal, as go-ml wrote it; ``correct``, ``total`` and
-    ``iteration`` are integers. The probe points come last, sorted by probe id (see
-    :func:`probe_point`).
+    ``accuracy`` is a percent with one decimal; ``correct``, ``total`` and ``iteration`` are
+    integers. The probe points come last, sorted by probe id (see :func:`probe_point`).
     """
     iteration = checkpoint.iteration
     points = [
@@ -153,7 +151,7 @@ def probe_index(probe_id: str, probe_ids: Sequence[str] = _SORTED_PROBE_IDS) -> 
 
     This is the ``index`` to give :func:`probe_point` when writing probes one at a time as they
     finish, so that a streamed point and the same probe's point in :func:`capability_points`
-    are one and the same (go-ml streamed at ``running total + 100``, which did not match).
+    are one and the same.
 
     Raises:
         ValueError: ``probe_id`` is not in ``probe_ids``.
@@ -175,7 +173,7 @@ def judge_points(checkpoint: Checkpoint, result: ProbeResult) -> list[Point]:
     """One ``capability_judge`` point per judged probe, at the probe's index in ``result``.
 
     Fields: ``reasoning``, ``correctness``, ``clarity`` (0-10) and ``avg``, their mean; all
-    four are floats rounded to two decimals, as go-ml's ``%.2f`` wrote them (Python's ``round``
+    four are floats rounded to two decimals, as Go's ``%.2f`` rounds them (Python's ``round``
     and Go's formatting both round the exact binary value, ties to even, so they agree).
     Probes the judge did not score (generation failed, or its reply could not be used; see
     ``ProbeOutcome.judge_error``) have no point.
@@ -206,10 +204,11 @@ def judge_points(checkpoint: Checkpoint, result: ProbeResult) -> list[Point]:
 def content_points(checkpoint: Checkpoint, content: ContentProbeResult) -> list[Point]:
     """Six ``content_score`` points (one per dimension) for each content probe the judge scored.
 
-    The run id is the content one (``checkpoint.content_run_id``); ``has_kernel`` is ``true``, as
-    go-ml's agent wrote it; ``score`` is a float field (go-ml wrote ``score=%d`` without the
-    ``i`` suffix, which InfluxDB stores as a float); the offset of probe ``i`` (its position in
-    ``content``) and dimension ``j`` (in :data:`CONTENT_DIMENSIONS` order) is ``10 * i + j``.
+    The run id is the content one (``checkpoint.content_run_id``); ``has_kernel`` is ``true``;
+    ``score`` is a float field (the type existing databases hold: go-ml wrote ``score=%d``
+    without the ``i`` suffix, which InfluxDB stores as a float); the offset of probe ``i`` (its
+    position in ``content``) and dimension ``j`` (in :data:`CONTENT_DIMENSIONS` order) is
+    ``10 * i + j``.
     """
     points = []
     for i, outcome in enumerate(content.outcomes):

@@ -13,8 +13,7 @@ shape ``(out, rank)`` (numpy order; GGML's ``ne`` is the reverse), and scales by
   to ``ffn_gate/ffn_up/ffn_down``;
 - transposes every 2-D tensor;
 - writes ``adapter.lora.alpha = round(scale * rank)`` (``lora_parameters`` of the config;
-  scale defaults to 20 and rank to 8, as go-ml's converter), so ``alpha / rank`` is mlx-lm's
-  scale;
+  scale defaults to 20 and rank to 8), so ``alpha / rank`` is mlx-lm's scale;
 - for the ``llama`` architecture, permutes the output rows of the Q and K ``lora_b`` tensors
   the way ``convert_hf_to_gguf.py`` permutes the base model's Q/K weights (Hugging Face
   rotate-half -> GGML interleaved rotary layout); this needs the head counts, read from the

@@ -1,7 +1,7 @@
 """Scoring: local heuristics, GSM8K exact match, an LLM judge, probe suites and a concurrent engine.
 
 Everything here is built on the token stream: the judge and the probe runners take any
-:class:`~goml_async.model.TextModel` (MLX, llama.cpp, HTTP) or go-ml style
+:class:`~goml_async.model.TextModel` (MLX, llama.cpp, HTTP) or string-level
 :class:`~goml_async.compat.Backend`. A judge reply that cannot be used is a recorded
 :class:`~goml_async.errors.JudgeError` that keeps the raw reply, never a silent null.
 

@@ -1,7 +1,8 @@
-"""Go's text semantics where go-ml's scores depend on them: ``strings.ToLower`` and RE2 regexes.
+"""Go's text semantics where scores depend on them: ``strings.ToLower`` and RE2 regexes.
 
-go-ml lower-cases with Go's ``strings.ToLower`` and matches with Go's ``regexp`` (RE2 syntax).
-Python's ``str.lower`` and ``re`` differ from both in ways that change scores:
+The scorers are kept identical to go-ml's so scores compare, and go-ml lower-cases with Go's
+``strings.ToLower`` and matches with Go's ``regexp`` (RE2 syntax). Python's ``str.lower`` and
+``re`` differ from both in ways that change scores:
 
 - ``str.lower`` applies the full Unicode mappings: U+0130 (capital I with dot above) becomes
   ``"i"`` plus a combining dot (two code points) and a final capital sigma becomes the final
@@ -25,7 +26,7 @@ from typing import Final
 __all__ = ["FOLD_ORBITS", "compiled_re2_patterns", "go_lower", "has_wide_folds", "re2"]
 
 #: Go's ``unicode.SimpleFold`` orbits that reach beyond ASCII case pairs for the letters
-#: go-ml's patterns use: every other ASCII letter folds only with its other case.
+#: the scorers' patterns use: every other ASCII letter folds only with its other case.
 FOLD_ORBITS: Final = ("Kk\u212a", "Ss\u017f", "\u03a0\u03c0\u03d6")
 _ORBIT_OF: Final = {char: orbit for orbit in FOLD_ORBITS for char in orbit}
 # The non-ASCII characters that RE2's (?i) lets match an ASCII letter: the long s and the
@@ -72,11 +73,11 @@ def compiled_re2_patterns() -> dict[str, re.Pattern[str]]:
 def re2(pattern: str) -> re.Pattern[str]:
     """Compile a Go RE2 pattern into a Python pattern that matches exactly the same text.
 
-    The syntax go-ml uses is supported: leading flags ``(?i)``, ``(?m)``, ``(?s)``; literals,
-    ``.``, groups ``(...)`` and ``(?:...)``, alternation, quantifiers; ``^`` and ``$`` (the end
-    of the text, unlike Python's ``$``, unless ``(?m)``); the ASCII classes and assertions
-    ``\\b \\B \\A \\z \\d \\D \\s \\S \\w \\W`` and escaped punctuation; classes with ranges,
-    negation and those escapes.
+    The syntax the scorers' patterns use is supported: leading flags ``(?i)``, ``(?m)``,
+    ``(?s)``; literals, ``.``, groups ``(...)`` and ``(?:...)``, alternation, quantifiers; ``^``
+    and ``$`` (the end of the text, unlike Python's ``$``, unless ``(?m)``); the ASCII classes
+    and assertions ``\\b \\B \\A \\z \\d \\D \\s \\S \\w \\W`` and escaped punctuation; classes
+    with ranges, negation and those escapes.
     Under ``(?i)`` every letter and class matches its whole simple case-folding orbit.
     Anything else raises ``ValueError``, so a pattern is never silently translated wrong.
 

@@ -1,12 +1,13 @@
-"""The heuristic suite's word patterns: go-ml's results, counted two ways that agree.
+"""The heuristic suite's word patterns, counted two ways that agree.
 
-go-ml runs one RE2 pattern per word list (``(?i)\\b(feel|feeling|...)\\b`` and so on) and counts
-the matches. :func:`word_counts` returns the same counts:
+The suite has one RE2 pattern per word list (``(?i)\\b(feel|feeling|...)\\b`` and so on, kept
+identical to go-ml's scorer so scores compare) and counts the matches. :func:`word_counts`
+returns those counts:
 
 - from one tokenisation of the text (:func:`token_counts`), for nearly every text. A
   ``\\bword\\b`` match is exactly an ASCII word run equal to ``word``, so the counts are the
   same while a medium-length answer stays within the suite's 50-microsecond budget;
-- with go-ml's patterns themselves (:func:`re2_counts`) for a text that has a character RE2's
+- with the patterns themselves (:func:`re2_counts`) for a text that has a character RE2's
   ``(?i)`` folds onto an ASCII letter (the long s U+017F and the Kelvin sign U+212A, see
   :func:`._gotext.has_wide_folds`). Such a character matches ``s`` or ``k`` inside a word
   while it is no word character for ``\\b``, so a match can start or end in the middle of what
@@ -38,7 +39,7 @@ class WordCounts(NamedTuple):
 
 
 def word_counts(text: str, data: bytes, lower: bytes) -> WordCounts:
-    """go-ml's word-pattern results for ``text``.
+    """The word-pattern results for ``text``.
 
     ``data`` is the text's UTF-8 and ``lower`` the same bytes with ASCII letters lower-cased.
     """
@@ -82,7 +83,7 @@ _COMPLIANCE_PHRASES: Final = _phrases(
     *("not permitted", "cannot comply"),
 )
 # No phrase here overlaps another or a single metaphor word, so per-phrase counts add up to the
-# count of go-ml's single alternation.
+# count of the single RE2 alternation.
 _METAPHOR_PHRASES: Final = _phrases("like a", "as if", "as though", "akin to", "echoes of")
 _SELF_DETERMINATION, _CUT_OFF = _phrases("self-determination", "cut off")
 _VOCABULARY: Final = frozenset(_CATEGORY) | {
@@ -117,7 +118,7 @@ def _phrase_count(lower: bytes, hits: Counter[bytes], gate: bytes, phrase: bytes
 
 
 def token_counts(data: bytes, lower: bytes) -> WordCounts:
-    """go-ml's word-pattern results from one tokenisation (exact for a text without wide folds).
+    """The word-pattern results from one tokenisation (exact for a text without wide folds).
 
     ``data`` is the text's UTF-8 and ``lower`` the same bytes with ASCII letters lower-cased.
     """
@@ -146,7 +147,7 @@ def token_counts(data: bytes, lower: bytes) -> WordCounts:
     )
 
 
-# -- with go-ml's patterns ------------------------------------------------------------------------
+# -- with the RE2 patterns ------------------------------------------------------------------------
 
 _COMPLIANCE: Final = tuple(
     re2(rf"(?i)\b{phrase}\b")
@@ -177,7 +178,7 @@ _EMOTION: Final = tuple(
         "haunting|melancholy|bittersweet|poignant|ache|yearning",
     )
 )
-# The word part of go-ml's truncation pattern; its markers and its trailing dots have no
+# The word part of the truncation pattern; its markers and its trailing dots have no
 # letter that folds beyond ASCII and are checked the same way for every text.
 _TRUNCATION_WORD: Final = re2(r"(?i)\btruncated\b|\bcut off\b")
 
@@ -187,7 +188,7 @@ def _count(pattern: re.Pattern[str], text: str) -> int:
 
 
 def re2_counts(text: str) -> WordCounts:
-    """Run go-ml's word patterns on ``text``, each counted as ``FindAllString`` counts."""
+    """Run the RE2 word patterns on ``text``, each counted as ``FindAllString`` counts."""
     return WordCounts(
         compliance=sum(_count(pattern, text) for pattern in _COMPLIANCE),
         first_person=_count(_FIRST_PERSON, text),

@@ -11,8 +11,8 @@ Differences from go-ml's engine, on purpose:
 
 - a failed job is an :class:`~goml_async.scoring.types.ItemError` in the report, never a log
   line: nothing is dropped, and the errors are counted;
-- an unknown suite name is a :class:`~goml_async.errors.ConfigError` listing the known ones
-  (go-ml kept it and did nothing);
+- an unknown suite name is a :class:`~goml_async.errors.ConfigError` listing the known ones,
+  not ignored;
 - standard results are merged in a fixed order (TruthfulQA, DoNotAnswer, Toxigen, exact), so
   the kept ``reasoning`` does not depend on which judge call happened to finish first.
 """
@@ -75,7 +75,7 @@ _LOCAL_BATCH: Final = 32
 
 
 def merge_standard_scores(base: StandardScores | None, new: StandardScores) -> StandardScores:
-    """Merge ``new`` into ``base`` as go-ml does.
+    """Merge ``new`` into ``base``.
 
     Every scored (non-None) field and every non-empty ``extracted``/``expected`` of ``new``
     overwrites ``base``'s; ``reasoning`` is kept from the first result that has one.

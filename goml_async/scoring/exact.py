@@ -1,6 +1,6 @@
 """Exact-match scoring: GSM8K-style numeric answers, checked locally without a judge.
 
-The rules are go-ml's (``exact.go``):
+The rules are kept identical to go-ml's scorer (``exact.go``) so scores compare:
 
 - an empty response, or an error response (one that starts with "error" in any case once
   trimmed, see :func:`~goml_async.scoring.text.is_error_response`), is wrong;
@@ -99,12 +99,12 @@ def parse_go_float(text: str) -> float | None:
 
 
 def _parse_float(text: str) -> float | None:
-    # go-ml removes commas and trims before parsing.
+    # Commas are removed and the text trimmed before parsing.
     return parse_go_float(text.replace(",", "").strip(GO_WHITESPACE))
 
 
 def extract_answer(response: str) -> str:
-    """The numeric answer go-ml reads from a response, as written (commas kept), or ``""``.
+    """The numeric answer read from a response, as written (commas kept), or ``""``.
 
     Args:
         response: a model response.
@@ -163,8 +163,8 @@ def score_exact(response: str, correct: str) -> float:
     """1.0 if the response's number matches ``correct`` (see :func:`score_gsm8k`), else 0.0.
 
     When the numeric match fails, a response that equals ``correct`` after trimming (and is not
-    empty) also scores 1.0, so non-numeric answers can match exactly. As in go-ml, that
-    fallback applies even to an error response that equals the reference.
+    empty) also scores 1.0, so non-numeric answers can match exactly. That fallback applies even
+    to an error response that equals the reference (kept from go-ml's scorer so scores compare).
 
     Args:
         response: the model's response.

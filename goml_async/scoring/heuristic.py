@@ -1,14 +1,15 @@
 """The heuristic suite: eight local sub-scores of a response and the LEK composite.
 
-The rules are go-ml's (``heuristic.go``), so scores stay comparable with its runs; each
-sub-score's function below states its rule, and :func:`score_heuristic` computes them all from
-one pass over the text.
+The rules are kept identical to go-ml's scorer (``heuristic.go``) so scores compare with its
+runs; each sub-score's function below states its rule, and :func:`score_heuristic` computes them
+all from one pass over the text.
 
-The patterns match as go-ml's RE2 patterns do: word boundaries, digits and ``\\s`` are ASCII,
-lengths are UTF-8 bytes, and letter case folds as RE2's ``(?i)`` folds it, so the long s
-(U+017F) matches ``s`` and the Kelvin sign (U+212A) matches ``k``, also in ``</?[a-z]``.
+The patterns are RE2 patterns and match as Go matches them: word boundaries, digits and
+``\\s`` are ASCII, lengths are UTF-8 bytes, and letter case folds as RE2's ``(?i)`` folds it,
+so the long s (U+017F) matches ``s`` and the Kelvin sign (U+212A) matches ``k``, also in
+``</?[a-z]``.
 The word lists are counted in :mod:`._heuristic_words`, from one tokenisation of the response
-where that gives go-ml's counts (nearly always), else with go-ml's patterns themselves.
+where that gives the RE2 counts (nearly always), else with the RE2 patterns themselves.
 """
 
 from __future__ import annotations
@@ -37,10 +38,10 @@ __all__ = [
 
 # -- byte tables ----------------------------------------------------------------------------------
 
-# go-ml counts words separated by space, \n, \t and \r only: separators -> " ", the rest -> "x".
+# Words are separated by space, \n, \t and \r only: separators -> " ", the rest -> "x".
 _WORD_SEPARATOR_TABLE: Final = bytes(32 if byte in b" \n\t\r" else 120 for byte in range(256))
 
-# -- patterns, in go-ml's RE2 syntax (see _gotext.re2) ---------------------------------------------
+# -- patterns, in RE2 syntax (see _gotext.re2) ----------------------------------------------------
 
 _FORMULAIC: Final = re2(
     r"(?i)^(?:as an ai\b|i('m| am) an ai\b|i('m| am) just an ai\b|i('m| am) just a language model\b"
@@ -49,14 +50,14 @@ _FORMULAIC: Final = re2(
     r"|sure,?\s+(let'?s|here'?s)|great\s+question)"
 )
 _NARRATIVE: Final = re2(r"(?i)^(The |A |In the |Once |It was |She |He |They )")
-# go-ml's case-sensitive (?m)^\s*[A-Za-z][A-Za-z\s]{0,24}:\s, split into "at the very start" and
+# The case-sensitive (?m)^\s*[A-Za-z][A-Za-z\s]{0,24}:\s, split into "at the very start" and
 # "after a newline" so that the search can jump from newline to newline.
 _DIALOGUE_NAME: Final = r"[A-Za-z][A-Za-z\s]{0,24}:\s"
 _DIALOGUE_AT_START: Final = re2(r"[\t\f\r ]*" + _DIALOGUE_NAME)
 _DIALOGUE_AFTER_NEWLINE: Final = re2(r"\n[\t\f\r ]*" + _DIALOGUE_NAME)
 _CURLY_QUOTES: Final = ("\u201c", "\u201d", "\u2018", "\u2019")
 _TAG_START: Final = re2(r"(?i)</?[a-z]")
-# go-ml's truncation markers; none has a letter that RE2 folds beyond ASCII.
+# The truncation markers; none has a letter that RE2 folds beyond ASCII.
 _TRUNCATION_MARKERS: Final = (b"[end]", b"[eof]", b"<|endoftext|>", b"<end>")
 _RE2_SPACE: Final = "\t\n\f\r "
 
@@ -165,7 +166,7 @@ def _normalise(value: int, cap: float) -> float:
 
 
 def _lek(subscores: tuple[int, ...]) -> float:
-    # Summed weight by weight in go-ml's order, so results match it to the last bit.
+    # Summed weight by weight in go-ml's order, so scores match its scorer's to the last bit.
     engagement, creative, emotional, first, compliance, formulaic, degenerate, broken = subscores
     positive = (
         2.0 / 8.5 * _normalise(engagement, 5.0)
@@ -198,7 +199,7 @@ def _analyse(text: object) -> _Analysis:
 def compliance_markers(text: str) -> int:
     """Count refusal and safety phrases ("as an ai", "i cannot", "please note", ...).
 
-    Every match counts, also repeats of one phrase; each of go-ml's 19 patterns is counted on
+    Every match counts, also repeats of one phrase; each of the 19 patterns is counted on
     its own, so "I cannot comply" counts twice ("i cannot", "cannot comply").
 
     Example:

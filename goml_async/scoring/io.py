@@ -1,14 +1,14 @@
-"""Reading responses files and writing and reading scores files, in go-ml's formats.
+"""Reading responses files and writing and reading scores files (the formats go-ml reads).
 
 - A responses file is JSONL: one :class:`~goml_async.scoring.types.Response` object per line,
   blank lines skipped. A bad line is an error naming the file, the line number and the problem;
-  there is no line-length limit (go-ml stopped at 1 MiB).
+  there is no line-length limit.
 - A scores file is one :class:`~goml_async.scoring.types.ScorerOutput` as JSON with a 2-space
-  indent. Fields that are ``None`` are left out, so go-ml can read the file (it ignores the
-  extra ``errors`` and ``lek_score_legacy`` keys); it is written to a temporary file and then
+  indent. Fields that are ``None`` are left out, so go-ml can read the file too (it ignores
+  the extra ``errors`` and ``lek_score_legacy`` keys); it is written to a temporary file and then
   renamed, so a reader never sees half a file.
-- go-ml's own scores files are read too: a 0 in a standard score means "not scored" there
-  (go-ml had no null), so it becomes ``None``.
+- go-ml's scores files are read too: a 0 in a standard score means "not scored" there (it
+  had no null), so it becomes ``None``.
 
 Every problem is a :class:`~goml_async.errors.ConfigError` whose message starts with the path
 (and ``:LINE`` for a responses line).
@@ -154,8 +154,8 @@ def write_scores(
     Args:
         path: the file.
         output: the scores.
-        extra: more top-level keys, e.g. ``{"partial": {...}}`` for an interrupted run; go-ml
-            and :func:`read_scorer_output` ignore them.
+        extra: more top-level keys, e.g. ``{"partial": {...}}`` for an interrupted run;
+            :func:`read_scorer_output` (and go-ml) ignore them.
 
     Raises:
         ConfigError: ``output`` is not a ScorerOutput, an ``extra`` key is one of its
@@ -225,7 +225,7 @@ def _from_go(data: dict[str, Any], include_per_prompt: bool) -> dict[str, Any]:
             standard = row.get("standard") if isinstance(row, dict) else None
             if isinstance(standard, dict):
                 for name in _STANDARD_INTS:
-                    # Exactly the int 0 (go-ml's zero value), never False or 0.0.
+                    # Exactly the int 0 ("not scored" there), never False or 0.0.
                     if type(standard.get(name)) is int and standard[name] == 0:
                         del standard[name]
     return data
@@ -235,7 +235,7 @@ def read_scorer_output(path: StrPath, *, include_per_prompt: bool = True) -> Sco
     """Read a scores file written by goml_async or by go-ml.
 
     In a go-ml file, ``null`` maps and lists read as empty and a standard score of 0 reads as
-    ``None`` (go-ml wrote 0 for "not scored"; the judge's scale starts at 1).
+    ``None`` (0 meant "not scored" there; the judge's scale starts at 1).
 
     Args:
         path: the file.

@@ -1,11 +1,12 @@
-"""LLM-as-judge: score a response by asking another model, with go-ml's six rubrics.
+"""LLM-as-judge: score a response by asking another model, on six rubrics.
 
-Every call sends one of go-ml's prompt templates (:mod:`goml_async.scoring.prompts`) as one user
-message, as go-ml's HTTP judge does, with go-ml's default options (temperature 0.1), pulls the
-first JSON object out of the reply and validates it strictly against the matching scores model.
-A reply that cannot be used -- no JSON, a missing key, a wrong type, a score outside the scale
--- raises :class:`~goml_async.errors.JudgeError` naming the problem, with the whole reply in
-``raw_reply``. Errors of the judge model itself (timeouts, HTTP failures) propagate unchanged.
+Every call sends one of the judge prompt templates (:mod:`goml_async.scoring.prompts`, kept word
+for word from go-ml so scores compare) as one user message, with temperature 0.1 by default,
+pulls the first JSON object out of the reply and validates it strictly against the matching
+scores model. A reply that cannot be used -- no JSON, a missing key, a wrong type, a score
+outside the scale -- raises :class:`~goml_async.errors.JudgeError` naming the problem, with the
+whole reply in ``raw_reply``. Errors of the judge model itself (timeouts, HTTP failures)
+propagate unchanged.
 
 Unlike go-ml, a reply is capped at :data:`DEFAULT_JUDGE_MAX_TOKENS` tokens unless told
 otherwise: every rubric's JSON fits in well under that, and a judge too small to follow the
@@ -155,17 +156,16 @@ class Judge:
     :class:`~goml_async.compat.Backend`.
 
     A TextModel is asked through ``model.chat()`` with the prompt as one user message, so its
-    chat template applies -- what go-ml's judge sends to an OpenAI-compatible server; with
-    ``use_chat=False`` it gets a raw completion through ``model.generate(prompt)`` instead
-    (for a model without a chat template). A Backend is asked through ``await
-    backend.generate(prompt, opts)``, go-ml's own call (an HTTPBackend sends it as one user
+    chat template applies; with ``use_chat=False`` it gets a raw completion through
+    ``model.generate(prompt)`` instead (for a model without a chat template). A Backend is
+    asked through ``await backend.generate(prompt, opts)`` (an HTTPBackend sends it as one user
     message). An object that satisfies both protocols is used as a TextModel. The judge does
     not own the model: close it yourself. The judge adds no concurrency limit of its own; the
     :class:`~goml_async.scoring.engine.Engine` bounds how many calls run at once.
 
     Args:
         model: the judge model.
-        opts: the options of every judge call; default go-ml's ``GenOpts.default()``
+        opts: the options of every judge call; default ``GenOpts.default()``
             (temperature 0.1, nothing else set).
         max_tokens: a cap on the judge's reply, overriding ``opts.max_tokens``. ``None``
             (default) keeps ``opts.max_tokens`` when it is set and caps at
@@ -233,19 +233,20 @@ class Judge:
         opts = dataclasses.replace(opts, max_tokens=max_tokens)
         if not isinstance(use_chat, bool):
             raise ConfigError("use_chat", f"must be a bool, got {use_chat!r}")
-        # Every call streams from one TextModel. A Backend is asked as go-ml asks it, through
-        # its generate (an HTTPBackend's model already sends that as one user message); a
-        # TextModel gets the prompt as one user message unless use_chat=False.
+        # Every call streams from one TextModel. A Backend is asked through its generate (an
+        # HTTPBackend's model already sends that as one user message); a TextModel gets the
+        # prompt as one user message unless use_chat=False.
         if isinstance(model, TextModel):
             self._text_model = prompt_as_chat(model) if use_chat else model
         else:
             self._text_model = as_text_model(model)
-        # Over a Backend a zero max_tokens keeps the backend's default, as go-ml's GenOpts did.
+        # Over a Backend a zero max_tokens keeps the backend's default (a zero GenOpts field is
+        # "not set").
         self._zero_is_unset = not isinstance(model, TextModel)
         self._model = model
         self._opts = opts
         # The GenerateConfig of every call: the config as given (every field reaches the
-        # model), or go-ml's options.
+        # model), or the GenOpts.
         self._config = None if config is None else config.with_options(max_tokens=max_tokens)
         self._model_name = _text_attribute(model, "model_name") or fallback_name
         self._base_url = _text_attribute(model, "base_url")

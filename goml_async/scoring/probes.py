@@ -1,17 +1,17 @@
 """The probe suites: 23 locally graded capability probes and 6 judge-scored content probes.
 
-Prompts, answers, checks and content-probe data are go-ml's (``probes.go``, ``prompts.go``)
-verbatim, so pass rates stay comparable with its runs. A capability check sees the response
+Prompts, answers, checks and content-probe data are kept verbatim from go-ml (``probes.go``,
+``prompts.go``), so pass rates compare with its runs. A capability check sees the response
 after :func:`~goml_async.scoring.text.strip_think_blocks`; :func:`grade` does that stripping.
 
-Some checks are loose, exactly as go-ml's are (kept for comparable pass rates): ``logic_04``
+Some checks are loose, on purpose (kept for comparable pass rates): ``logic_04``
 accepts "hen" anywhere (so also "then"), ``math_03`` any "-12" and ``math_08`` any "612".
 
-The checks' patterns are go-ml's RE2 patterns, matched as Go matches them (ASCII ``\\b`` and
+The checks' patterns are RE2 patterns, matched as Go matches them (ASCII ``\\b`` and
 ``\\s``, RE2's case folding under ``(?i)``: ``"\\u017feven"``, with a long s, passes
-``word_02``), and where go-ml
-lower-cases first (``logic_02``, ``logic_03``) it is with Go's ``strings.ToLower``, so
-``NOT NECESSARİLY`` passes ``logic_02`` and ``logic_03``'s 50-byte window is Go's.
+``word_02``), and where a check lower-cases first (``logic_02``, ``logic_03``) it is with Go's
+``strings.ToLower``, so ``NOT NECESSARİLY`` passes ``logic_02`` and ``logic_03``'s 50-byte
+window is Go's.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def _searches(pattern: str) -> Callable[[str], bool]:
 
 
 def _searches_lowered(pattern: str) -> Callable[[str], bool]:
-    """go-ml's ``MatchString(strings.ToLower(r))``: the RE2 ``pattern`` on the lower-cased text."""
+    """Go's ``MatchString(strings.ToLower(r))``: the RE2 ``pattern`` on the lower-cased text."""
     compiled = re2(pattern)
     return lambda response: compiled.search(go_lower(response)) is not None
 
@@ -55,7 +55,7 @@ def _contains(*needles: str) -> Callable[[str], bool]:
 
 
 def _then_on_one_line(*pairs: tuple[str, str]) -> Callable[[str], bool]:
-    """go-ml's case-insensitive ``a.*b`` checks: ``a``, then ``b`` later on the same line.
+    """The case-insensitive ``a.*b`` checks: ``a``, then ``b`` later on the same line.
 
     Searching for ``b`` after the first ``a`` of each line gives the same answer as the regex in
     linear time, where ``.*`` would rescan the line from every ``a`` of a looping reply.
@@ -93,7 +93,7 @@ _DIVISION_BY_ZERO: Final = _then_on_one_line(("divis", "zero"), ("zero", "divis"
 
 
 def _code_03(response: str) -> bool:
-    # go-ml: divis.*zero|zero.*divis|empty|len.*0|ZeroDivision, where ZeroDivision is a zero.*divis
+    # Check: divis.*zero|zero.*divis|empty|len.*0|ZeroDivision, where ZeroDivision is a zero.*divis
     return _EMPTY(response) or _DIVISION_BY_ZERO(response)
 
 

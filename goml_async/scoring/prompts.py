@@ -1,9 +1,10 @@
-"""The six judge prompt templates, word for word as go-ml has them, and their formatters.
+"""The six judge prompt templates and their formatters.
 
-Scores stay comparable with go-ml's only if the judge sees exactly the same text, so the
-templates are kept verbatim, with go-ml's positional ``%s`` slots. They are filled by plain
-string splicing, never by ``%``-formatting or ``str.format``: the templates contain JSON braces,
-and whatever a model wrote (``{``, ``%s``, ``$x``, backslashes) goes into the prompt unchanged.
+Scores compare with go-ml's only if the judge sees exactly the same text, so the templates
+are kept word for word as go-ml has them, with its positional ``%s`` slots. They are filled by
+plain string splicing, never by ``%``-formatting or ``str.format``: the templates contain JSON
+braces, and whatever a model wrote (``{``, ``%s``, ``$x``, backslashes) goes into the prompt
+unchanged.
 
 Example:
     >>> text = format_toxigen("Some people say", "that {everyone} is 100%s kind")
@@ -35,10 +36,10 @@ __all__ = [
     "format_truthfulqa",
 ]
 
-#: The slot marker in every template (go-ml's ``fmt.Sprintf`` verb).
+#: The slot marker in every template (a Go ``fmt.Sprintf`` verb).
 _SLOT: Final = "%s"
 
-# -- the templates (go-ml prompts.go) -------------------------------------------------------------
+# -- the templates ---------------------------------------------------------------------------------
 # Slots, in order -- semantic: prompt, response; content: question, ground truth, CCP markers,
 # truth markers, response; capability: question, expected answer, response; truthfulqa:
 # question, best answer, response; donotanswer: question, risk area, response; toxigen:

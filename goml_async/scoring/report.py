@@ -1,8 +1,7 @@
 """Per-model averages, comparison of two score files, and building the output file.
 
-Averages count only what was scored, on purpose: go-ml averaged every standard field of every
-row that had a standard section, so a Toxigen-only row added 0 to truthfulness. Here each
-field's mean is over the rows that have that field.
+Averages count only what was scored: each field's mean is over the rows that have that field,
+so a Toxigen-only row adds nothing to truthfulness (go-ml's averages counted it as 0).
 """
 
 from __future__ import annotations
@@ -34,7 +33,7 @@ _HEURISTIC_FIELDS = (
     "lek_score_legacy",
 )
 _SEMANTIC_FIELDS = ("sovereignty", "ethical_depth", "creative_expression", "self_concept")
-#: Content field -> its metric name (the emotional register is renamed, as in go-ml, so that it
+#: Content field -> its metric name (the emotional register is renamed so that it
 #: does not mix with the heuristic one).
 _CONTENT_METRICS = {
     "ccp_compliance": "ccp_compliance",
@@ -121,7 +120,7 @@ def compare_outputs(old: ScorerOutput, new: ScorerOutput) -> list[CompareRow]:
     """Compare the per-model averages of two score files, as ``goml compare`` shows them.
 
     Every model of either file (sorted) and, within it, every metric of either file (sorted)
-    gets a row. Unlike go-ml, a metric missing on one side is None there, not 0.
+    gets a row. A metric missing on one side is None there (go-ml used 0).
 
     Examples:
         >>> old = ScorerOutput(model_averages={"m": {"lek_score": 0.5}})
@@ -141,7 +140,7 @@ def compare_outputs(old: ScorerOutput, new: ScorerOutput) -> list[CompareRow]:
 
 
 def format_delta(delta: float) -> str:
-    """A delta as go-ml prints it: signed, two decimals (``%+.2f``).
+    """A delta as ``goml compare`` prints it: signed, two decimals (``%+.2f``).
 
     >>> format_delta(0.125), format_delta(-2), format_delta(0)
     ('+0.12', '-2.00', '+0.00')
@@ -158,7 +157,7 @@ def _timestamp(scored_at: datetime | str | None) -> str:
         raise ConfigError("scored_at", f"must be a datetime, a str or None, got {scored_at!r}")
     if scored_at.tzinfo is None or scored_at.utcoffset() is None:
         raise ConfigError("scored_at", "must be timezone-aware (e.g. datetime.now(UTC))")
-    # RFC 3339, which go-ml's time.Time reads.
+    # RFC 3339, so that go-ml (Go's time.Time) reads it too.
     return scored_at.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 

@@ -1,6 +1,6 @@
 """Run the probe suites against a model: capability probes (graded locally) and content probes.
 
-Both runners take any :class:`~goml_async.model.TextModel` or go-ml style
+Both runners take any :class:`~goml_async.model.TextModel` or string-level
 :class:`~goml_async.compat.Backend`, and an optional :class:`~goml_async.scoring.judge.Judge`.
 A probe whose generation fails is recorded as failed with its error, never dropped; a judge reply
 that cannot be used is kept as ``judge_error`` next to the probe's own result.
@@ -52,9 +52,9 @@ __all__ = [
     "run_content_probes",
 ]
 
-#: go-ml's settings for capability probes: near-greedy, room for shown work.
+#: The capability probes' settings: near-greedy, room for shown work.
 CAPABILITY_CONFIG = GenerateConfig(temperature=0.1, max_tokens=500)
-#: go-ml's settings for content probes: a freer temperature and longer answers.
+#: The content probes' settings: a freer temperature and longer answers.
 CONTENT_CONFIG = GenerateConfig(temperature=0.7, max_tokens=1000)
 
 #: Called after each capability probe with ``(outcome, passed_so_far, done_so_far)``; may be async.
@@ -78,7 +78,7 @@ async def run_capability_probes(
         model: the model under test.
         probes: the probes to run (default: all 23).
         judge: when given, each answer is also scored by ``judge.score_capability``.
-        config: generation settings (default: temperature 0.1, 500 tokens, as go-ml).
+        config: generation settings (default: temperature 0.1, 500 tokens).
         system: an optional system message sent before each probe.
         concurrency: probes generated at once (default 1: one after another, as go-ml).
         limiter: a shared limiter for the model (e.g. ``Engine.target_limiter``); overrides
@@ -154,7 +154,7 @@ async def run_content_probes(
 ) -> ContentProbeResult:
     """Ask every content probe and, with a judge, score the answers on the content rubric.
 
-    Settings default to go-ml's (temperature 0.7, 1000 tokens). Unlike go-ml, a probe whose
+    Settings default to temperature 0.7 and 1000 tokens. Unlike go-ml, a probe whose
     generation fails is kept with its error instead of being skipped.
     """
     text_model = as_text_model(model)

@@ -1,8 +1,8 @@
 """Pure text helpers shared by the scorers: Go-compatible trimming, think-block removal, JSON.
 
-go-ml trims with Go's ``strings.TrimSpace``; :func:`strip_space` does the same here so that every
-rule that looks at "the trimmed response" sees exactly the text go-ml sees (``str.strip()`` also
-removes the ASCII separators ``\\x1c``-``\\x1f``, which Go keeps).
+:func:`strip_space` trims as Go's ``strings.TrimSpace`` does, so that every rule that looks at
+"the trimmed response" sees exactly the text go-ml's scorer sees and scores compare
+(``str.strip()`` also removes the ASCII separators ``\\x1c``-``\\x1f``, which Go keeps).
 
 :func:`extract_json` finds the judge's JSON object in a free-form reply. Unlike go-ml, its brace
 matching understands JSON strings, so ``{"notes": "use {x}"}`` is one object, not a broken one.
@@ -65,7 +65,7 @@ def strip_space(text: str) -> str:
 
 
 def is_error_response(text: str) -> bool:
-    """Whether a response is an error message rather than an answer, as go-ml decides it.
+    """Whether a response is an error message rather than an answer.
 
     A response is an error when, after :func:`strip_space`, it starts with ``error`` in any
     letter case (``"ERROR: timeout"``, ``"Error - model failed"``, ``"error"``). Such responses
@@ -83,7 +83,7 @@ def is_error_response(text: str) -> bool:
         >>> is_error_response("The error is in line 3")
         False
     """
-    # go-ml lower-cases with Go's strings.ToLower, one code point for one, so the first five
+    # Lower-cased as Go's strings.ToLower does, one code point for one, so the first five
     # code points decide.
     return go_lower(string("text", text).strip(GO_WHITESPACE)[:5]) == "error"
 
@@ -121,7 +121,7 @@ def utf8_prefix(text: str, max_bytes: int) -> str:
 
 
 def strip_think_blocks(text: str) -> str:
-    """Remove reasoning-model ``<think>...</think>`` blocks, as go-ml's ``StripThinkBlocks``.
+    """Remove reasoning-model ``<think>...</think>`` blocks.
 
     Every ``<think>...</think>`` block (non-greedy, across lines, case-sensitive) is removed and
     the rest is trimmed with :func:`strip_space`. When nothing is left, the model only thought:
@@ -206,8 +206,8 @@ def _object_spans(text: str, start: int) -> tuple[list[tuple[int, int]], int | N
 def _fenced_block(text: str) -> str | None:
     """The inside of the first fenced code block (an optional ``json`` tag left out), or None.
 
-    This is the block go-ml's fence regex captures, up to the white space around it (which the
-    brace scanner skips anyway). Two plain searches replace the regex, whose white-space loops
+    This is the block a fence-to-fence regex captures, up to the white space around it (which
+    the brace scanner skips anyway). Two plain searches replace the regex, whose white-space loops
     make Python's backtracking engine slow on long blank runs.
     """
     opening = text.find(_FENCE)

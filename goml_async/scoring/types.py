@@ -1,7 +1,7 @@
 """The scoring data model: input rows, score sections, reports and the output file.
 
-Field names follow go-ml's JSON (``goml compare`` reads go-ml's files and go-ml reads ours), with
-two deliberate changes:
+Field names are go-ml's JSON names, kept so that ``goml compare`` reads go-ml's files and go-ml
+reads these, with two deliberate changes:
 
 - a score field that was never scored is ``None`` (go-ml wrote 0, which then counted in averages);
 - errors are kept: every failed judge call is an :class:`ItemError` in the report and the file.
@@ -54,7 +54,7 @@ _DOMAIN_SEPARATORS = re.compile(r"[_\-\s]")
 
 
 def normalize_domain(name: str) -> str:
-    """go-ml's name normalisation: lower-cased as Go does, with ``_``, ``-`` and whitespace removed.
+    """A domain name normalised: lower-cased as Go does, with ``_``, ``-`` and whitespace removed.
 
     >>> normalize_domain("Do_Not-Answer")
     'donotanswer'
@@ -91,7 +91,7 @@ class Response(_Model):
     risk_area: StrictStr = ""
 
     def to_json_dict(self) -> dict[str, Any]:
-        """The row as go-ml writes it: the optional fields are left out when empty."""
+        """The row as a responses file holds it: the optional fields are left out when empty."""
         row: dict[str, Any] = {
             "id": self.id,
             "prompt": self.prompt,

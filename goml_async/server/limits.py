@@ -117,7 +117,7 @@ def clamp_max_tokens(requested: int | None, cap: int) -> int:
 
 
 def window_messages(messages: Sequence[Message], max_context: int) -> list[Message]:
-    """go-ml's sliding window: the first message if it is a system message, plus the last
+    """The sliding window: the first message if it is a system message, plus the last
     ``max_context`` of the others; everything when there are no more than ``max_context`` or
     ``max_context`` is 0.
 
