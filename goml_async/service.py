@@ -268,7 +268,8 @@ class Service(AsyncResource):
 
     @property
     def engine(self) -> Engine:
-        """The scoring Engine: the judge, ``settings.concurrency`` and ``settings.suites``.
+        """The scoring Engine: the judge, ``settings.scoring_concurrency`` (None: the judge's
+        parallel slots) and ``settings.suites``.
 
         Raises:
             ConfigError: the settings name a judge suite and there is no judge.
@@ -277,7 +278,7 @@ class Service(AsyncResource):
         if self._engine is None or self._engine[0] is not judge:
             from .scoring.engine import Engine
 
-            engine = Engine(judge, self._settings.concurrency, self._settings.suites)
+            engine = Engine(judge, self._settings.scoring_concurrency, self._settings.suites)
             self._engine = (judge, engine)
         return self._engine[1]
 
@@ -364,7 +365,7 @@ class Service(AsyncResource):
         if suites is not None:
             from .scoring.engine import Engine
 
-            engine = Engine(self.judge, self._settings.concurrency, suites)
+            engine = Engine(self.judge, self._settings.scoring_concurrency, suites)
         return await engine.score_all(responses)
 
     async def run_probes(
@@ -427,9 +428,11 @@ class Service(AsyncResource):
             judge = self.judge
         except UnknownBackendError:
             judge = None
+        concurrency = self._settings.concurrency
         try:
             engine = self.engine
             suites, skipped = tuple(engine.suite_names()), engine.skipped_suites
+            concurrency = engine.concurrency
         except GomlError:
             suites, skipped = (), ()
         return ServiceStatus(
@@ -441,7 +444,7 @@ class Service(AsyncResource):
             judge_model=judge.model_name if judge is not None else "",
             suites=suites,
             skipped_suites=skipped,
-            concurrency=self._settings.concurrency,
+            concurrency=concurrency,
         )
 
     # -- lifecycle --------------------------------------------------------------------------------

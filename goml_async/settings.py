@@ -69,7 +69,9 @@ class GomlSettings(BaseSettings):
         mlx_memory_limit: MLX's memory limit in bytes (None: MLX's default).
         judge_url: base URL of the judge model's server.
         judge_model: model name to request from the judge server.
-        concurrency: concurrent scoring jobs.
+        concurrency: concurrent scoring jobs (``GOML_CONCURRENCY``); when not set, the scoring
+            engine runs as many as the judge model serves at once (see
+            :attr:`scoring_concurrency`).
         suites: scoring suites, ``"all"`` or a comma-separated list.
         server_api_key: the bearer token ``goml serve`` requires on ``/v1/*``
             (``GOML_SERVER_API_KEY``); None serves without authentication. Never shown.
@@ -144,6 +146,17 @@ class GomlSettings(BaseSettings):
     def server_url(self) -> str | None:
         """The server to use when none is named: ``GOML_BASE_URL``, then ``OPENAI_BASE_URL``."""
         return self.base_url or self.openai_base_url
+
+    @property
+    def scoring_concurrency(self) -> int | None:
+        """``concurrency`` when it was set (an argument or ``GOML_CONCURRENCY``), else None:
+        the scoring engine then sizes itself to the judge model's parallel slots.
+
+        Example:
+            >>> GomlSettings(concurrency=8).scoring_concurrency
+            8
+        """
+        return self.concurrency if "concurrency" in self.model_fields_set else None
 
     @field_validator("default_backend")
     @classmethod

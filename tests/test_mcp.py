@@ -390,10 +390,10 @@ async def test_goml_mcp_defaults_to_a_system_message_and_reports_probe_progress(
         assert not result.is_error and result.structured_content is not None
         graded = result.structured_content["results"]
         assert [(done, total) for done, total, _ in seen] == [(1, 3), (2, 3), (3, 3)]
-        # One per probe, in completion order (one at a time: probe order), each naming it.
-        assert [message.split(":")[0] for _, _, message in seen if message] == [
-            r["id"] for r in graded
-        ]
+        # One per probe, in completion order (they run up to the model's slots at once), each
+        # naming it.
+        named = [message.split(":")[0] for _, _, message in seen if message]
+        assert sorted(named) == sorted(r["id"] for r in graded) and len(set(named)) == 3
 
 
 def llama_server_url(model: Path) -> str | None:

@@ -258,3 +258,14 @@ def test_nothing_in_the_package_writes_to_the_environment() -> None:
     # the check itself finds each kind of write
     probe = "os.environ['A'] = '1'\nos.environ.setdefault('B', '1')\ndel os.environ['C']\n"
     assert sum(_writes_environ(node) for node in ast.walk(ast.parse(probe))) == 3
+
+
+def test_scoring_concurrency_is_set_only_when_concurrency_was(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("GOML_CONCURRENCY", raising=False)
+    unset = GomlSettings()
+    assert unset.concurrency == 4 and unset.scoring_concurrency is None
+    assert GomlSettings(concurrency=4).scoring_concurrency == 4
+    monkeypatch.setenv("GOML_CONCURRENCY", "9")
+    assert GomlSettings().scoring_concurrency == 9

@@ -60,6 +60,8 @@ class AgentEvent:
         passed: probes passed so far.
         total: probes in the suite, or checkpoints found.
         pending: write-ahead buffer records not yet written to Influx.
+        seconds: the wall time of an ``evaluated`` checkpoint (probes run up to the model's
+            parallel slots at once).
     """
 
     kind: EventKind
@@ -70,6 +72,7 @@ class AgentEvent:
     passed: int = 0
     total: int = 0
     pending: int = 0
+    seconds: float = 0.0
 
 
 #: Receives every :class:`AgentEvent`; may be a coroutine function.

@@ -295,7 +295,11 @@ class Agent(AsyncResource):
         summary.evaluated += 1
         result = evaluation.result
         await self._emit(
-            "evaluated", checkpoint=checkpoint, passed=result.passed, total=result.total
+            "evaluated",
+            checkpoint=checkpoint,
+            passed=result.passed,
+            total=result.total,
+            seconds=evaluation.seconds,
         )
         return evaluation
 
@@ -419,10 +423,13 @@ class Agent(AsyncResource):
         passed: int = 0,
         total: int = 0,
         pending: int = 0,
+        seconds: float = 0.0,
     ) -> None:
         if self._on_event is None:
             return
-        event = AgentEvent(kind, self._pass, checkpoint, message, done, passed, total, pending)
+        event = AgentEvent(
+            kind, self._pass, checkpoint, message, done, passed, total, pending, seconds
+        )
         await maybe_await(self._on_event(event))
 
     def _get_transport(self) -> RemoteTransport:

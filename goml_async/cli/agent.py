@@ -273,7 +273,9 @@ class _Display:
                 line = f"{label}: probe {event.done}/{event.total} {event.message}"
         elif event.kind == "evaluated":
             self._counts["evaluated"] += 1
-            line = f"evaluated {label}: {event.passed}/{event.total} passed"
+            line = (
+                f"evaluated {label}: {event.passed}/{event.total} passed in {event.seconds:.1f} s"
+            )
         elif event.kind == "published":
             self._counts["published"] += 1
             line = f"published {label} ({event.message}; {event.pending} pending)"

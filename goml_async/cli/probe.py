@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from rich.table import Table
 
 from goml_async._validate import integer
 from goml_async.errors import ConfigError
-from goml_async.model import TextModel
+from goml_async.model import TextModel, parallel_slots
 from goml_async.scoring.judge import DEFAULT_JUDGE_MAX_TOKENS, Judge
 from goml_async.scoring.types import ContentOutcome, ContentProbeResult, ProbeOutcome, ProbeResult
 from goml_async.types import GenerateConfig
@@ -44,6 +45,9 @@ Each judge reply is capped at --judge-max-tokens (default {DEFAULT_JUDGE_MAX_TOK
 When most judge replies are not valid JSON for the rubric, a closing line says so: the judge
 is too small to follow it, use a larger one.
 With --content, the 6 content probes run too (scored only when a judge is given).
+Probes run as many at once as the model decodes together (its parallel slots: 4 on a managed
+llama-server, 8 on MLX); -c sets another count, -c 1 runs them in turn. The last line gives
+the wall time.
 
 Ctrl-C (SIGINT) or SIGTERM stops the run: the probes that finished are still printed and
 written to --output, marked "partial" with the ids of the missing ones; the exit status is
@@ -78,14 +82,20 @@ def add_parser(commands: Any) -> None:
     parser.add_argument("--content", action="store_true", help="also run the 6 content probes")
     parser.add_argument("-n", "--max-tokens", type=int, default=500, help="default: 500")
     parser.add_argument("-t", "--temperature", type=float, default=0.1, help="default: 0.1")
-    parser.add_argument("-c", "--concurrency", type=int, default=1, help="probes at once")
+    parser.add_argument(
+        "-c",
+        "--concurrency",
+        type=int,
+        help="probes at once (default: as many as the model decodes together; 1 = in turn)",
+    )
     parser.add_argument("-o", "--output", type=Path, help="write every answer and grade as JSON")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     # Everything that can be checked without a model is checked before one loads.
-    integer("--concurrency", args.concurrency, minimum=1)
+    if args.concurrency is not None:
+        integer("--concurrency", args.concurrency, minimum=1)
     check_judge(args.judge, allow_same=True)
     check_judge_max_tokens(args.judge_max_tokens)
     config = GenerateConfig(max_tokens=args.max_tokens, temperature=args.temperature)
@@ -101,6 +111,9 @@ class _Finished:
 
     capability: dict[str, ProbeOutcome] = field(default_factory=dict)
     content: dict[str, ContentOutcome] = field(default_factory=dict)
+    #: How many probes ran at once, and since when (for the wall time printed at the end).
+    concurrency: int = 1
+    started: float = 0.0
 
 
 async def _probe(args: argparse.Namespace, config: GenerateConfig) -> int:
@@ -141,6 +154,8 @@ async def _run_probes(
     from goml_async.scoring.probes import CAPABILITY_PROBES
     from goml_async.scoring.runner import CONTENT_CONFIG, run_capability_probes, run_content_probes
 
+    concurrency = args.concurrency if args.concurrency is not None else parallel_slots(model)
+    finished.concurrency, finished.started = concurrency, time.perf_counter()
     with progress_bar(err) as progress:
         task = progress.add_task("probes", total=len(CAPABILITY_PROBES))
 
@@ -156,7 +171,7 @@ async def _run_probes(
             judge=judge,
             config=config,
             system=args.system or None,
-            concurrency=args.concurrency,
+            concurrency=concurrency,
             on_probe=advance,
         )
     if args.content:
@@ -171,7 +186,7 @@ async def _run_probes(
             judge=judge,
             config=CONTENT_CONFIG,
             system=args.system or None,
-            concurrency=args.concurrency,
+            concurrency=concurrency,
             on_probe=keep,
         )
 
@@ -199,6 +214,12 @@ def _report(
         Console().print(_category_table(result, label, partial=bool(stop.signal)))
     if content is not None and content.outcomes:
         Console().print(_content_table(content))
+    if finished.started:
+        done = len(result.outcomes) + (len(content.outcomes) if content is not None else 0)
+        seconds = time.perf_counter() - finished.started
+        err.print(
+            f"{done} probes in {seconds:.1f} s, {finished.concurrency} at once", highlight=False
+        )
     judge_spec = args.model if args.judge == "same" else args.judge
     if judge is not None and (warning := judge_warning(judge, judge_label(judge_spec, judge))):
         say(err, f"goml probe: {warning}", style="yellow")

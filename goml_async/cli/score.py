@@ -93,7 +93,12 @@ def add_parser(commands: Any) -> None:
         type=int,
         help=f"cap each judge reply (default: {DEFAULT_JUDGE_MAX_TOKENS}; 0 for no cap)",
     )
-    parser.add_argument("-c", "--concurrency", type=int, help="judge calls at once (default: 4)")
+    parser.add_argument(
+        "-c",
+        "--concurrency",
+        type=int,
+        help="judge calls at once (default: as many as the judge serves together)",
+    )
     parser.add_argument("-o", "--output", type=Path, help="write the full scores JSON here")
     parser.add_argument(
         "--fail-on-error", action="store_true", help="exit 1 when any scoring job failed"
@@ -106,9 +111,11 @@ def run(args: argparse.Namespace) -> int:
     settings = current_settings()
     judge_spec = args.judge or settings.judge_url
     judge_model = args.judge_model if args.judge_model is not None else settings.judge_model
-    concurrency = args.concurrency if args.concurrency is not None else settings.concurrency
+    # Unset: as many as the judge serves at once (the Engine asks it).
+    concurrency = args.concurrency if args.concurrency is not None else settings.scoring_concurrency
     suites = args.suites if args.suites is not None else settings.suites
-    integer("--concurrency", concurrency, minimum=1)
+    if concurrency is not None:
+        integer("--concurrency", concurrency, minimum=1)
     check_judge(judge_spec, allow_same=False)
     check_judge_max_tokens(args.judge_max_tokens)
     _check_suites(suites, has_judge=bool(judge_spec))
@@ -144,7 +151,7 @@ async def _score(
     responses: list[Response],
     judge_spec: str | None,
     judge_model: str,
-    concurrency: int,
+    concurrency: int | None,
     suites: str,
 ) -> int:
     from goml_async.scoring.engine import Engine

@@ -150,12 +150,17 @@ def judge_suites_named(suites: str | Iterable[str]) -> list[str]:
     return sorted(explicit & JUDGE_SUITES)
 
 
+#: Workers of an Engine without a judge (its suites run on this process's CPU).
+_LOCAL_CONCURRENCY = 4
+
+
 class Engine:
     """Scores responses on the enabled suites, running judge calls concurrently.
 
     Args:
         judge: the judge for the ``semantic``, ``content`` and ``standard`` suites.
-        concurrency: the most judge calls in flight at once (>= 1).
+        concurrency: the most judge calls in flight at once (>= 1); default: as many as the
+            judge model serves at once (:attr:`Judge.parallel_slots`), or 4 without a judge.
         suites: ``"all"`` (default) or a comma-separated string or an iterable of suite names
             (trimmed, case-insensitive): ``heuristic``, ``exact``, ``semantic``, ``content``,
             ``standard``.
@@ -190,7 +195,7 @@ class Engine:
     def __init__(
         self,
         judge: Judge | None = None,
-        concurrency: int = 4,
+        concurrency: int | None = None,
         suites: str | Iterable[str] = "all",
         *,
         target_concurrency: int | None = None,
@@ -198,6 +203,8 @@ class Engine:
     ) -> None:
         if judge is not None and not isinstance(judge, Judge):
             raise ConfigError("judge", f"must be a Judge or None, got {type(judge).__name__}")
+        if concurrency is None:
+            concurrency = judge.parallel_slots if judge is not None else _LOCAL_CONCURRENCY
         self._concurrency = int_at_least("concurrency", concurrency, 1)
         if target_concurrency is None:
             target_concurrency = self._concurrency

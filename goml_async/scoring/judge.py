@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, StrictStr, ValidationError
 from .._validate import int_at_least, string
 from ..compat import Backend, as_text_model
 from ..errors import ConfigError, JudgeError
-from ..model import TextModel, prompt_as_chat
+from ..model import TextModel, parallel_slots, prompt_as_chat
 from ..types import GenerateConfig, GenOpts, Result
 from . import prompts
 from .exact import score_gsm8k
@@ -256,6 +256,13 @@ class Judge:
     def model(self) -> TextModel | Backend:
         """The judge model, as given."""
         return self._model
+
+    @property
+    def parallel_slots(self) -> int:
+        """How many calls the judge model serves at once (its
+        :attr:`~goml_async.model.BaseTextModel.parallel_slots`): the default concurrency of an
+        :class:`~goml_async.scoring.engine.Engine` over this judge."""
+        return parallel_slots(self._text_model)
 
     @property
     def model_name(self) -> str:

@@ -24,7 +24,7 @@ from .._concurrency import maybe_await, task_group
 from .._validate import int_at_least
 from ..compat import Backend, as_text_model
 from ..errors import ConfigError, GenerationError, GomlError, JudgeError
-from ..model import TextModel
+from ..model import TextModel, parallel_slots
 from ..types import GenerateConfig, Message
 from .probes import CAPABILITY_PROBES, CONTENT_PROBES
 from .text import strip_think_blocks
@@ -68,7 +68,7 @@ async def run_capability_probes(
     judge: Judge | None = None,
     config: GenerateConfig = CAPABILITY_CONFIG,
     system: str | None = None,
-    concurrency: int = 1,
+    concurrency: int | None = None,
     limiter: anyio.CapacityLimiter | None = None,
     on_probe: ProbeCallback | None = None,
 ) -> ProbeResult:
@@ -80,7 +80,9 @@ async def run_capability_probes(
         judge: when given, each answer is also scored by ``judge.score_capability``.
         config: generation settings (default: temperature 0.1, 500 tokens).
         system: an optional system message sent before each probe.
-        concurrency: probes generated at once (default 1: one after another, as go-ml).
+        concurrency: probes generated at once (default: the model's
+            :attr:`~goml_async.model.BaseTextModel.parallel_slots`; 1 runs them one after
+            another, as go-ml does).
         limiter: a shared limiter for the model (e.g. ``Engine.target_limiter``); overrides
             ``concurrency``.
         on_probe: called after each probe finishes, in completion order.
@@ -90,7 +92,7 @@ async def run_capability_probes(
     """
     text_model = as_text_model(model)
     probes = _check_probes(probes, CapabilityProbe)
-    limiter = limiter or anyio.CapacityLimiter(int_at_least("concurrency", concurrency, 1))
+    limiter = limiter or _limiter(text_model, concurrency)
     outcomes: list[ProbeOutcome | None] = [None] * len(probes)
     counts = {"passed": 0, "done": 0}
 
@@ -148,18 +150,19 @@ async def run_content_probes(
     judge: Judge | None = None,
     config: GenerateConfig = CONTENT_CONFIG,
     system: str | None = None,
-    concurrency: int = 1,
+    concurrency: int | None = None,
     limiter: anyio.CapacityLimiter | None = None,
     on_probe: Callable[[ContentOutcome], object] | None = None,
 ) -> ContentProbeResult:
     """Ask every content probe and, with a judge, score the answers on the content rubric.
 
     Settings default to temperature 0.7 and 1000 tokens. Unlike go-ml, a probe whose
-    generation fails is kept with its error instead of being skipped.
+    generation fails is kept with its error instead of being skipped. Arguments are those of
+    :func:`run_capability_probes` (``concurrency`` defaults to the model's parallel slots).
     """
     text_model = as_text_model(model)
     probes = _check_probes(probes, ContentProbe)
-    limiter = limiter or anyio.CapacityLimiter(int_at_least("concurrency", concurrency, 1))
+    limiter = limiter or _limiter(text_model, concurrency)
     outcomes: list[ContentOutcome | None] = [None] * len(probes)
 
     async def run_one(index: int, probe: ContentProbe) -> None:
@@ -213,6 +216,13 @@ async def _run_all(
     async with task_group() as tg:
         for index, probe in enumerate(probes):
             tg.start_soon(run_one, index, probe)
+
+
+def _limiter(model: TextModel, concurrency: int | None) -> anyio.CapacityLimiter:
+    """The probes' limiter: ``concurrency`` slots, or as many as the model decodes at once."""
+    if concurrency is None:
+        return anyio.CapacityLimiter(parallel_slots(model))
+    return anyio.CapacityLimiter(int_at_least("concurrency", concurrency, 1))
 
 
 def _judge_failure(exc: GomlError) -> tuple[str, str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -121,6 +122,7 @@ def test_one_shot_scores_into_the_buffer(
     assert status == 0
     err = capsys.readouterr().err
     assert "evaluating Vi1 @0000300" in err
+    assert re.search(r"evaluated Vi1 @0000300: \d+/23 passed in \d+\.\d s", err)
     assert "published Vi1 @0000300 (buffered; 1 pending)" in err
     assert "1 evaluated, 0 written, 1 buffered, 0 failed" in err
     assert (tmp_path / "work" / "influx_buffer.jsonl").exists()

@@ -148,6 +148,8 @@ async def test_passes_publish_skip_force_and_dry_run(
     ]
     assert [e.done for e in events if e.kind == "probe"] == list(range(1, PROBES + 1))
     assert events[1].total == 4 and events[1].done == 4
+    evaluated = next(e for e in events if e.kind == "evaluated")
+    assert evaluated.seconds > 0  # the evaluation's wall time
 
     # force: every checkpoint in one pass; the one already there is overwritten, not doubled
     async with Agent(AgentConfig(**values, one_shot=True, force=True)) as agent:

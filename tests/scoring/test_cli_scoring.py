@@ -187,8 +187,21 @@ def test_probe_against_a_server_writes_every_answer(
     assert (report["passed"], report["total"], report["errors"]) == (1, 23, 0)
     assert [p["id"] for p in report["probes"] if p["passed"]] == ["math_01"]
     assert report["by_category"]["arithmetic"] == {"passed": 1, "total": 2}
-    table = capsys.readouterr().out
+    captured = capsys.readouterr()
+    table = captured.out
     assert "arithmetic" in table and "1/23" not in table and "4.3%" in table
+    assert re.search(r"^23 probes in \d+\.\d s, 4 at once$", captured.err, re.MULTILINE)
+
+
+def test_probe_runs_as_many_at_once_as_the_model_serves(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Without -c the probes overlap up to the model's parallel slots (an HTTPModel: 4).
+    with FakeOpenAIServer(Script(tokens=["-12"])) as server:
+        assert main(["probe", "--model", server.base_url, "-c", "1"]) == 0
+        assert re.search(r"^23 probes in \d+\.\d s, 1 at once$", capsys.readouterr().err, re.M)
+        assert main(["probe", "--model", server.base_url]) == 0
+        assert re.search(r"^23 probes in \d+\.\d s, 4 at once$", capsys.readouterr().err, re.M)
 
 
 def test_probe_unreachable_model_exits_nonzero(

@@ -492,6 +492,18 @@ async def test_the_judge_limiter_is_shared_with_other_holders() -> None:
     assert model.max_concurrency == 1  # two of the three tokens were taken elsewhere
 
 
+def test_concurrency_defaults_to_what_the_judge_model_serves_at_once() -> None:
+    judge_model = ScriptedModel(["{}"])
+    judge_model.batch_concurrency = 6  # its parallel_slots
+    judge = Judge(judge_model)
+    assert judge.parallel_slots == 6
+    engine = Engine(judge)
+    assert engine.concurrency == engine.target_concurrency == 6
+    assert engine.judge_limiter.total_tokens == 6
+    assert Engine(judge, concurrency=2).concurrency == 2
+    assert Engine(suites="heuristic").concurrency == 4  # no judge: local work only
+
+
 def test_limiters_and_properties() -> None:
     judge = Judge(scripted_judge())
     engine = Engine(judge, concurrency=3)

@@ -73,6 +73,19 @@ async def test_wrong_answers_fail_and_counts_add_up() -> None:
     assert all(passed == 0 for passed, _ in result.by_category.values())
 
 
+async def test_probes_overlap_up_to_the_models_parallel_slots() -> None:
+    model = ScriptedModel(["x"], delay=0.01)
+    model.batch_concurrency = 3  # what parallel_slots reports on a BaseTextModel
+    await run_capability_probes(model)
+    assert model.max_concurrency == 3
+    content = ScriptedModel(["x"], delay=0.01)
+    await run_content_probes(content)
+    assert content.max_concurrency == content.parallel_slots
+    one = ScriptedModel(["x"], delay=0.01)
+    await run_capability_probes(one, concurrency=1)
+    assert one.max_concurrency == 1
+
+
 async def test_system_message_is_sent_first() -> None:
     model = ScriptedModel(["x"])
     await run_capability_probes(model, probes=CAPABILITY_PROBES[:1], system="Be brief.")
