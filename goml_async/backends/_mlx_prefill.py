@@ -20,7 +20,7 @@ from mlx_lm.generate import generation_stream
 
 from ._mlx_worker import ConsumerGone
 
-__all__ = ["DEFAULT_CHUNK_SECONDS", "PrefillPacer", "prefill"]
+__all__ = ["DEFAULT_CHUNK_SECONDS", "PrefillPacer", "prefill", "prefill_chunk"]
 
 #: How long one prefill chunk should take: the longest a cancelled prefill keeps the worker.
 DEFAULT_CHUNK_SECONDS = 0.1
@@ -89,3 +89,23 @@ def prefill(
             mx.clear_cache()
             if stopped():
                 raise ConsumerGone
+
+
+def prefill_chunk(
+    model: Any, cache: list[Any], tokens: Sequence[int], pacer: PrefillPacer, share: int = 1
+) -> int:
+    """Run the first paced chunk of ``tokens`` into ``cache``; return how many it ran.
+
+    ``share`` divides the chunk's time: with other sequences decoding, a chunk of a prompt
+    runs between two of their steps and should hold them up for only part of a chunk's time.
+    """
+    step = min(max(MIN_CHUNK, pacer.chunk_tokens() // share), len(tokens))
+    if step <= 0:
+        return 0
+    with mx.stream(generation_stream):
+        started = time.perf_counter()
+        model(mx.array(list(tokens[:step]))[None], cache=cache)
+        mx.eval([entry.state for entry in cache])
+        pacer.record(step, time.perf_counter() - started)
+        mx.clear_cache()
+    return step

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import mlx.core as mx
-from mlx_lm.sample_utils import make_logits_processors, make_sampler
+from mlx_lm.sample_utils import apply_top_k, apply_top_p, make_logits_processors, make_sampler
 
 from ..errors import NotSupported
 from ..types import GenerateConfig, Token, TopLogprob
@@ -30,6 +30,7 @@ __all__ = [
     "Decoding",
     "OpenAIPenalties",
     "RawLogprobs",
+    "SeededSampler",
     "decoding",
     "fields_set",
     "reject_unsupported",
@@ -107,6 +108,29 @@ class RawLogprobs:
         return logits
 
 
+class SeededSampler:
+    """mlx-lm's sampling with a random key of its own, so a seed holds in a batch.
+
+    mlx-lm's samplers draw from MLX's one global random state: with several sequences
+    decoding together, each would see the others' draws. This one splits its own key at each
+    step, so a seeded sequence draws the same tokens alone or in any batch.
+    """
+
+    def __init__(self, seed: int, temperature: float, top_p: float, top_k: int) -> None:
+        self._key = mx.random.key(seed)
+        self._scale = 1.0 / temperature
+        self._top_p = top_p
+        self._top_k = top_k
+
+    def __call__(self, logprobs: mx.array) -> mx.array:
+        if 0 < self._top_p < 1.0:
+            logprobs = apply_top_p(logprobs, self._top_p)
+        if self._top_k > 0:
+            logprobs = apply_top_k(logprobs, self._top_k)
+        self._key, draw = mx.random.split(self._key)
+        return mx.random.categorical(logprobs * self._scale, key=draw)
+
+
 @dataclass(slots=True)
 class Decoding:
     """How one sequence is sampled, and where its tokens' log-probabilities come from."""
@@ -141,6 +165,8 @@ def decoding(config: GenerateConfig, *, prompt_tokens: int, side: Any) -> Decodi
         raw = RawLogprobs(side)
         processors.insert(0, raw)
     sampler = make_sampler(temp=config.temperature, top_p=config.top_p, top_k=config.top_k)
+    if config.seed is not None and config.temperature > 0:
+        sampler = SeededSampler(config.seed, config.temperature, config.top_p, config.top_k)
     return Decoding(sampler, processors, raw, config.top_logprobs)
 
 

@@ -1,93 +1,165 @@
 """The MLX worker: one long-lived thread per model, and the hand-over of tokens to the loop.
 
-MLX streams are bound to the thread that created them, so every call on a model (load,
-generate, classify, batch) runs on that model's own thread, one at a time. Tokens cross to the
-event loop through a memory object stream with no buffer: the worker blocks on each token until
-the consumer has taken it, so nothing is generated ahead of the reader, and a consumer that
-leaves makes the worker's next hand-over fail, which stops generation at the next token.
-Long jobs (a prefill, a batch) check between their steps whether their caller left, so one that
-is cancelled frees the worker within a step.
+MLX streams are bound to the thread that created them, so every MLX call of a model (load,
+generate, classify, batch) runs on that model's own thread. The thread runs queued jobs (a
+load, a submission to the scheduler, a wake-up) and, between jobs, one step of the model's
+scheduler at a time while it has work that can go on (see ``_mlx_scheduler``).
+
+Tokens cross to the event loop through an :class:`Outlet`: a thread-safe queue per stream that
+the worker appends to without waiting for the reader, and a non-blocking wake-up of the
+reader's loop (``call_soon_threadsafe`` on asyncio, ``run_sync_soon`` on trio). The worker never
+blocks on a reader, so a slow reader cannot hold up the other streams; how far a sequence may
+run ahead of its reader is the scheduler's decision, made from :meth:`Outlet.asked` and
+:meth:`Outlet.backlog`.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import queue
+import sys
 import threading
-from collections.abc import Callable
-from typing import Any, Generic, TypeVar
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol, TypeVar
 
 import anyio
 import anyio.lowlevel
-from anyio.streams.memory import MemoryObjectSendStream
 
 from ..errors import GenerationError
 
-__all__ = ["Consumer", "ConsumerGone", "MLXWorker"]
+__all__ = ["ConsumerGone", "MLXWorker", "Outlet", "Stepper", "notify_all"]
 
 T = TypeVar("T")
+LoopCaller = Callable[[Callable[[], None]], object]
 
 
 class ConsumerGone(Exception):
     """The reader of a stream left (or its event loop ended): stop producing."""
 
 
-class Consumer(Generic[T]):
-    """The worker's end of a zero-buffer stream to one async reader."""
+def _loop_caller() -> LoopCaller:
+    """A thread-safe, non-blocking "run this soon on the current event loop".
 
-    def __init__(
-        self, send: MemoryObjectSendStream[T], token: anyio.lowlevel.EventLoopToken
-    ) -> None:
-        self._send = send
-        self._token = token
-        self._demand = threading.Semaphore(0)
+    anyio's ``from_thread.run_sync`` waits for the loop to run the call; the worker must not
+    wait on any one reader's loop. The loop library is found among the imported modules (it
+    is imported, since it is running), so this module imports neither.
+    """
+    trio = sys.modules.get("trio")
+    if trio is not None:  # outside trio.run, current_trio_token raises RuntimeError
+        with contextlib.suppress(RuntimeError):
+            return trio.lowlevel.current_trio_token().run_sync_soon  # type: ignore[no-any-return]
+    loop = sys.modules["asyncio"].get_running_loop()
+    return loop.call_soon_threadsafe  # type: ignore[no-any-return]
+
+
+class Outlet:
+    """One reader's stream of items from the worker; created on the reader's event loop.
+
+    The reader calls :meth:`get` for each item; the worker calls :meth:`put`, which never
+    waits. ``asked`` counts the items the reader has asked for, ``taken`` those it got.
+    """
+
+    def __init__(self, wake_worker: Callable[[], None]) -> None:
+        self._items: collections.deque[Any] = collections.deque()
+        self._call = _loop_caller()
+        self._event: anyio.Event | None = None
+        self._wake_worker = wake_worker
+        self._asked = 0
+        self._taken = 0
+        self._put = 0
         self.cancelled = threading.Event()
 
-    def ask(self) -> None:
-        """The reader wants one more item (called on the event loop, before each receive)."""
-        self._demand.release()
+    # -- the reader's side (event loop) -----------------------------------------------------------
 
-    def wait_for_demand(self) -> None:
-        """Block until the reader asks for the next item, so nothing is produced ahead of it.
-
-        Raises:
-            ConsumerGone: the reader left while the worker was waiting.
-        """
-        while not self._demand.acquire(timeout=0.05):
-            if self.cancelled.is_set():
-                raise ConsumerGone
-        if self.cancelled.is_set():  # woken by close(), not by a request: compute nothing
-            raise ConsumerGone
+    async def get(self) -> Any:
+        """The next item, once the worker has put it."""
+        self._asked += 1
+        if not self._items:
+            self._wake_worker()
+            while not self._items:
+                self._event = anyio.Event()
+                await self._event.wait()
+        self._taken += 1
+        return self._items.popleft()
 
     def close(self) -> None:
-        """Close the send end. Call it on the event loop, once the reader is done."""
-        self.cancelled.set()
-        self._send.close()
-        self._demand.release()  # a worker waiting for demand wakes up and sees it is gone
+        """The reader is done: the worker drops the sequence at its next step."""
+        if not self.cancelled.is_set():
+            self.cancelled.set()
+            self._wake_worker()
 
-    def put(self, item: T) -> None:
-        """Hand one item over; returns once the reader has taken it.
+    def _wake(self) -> None:  # runs on the reader's loop
+        if self._event is not None:
+            self._event.set()
 
-        Raises:
-            ConsumerGone: the reader closed its end, or its event loop is gone.
-        """
-        if self.cancelled.is_set():
-            raise ConsumerGone
-        try:
-            anyio.from_thread.run(self._send.send, item, token=self._token)
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
-            raise ConsumerGone from exc
-        except RuntimeError as exc:  # the event loop has finished
-            raise ConsumerGone from exc
+    # -- the worker's side ------------------------------------------------------------------------
+
+    def asked(self) -> bool:
+        """The reader is waiting for an item that has not been put yet."""
+        return self._asked > self._put
+
+    def backlog(self) -> int:
+        """Items put that the reader has not taken yet."""
+        return self._put - self._taken
+
+    def put(self, item: Any) -> None:
+        """Queue one item for the reader; call :func:`notify_all` after a step's puts."""
+        self._put += 1
+        self._items.append(item)
+
+    def notify(self) -> None:
+        """Wake the reader (it sees every item put so far)."""
+        with contextlib.suppress(RuntimeError):  # the reader's loop is gone: nobody to wake
+            self._call(self._wake)
+
+
+def notify_all(outlets: Iterable[Outlet]) -> None:
+    """Wake the readers of ``outlets`` with one call per event loop."""
+    by_loop: dict[Any, list[Outlet]] = {}
+    for outlet in outlets:
+        by_loop.setdefault(outlet._call, []).append(outlet)
+    for call, group in by_loop.items():
+        if len(group) == 1:
+            group[0].notify()
+            continue
+
+        def wake(group: list[Outlet] = group) -> None:
+            for outlet in group:
+                outlet._wake()
+
+        with contextlib.suppress(RuntimeError):
+            call(wake)
+
+
+class Stepper(Protocol):
+    """What the worker runs between jobs (the model's scheduler)."""
+
+    def ready(self) -> bool:
+        """There is work that can go on now."""
+        ...
+
+    def step(self) -> None:
+        """Do one unit of it (a prefill chunk, a decoding step)."""
+        ...
+
+    def shutdown(self) -> None:
+        """The worker is stopping: release everything still held."""
+        ...
+
+
+def _nothing() -> None:
+    """A job that only wakes the worker up."""
 
 
 class MLXWorker:
-    """A daemon thread that runs one job at a time, in submission order."""
+    """A daemon thread that runs jobs in submission order, and its stepper in between."""
 
     def __init__(self, name: str) -> None:
         self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._main, name=name, daemon=True)
         self._closed = False
+        self.stepper: Stepper | None = None
         self._thread.start()
 
     @property
@@ -96,14 +168,32 @@ class MLXWorker:
         return self._thread
 
     def _main(self) -> None:
-        while (job := self._jobs.get()) is not None:
-            job()
+        try:
+            while True:
+                stepper = self.stepper
+                busy = stepper is not None and stepper.ready()
+                try:
+                    job = self._jobs.get_nowait() if busy else self._jobs.get()
+                except queue.Empty:
+                    if stepper is not None:
+                        stepper.step()
+                    continue
+                if job is None:
+                    return
+                job()
+        finally:
+            if self.stepper is not None:
+                self.stepper.shutdown()
 
     def submit(self, job: Callable[[], None]) -> None:
         """Queue a job that reports its own outcome."""
         if self._closed:
             raise GenerationError("the MLX model is closed")
         self._jobs.put(job)
+
+    def wake(self) -> None:
+        """Make the worker look at its stepper again (cheap; safe from any thread)."""
+        self._jobs.put(_nothing)
 
     async def call(self, func: Callable[[], T], *, stop: threading.Event | None = None) -> T:
         """Run ``func`` on the worker thread and await its result (or exception).
@@ -141,27 +231,6 @@ class MLXWorker:
         if ok:
             return value  # type: ignore[no-any-return]
         raise value
-
-    def stream(self, produce: Callable[[Consumer[Any]], None]) -> Any:
-        """Start ``produce(consumer)`` on the worker; return the receive end and the consumer.
-
-        ``produce`` must end by putting a final item the reader recognises (the reader stops
-        there), so the worker never needs the event loop once the reader is done with it.
-        """
-        send, receive = anyio.create_memory_object_stream[Any](0)
-        consumer: Consumer[Any] = Consumer(send, anyio.lowlevel.current_token())
-
-        def job() -> None:
-            try:
-                produce(consumer)
-            except ConsumerGone:
-                pass
-            except BaseException as exc:  # handed to the reader, never lost
-                with contextlib.suppress(ConsumerGone):
-                    consumer.put(exc)
-
-        self.submit(job)
-        return receive, consumer
 
     def close(self) -> None:
         """Stop the thread after the jobs already queued. Idempotent."""

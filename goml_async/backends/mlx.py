@@ -1,11 +1,17 @@
-"""The MLX backend: mlx-lm models on a dedicated worker thread.
+"""The MLX backend: mlx-lm models on a dedicated worker thread, streams batched together.
 
-Every MLX call of a model runs on that model's own thread (MLX streams are thread-bound), one
-request at a time. Tokens reach the event loop through a zero-buffer stream: the consumer gets
-each token before the next one is produced, and leaving the loop stops generation at the next
-token. Prompts are prefilled in chunks paced by time, so leaving during a long prefill (a
-cancellation, a first-token deadline) stops it within one chunk. Works on Linux with
-``mlx[cpu]`` (use float32 weights there) and on Apple silicon.
+Every MLX call of a model runs on that model's own thread (MLX streams are thread-bound).
+Concurrent streams, batch prompts and classify prompts of one model share one decode loop
+there (continuous batching, see ``_mlx_scheduler``): up to ``LoadConfig.parallel_slots`` of
+them (8 by default) decode together in mlx-lm's ``BatchGenerator``, a new one joins at the next
+step and one that ends, is cancelled or times out leaves at the next step; more wait in line,
+first come first served. A stream decoding alone gets each token before the next one is
+computed; in a batch it runs at most a few tokens ahead of its reader and then pauses alone, so
+a slow reader never holds up the others. Prompts are prefilled on their own in chunks paced by
+time (leaving during a long prefill stops it within one chunk), starting from the longest
+prefix a per-model LRU of KV caches holds (``prompt_cache_bytes``); greedy output is the same
+alone, in a batch and from the cache. Works on Linux with ``mlx[cpu]`` (use float32 weights
+there) and on Apple silicon.
 
 Example:
     ```python
@@ -22,15 +28,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import threading
-import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any, cast
 
 import mlx.core as mx
 import mlx_lm
-from mlx_lm.models.cache import make_prompt_cache
 
 from ..errors import ConfigError, GenerationError, ModelLoadError
 from ..model import BaseTextModel, _check_prompts
@@ -40,26 +43,22 @@ from ..types import (
     BatchResult,
     ClassifyResult,
     GenerateConfig,
-    GenerateMetrics,
     LoadConfig,
     Message,
     ModelInfo,
     Token,
 )
-from ._mlx_batch import BATCH_FALLBACK_FIELDS, classify_prompt, run_batch
-from ._mlx_prefill import DEFAULT_CHUNK_SECONDS, PrefillPacer, prefill
-from ._mlx_sampling import (
-    REPETITION_CONTEXT,
-    decoding,
-    fields_set,
-    reject_unsupported,
-    token_at,
-)
-from ._mlx_worker import Consumer, ConsumerGone, MLXWorker
+from ._mlx_batch import BATCH_FALLBACK_FIELDS
+from ._mlx_prefill import DEFAULT_CHUNK_SECONDS, PrefillPacer
+from ._mlx_prefill import prefill as prefill  # benchmarks/bench_mlx.py wraps it by this name
+from ._mlx_prompt_cache import DEFAULT_PROMPT_CACHE_BYTES, PromptCache
+from ._mlx_sampling import fields_set, reject_unsupported
+from ._mlx_scheduler import DEFAULT_SLOTS, Scheduler
+from ._mlx_sequence import End, Kind, Request
+from ._mlx_worker import MLXWorker, Outlet
 
 __all__ = ["MLXModel", "MLXModelBackend", "load_mlx_model", "set_memory_limits"]
 
-_GB = 1024**3
 _DEADLINES = ("first_token_timeout", "idle_timeout", "total_timeout")
 
 
@@ -93,36 +92,6 @@ def _info(folder: Path) -> ModelInfo:
     )
 
 
-def _metrics(last: Any, prompt_tokens: int, prefill_seconds: float) -> GenerateMetrics:
-    """GenerateMetrics from mlx-lm's last GenerationResponse.
-
-    mlx-lm saw only the end of the prompt (the rest was prefilled in paced chunks first):
-    ``prompt_tokens`` and ``prefill_seconds`` are the whole prompt's, before mlx-lm's share.
-    """
-    prompt_tps, generation_tps = float(last.prompt_tps), float(last.generation_tps)
-    prefill_seconds += last.prompt_tokens / prompt_tps if prompt_tps > 0 else 0.0
-    return GenerateMetrics(
-        prompt_tokens=prompt_tokens,
-        generated_tokens=int(last.generation_tokens),
-        prefill_seconds=prefill_seconds,
-        decode_seconds=last.generation_tokens / generation_tps if generation_tps > 0 else 0.0,
-        prefill_tokens_per_sec=prompt_tokens / prefill_seconds if prefill_seconds > 0 else 0.0,
-        decode_tokens_per_sec=generation_tps,
-        peak_memory_bytes=int(last.peak_memory * _GB),
-        active_memory_bytes=int(mx.get_active_memory()),
-    )
-
-
-class _End:
-    """The last item of a generation: its metrics and finish reason."""
-
-    __slots__ = ("finish_reason", "metrics")
-
-    def __init__(self, metrics: GenerateMetrics | None, finish_reason: str | None) -> None:
-        self.metrics = metrics
-        self.finish_reason = finish_reason
-
-
 class MLXModel(BaseTextModel):
     """An mlx-lm model served by its own worker thread. Build it with :func:`load_mlx_model`."""
 
@@ -134,6 +103,8 @@ class MLXModel(BaseTextModel):
         path: Path,
         *,
         prefill_chunk_seconds: float = DEFAULT_CHUNK_SECONDS,
+        parallel_slots: int = DEFAULT_SLOTS,
+        prompt_cache_bytes: int = DEFAULT_PROMPT_CACHE_BYTES,
     ) -> None:
         super().__init__(model_type="mlx")
         self._model = model
@@ -144,6 +115,18 @@ class MLXModel(BaseTextModel):
         self._side: Any = None
         self._pacer = PrefillPacer(prefill_chunk_seconds)
         self._pieces: dict[int, str] = {}
+        self._scheduler = Scheduler(
+            model,
+            tokenizer,
+            slots=parallel_slots,
+            pacer=self._pacer,
+            prompt_cache=PromptCache(prompt_cache_bytes),
+            side=self._side_stream,
+            piece=self._piece,
+        )
+        # A batch's prompts all run at once: the scheduler queues what does not fit.
+        self.batch_concurrency = parallel_slots
+        worker.stepper = self._scheduler
 
     @property
     def path(self) -> Path:
@@ -154,6 +137,16 @@ class MLXModel(BaseTextModel):
     def worker_thread(self) -> Any:
         """The thread every MLX call of this model runs on."""
         return self._worker.thread
+
+    @property
+    def parallel_slots(self) -> int:
+        """How many sequences decode together; more wait in line."""
+        return self._scheduler.slots
+
+    @property
+    def prompt_cache_bytes(self) -> int:
+        """The bound of the prompt cache in bytes of KV arrays (0: no prompt cache)."""
+        return self._scheduler.prompt_cache.max_bytes
 
     def info(self) -> ModelInfo:
         """Architecture, sizes and quantisation from the folder's config.json."""
@@ -168,57 +161,16 @@ class MLXModel(BaseTextModel):
         return self._generate([message.to_dict() for message in messages], context)
 
     def _produce(
-        self, prompt: str | list[dict[str, str]], config: GenerateConfig, out: Consumer[Any]
+        self, prompt: str | list[dict[str, str]], config: GenerateConfig, out: Outlet
     ) -> None:
-        """On the worker: prefill in paced chunks, then run mlx-lm and hand each token over."""
-        # Nothing is computed before the reader asks for the first token.
-        out.wait_for_demand()
-        if config.seed is not None:
-            mx.random.seed(config.seed)
-        side = self._side_stream()
-        ids = self._prompt_ids(prompt)
-        # mlx-lm gets the end of the prompt: the last token, or as many as its repetition
-        # penalty looks back over, so that the penalty sees the same tokens as without this.
-        tail = min(len(ids), REPETITION_CONTEXT if config.repeat_penalty else 1)
-        plan = decoding(config, prompt_tokens=tail, side=side)
-        cache = make_prompt_cache(self._model)
-        started = time.perf_counter()
-        prefill(self._model, cache, ids[: len(ids) - tail], self._pacer, out.cancelled.is_set)
-        prefilled = time.perf_counter() - started
-        responses = mlx_lm.stream_generate(
-            self._model,
-            self._tokenizer,
-            ids[len(ids) - tail :],
-            max_tokens=config.max_tokens or -1,
-            prompt_cache=cache,
-            sampler=plan.sampler,
-            logits_processors=plan.processors or None,
-        )
-        last = None
+        """On the worker: encode the prompt and hand the stream to the scheduler."""
         try:
-            while True:
-                if last is not None:
-                    # Each token is computed only when the reader asks for it: backpressure.
-                    out.wait_for_demand()
-                response = next(responses, None)
-                if response is None:
-                    break
-                last = response
-                token_id = int(response.token)
-                # token_at reads on the side stream: on the CPU the default stream is mlx-lm's
-                # generation stream, where a read waits behind the next token's step (about
-                # 40 ms a token for SmolLM2).
-                logprobs = plan.model_logprobs(response.logprobs)
-                out.put(token_at(token_id, response.text, logprobs, plan, self._piece, side))
-        except ConsumerGone:
-            raise
+            ids = self._prompt_ids(prompt)
         except Exception as exc:
             out.put(exc)
+            out.notify()
             return
-        finally:
-            responses.close()
-        metrics = _metrics(last, len(ids), prefilled) if last is not None else None
-        out.put(_End(metrics, getattr(last, "finish_reason", None)))
+        self._scheduler.add(Request(Kind.STREAM, ids, config, out))
 
     def _side_stream(self) -> Any:
         """A stream of the worker thread's own for small reads (created on first use there)."""
@@ -251,27 +203,27 @@ class MLXModel(BaseTextModel):
             ["return_logits"],
             "logits come back from classify(); generated tokens carry logprob and top_logprobs",
         )
-        receive, consumer = self._worker.stream(lambda out: self._produce(prompt, config, out))
+        outlet = Outlet(self._worker.wake)
+        self._worker.submit(lambda: self._produce(prompt, config, outlet))
         try:
-            async with receive:
-                while True:
-                    consumer.ask()
-                    item = await receive.receive()
-                    if isinstance(item, Token):
-                        yield item
-                    elif isinstance(item, _End):
-                        context.metrics = item.metrics
-                        if item.finish_reason == "stop":
-                            context.finish_reason = "stop"
-                        elif item.finish_reason == "length":
-                            context.finish_reason = "length"
-                        return
-                    else:
-                        raise GenerationError(f"mlx-lm failed: {item!r}") from item
+            while True:
+                item = await outlet.get()
+                if isinstance(item, Token):
+                    yield item
+                elif isinstance(item, End):
+                    context.metrics = item.metrics
+                    if item.finish_reason == "stop":
+                        context.finish_reason = "stop"
+                    elif item.finish_reason == "length":
+                        context.finish_reason = "length"
+                    return
+                elif isinstance(item, GenerationError):
+                    raise item
+                else:
+                    raise GenerationError(f"mlx-lm failed: {item!r}") from item
         finally:
-            # With the receive end closed, the worker's next hand-over fails, and a prefill
-            # stops at its next chunk: the worker is free for the next request.
-            consumer.close()
+            # The sequence leaves the batch (or its prefill stops) at the scheduler's next step.
+            outlet.close()
 
     # -- classify and batch -----------------------------------------------------------------------
 
@@ -281,8 +233,9 @@ class MLXModel(BaseTextModel):
         """Prefill each prompt and sample the token at its last position.
 
         The token carries its log-probability (and ``top_logprobs`` when asked); with
-        ``return_logits``, each result carries the last position's raw logits. Cancelling the
-        call stops the worker within one prefill chunk.
+        ``return_logits``, each result carries the last position's raw logits. The prompts
+        take slots like streams do and prefill between the other sequences' steps; cancelling
+        the call stops them within one prefill chunk.
 
         Raises:
             NotSupported: stop tokens, stop sequences or deadlines were set (classify samples
@@ -295,43 +248,59 @@ class MLXModel(BaseTextModel):
             ["stop_tokens", "stop_sequences", *_DEADLINES],
             "classify samples one token (bound the call with anyio.fail_after instead)",
         )
-        stop = threading.Event()
-        return await self._worker.call(lambda: self._classify(checked, resolved, stop), stop=stop)
+        if not checked:
+            return []
+        results = await self._gather(Kind.CLASSIFY, checked, resolved)
+        for value in results:
+            if isinstance(value, BaseException):
+                raise value
+        return cast(list[ClassifyResult], results)
 
-    def _classify(
-        self, prompts: list[str], config: GenerateConfig, stop: threading.Event
-    ) -> list[ClassifyResult]:
-        if config.seed is not None:
-            mx.random.seed(config.seed)
-        results = []
-        for prompt in prompts:
-            ids = list(self._tokenizer.encode(prompt))
-            if not ids:
-                raise GenerationError(
-                    f"prompt {prompt!r} encodes to no tokens: nothing to classify"
+    def _submit(self, kind: Kind, prompts: list[str], config: GenerateConfig, out: Outlet) -> None:
+        """On the worker: encode every prompt and queue each as a sequence, in order."""
+        for index, prompt in enumerate(prompts):
+            try:
+                ids = (
+                    list(self._tokenizer.encode(prompt))
+                    if kind is Kind.CLASSIFY
+                    else self._prompt_ids(prompt)
                 )
-            results.append(
-                classify_prompt(
-                    self._model,
-                    ids,
-                    config,
-                    pacer=self._pacer,
-                    stopped=stop.is_set,
-                    side=self._side_stream(),
-                    piece=self._piece,
-                )
-            )
+            except Exception as exc:
+                failure = GenerationError(f"could not encode prompt {index}: {exc}")
+                out.put((index, failure if kind is Kind.CLASSIFY else BatchResult(error=failure)))
+                out.notify()
+                continue
+            if not ids and kind is Kind.CLASSIFY:
+                out.put((index, GenerationError(f"prompt {prompt!r} encodes to no tokens")))
+                out.notify()
+                continue
+            self._scheduler.add(Request(kind, ids, config, out, index))
+
+    async def _gather(self, kind: Kind, prompts: list[str], config: GenerateConfig) -> list[Any]:
+        """Run every prompt through the scheduler; their results in input order."""
+        outlet = Outlet(self._worker.wake)
+        self._worker.submit(lambda: self._submit(kind, prompts, config, outlet))
+        results: list[Any] = [None] * len(prompts)
+        try:
+            for _ in prompts:
+                index, value = await outlet.get()
+                if kind is Kind.CLASSIFY and isinstance(value, BaseException):
+                    raise value  # the other prompts stop at the next step
+                results[index] = value
+        finally:
+            outlet.close()
         return results
 
     async def batch_generate(
         self, prompts: Sequence[str], config: GenerateConfig | None = None, **options: Any
     ) -> list[BatchResult]:
-        """Generate for all prompts in one batch on mlx-lm's ``BatchGenerator``.
+        """Generate for all prompts together, in the model's shared batch.
 
         Sampling, penalties, stop tokens, seed and log-probabilities apply as in
-        :meth:`generate`. With stop sequences or deadlines, the prompts run as ordinary
-        streams instead (one at a time on the worker), where those are honoured. Cancelling
-        the call stops the worker within one batch step.
+        :meth:`generate`; the prompts take slots like streams (more wait in line). With stop
+        sequences or deadlines, the prompts run as ordinary streams instead, where those are
+        honoured (they are batched all the same). Cancelling the call stops every prompt at
+        the next step.
 
         Raises:
             NotSupported: ``return_logits`` was set (logits come back from :meth:`classify`).
@@ -347,24 +316,7 @@ class MLXModel(BaseTextModel):
             return []
         if fields_set(resolved, BATCH_FALLBACK_FIELDS):
             return await super().batch_generate(checked, resolved)
-        stop = threading.Event()
-        return await self._worker.call(lambda: self._batch(checked, resolved, stop), stop=stop)
-
-    def _batch(
-        self, prompts: list[str], config: GenerateConfig, stop: threading.Event
-    ) -> list[BatchResult]:
-        if config.seed is not None:
-            mx.random.seed(config.seed)
-        return run_batch(
-            self._model,
-            [list(self._tokenizer.encode(prompt)) for prompt in prompts],
-            config,
-            eos_token_ids=list(self._tokenizer.eos_token_ids),
-            pacer=self._pacer,
-            stopped=stop.is_set,
-            side=self._side_stream(),
-            piece=self._piece,
-        )
+        return cast(list[BatchResult], await self._gather(Kind.BATCH, checked, resolved))
 
     async def _aclose(self) -> None:
         await self._worker.aclose()
@@ -381,24 +333,39 @@ async def load_mlx_model(
     cache_limit: int | None = None,
     memory_limit: int | None = None,
     prefill_chunk_seconds: float = DEFAULT_CHUNK_SECONDS,
+    prompt_cache_bytes: int = DEFAULT_PROMPT_CACHE_BYTES,
     settings: GomlSettings | None = None,
 ) -> MLXModel:
     """Load an mlx-lm model folder (config.json + safetensors) on a new worker thread.
 
     Args:
         path: the model folder.
-        config: ``adapter_path`` applies a LoRA adapter at load time.
+        config: ``adapter_path`` applies a LoRA adapter at load time; ``parallel_slots``
+            caps how many sequences decode together (0: 8). More concurrent requests wait in
+            line, first come first served.
         cache_limit: MLX cache limit in bytes (default ``GOML_MLX_CACHE_LIMIT``).
         memory_limit: MLX memory limit in bytes (default ``GOML_MLX_MEMORY_LIMIT``).
         prefill_chunk_seconds: how long one prefill chunk should take. Chunks are sized to it
             from the measured rate; cancelling a request (or its deadline) stops a prefill at
             the end of the current chunk. Larger values prefill a little faster on a GPU.
+        prompt_cache_bytes: the bound of the model's prompt cache, in bytes of KV arrays
+            (default 1 GiB; 0 turns it off). A prompt that starts with tokens a recent
+            sequence fed the model (the next turn of a chat) prefills only the rest.
         settings: where the defaults come from.
 
     Raises:
-        ConfigError: ``prefill_chunk_seconds`` is not a positive number of seconds.
+        ConfigError: ``prefill_chunk_seconds`` is not a positive number of seconds, or
+            ``prompt_cache_bytes`` is not a number of bytes >= 0.
         ModelLoadError: the folder is missing, incomplete, or mlx-lm cannot load it.
     """
+    if (
+        isinstance(prompt_cache_bytes, bool)
+        or not isinstance(prompt_cache_bytes, int)
+        or prompt_cache_bytes < 0
+    ):
+        raise ConfigError(
+            "prompt_cache_bytes", f"must be a number of bytes >= 0, got {prompt_cache_bytes!r}"
+        )
     if (
         isinstance(prefill_chunk_seconds, bool)
         or not isinstance(prefill_chunk_seconds, int | float)
@@ -414,7 +381,8 @@ async def load_mlx_model(
         settings.mlx_cache_limit if cache_limit is None else cache_limit,
         settings.mlx_memory_limit if memory_limit is None else memory_limit,
     )
-    adapter = (config or LoadConfig()).adapter_path
+    config = config or LoadConfig()
+    adapter = config.adapter_path
     worker = MLXWorker(f"goml-mlx-{folder.name}")
     try:
         model, tokenizer = await worker.call(lambda: _load(folder, adapter))
@@ -422,7 +390,13 @@ async def load_mlx_model(
         worker.close()
         raise
     return MLXModel(
-        model, tokenizer, worker, folder, prefill_chunk_seconds=float(prefill_chunk_seconds)
+        model,
+        tokenizer,
+        worker,
+        folder,
+        prefill_chunk_seconds=float(prefill_chunk_seconds),
+        parallel_slots=config.parallel_slots or DEFAULT_SLOTS,
+        prompt_cache_bytes=prompt_cache_bytes,
     )
 
 

@@ -31,7 +31,8 @@ MIN_PREFILL_SECONDS = 1.5
 
 @pytest.fixture
 async def tiny(tiny_mlx: Path) -> Any:
-    model = await load_mlx_model(tiny_mlx)
+    # No prompt cache: these tests prefill the same prompt again and time it.
+    model = await load_mlx_model(tiny_mlx, prompt_cache_bytes=0)
     yield model
     await model.aclose()
 

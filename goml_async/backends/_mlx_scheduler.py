@@ -1,0 +1,422 @@
+"""Continuous batching on the MLX worker: every sequence of a model through one decode loop.
+
+Streams, batch prompts and classify prompts are all sequences here. The worker runs
+:meth:`Scheduler.step` while there is work; each step:
+
+1. drops the sequences whose reader left (a break, a cancel, a deadline): a sequence leaves
+   the batch at the next step, and the KV of what it fed the model goes to the prompt cache;
+2. admits waiting sequences, first come first served, while fewer than ``slots`` are live; a
+   new one starts from the longest prefix the prompt cache holds;
+3. runs one paced prefill chunk of the oldest sequence still in its prompt. Each prompt is
+   prefilled on its own, into its own KV cache, never padded against others, so its numbers
+   are those it would get alone;
+4. runs one decoding step. A sequence that is alone decodes on ``mlx_lm.stream_generate``
+   (the fastest path for one sequence), one token per request of its reader: nothing is
+   computed ahead of it. As soon as a second sequence is ready to decode, both move into
+   mlx-lm's ``BatchGenerator``, which steps all of them at once; in the batch, a stream may
+   run up to :data:`READ_AHEAD` tokens ahead of its reader, then it pauses (it leaves the
+   batch, its cache kept) and rejoins once its reader has taken half of them. A slow reader
+   never holds the others up.
+
+Greedy decoding gives the same tokens alone and in a batch: prompts are prefilled alone, and a
+sequence joins the batch with its own cache (left-aligned by mlx-lm's ``BatchKVCache``, masked
+where it is shorter), so nothing it computes depends on the others.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import mlx.core as mx
+import mlx_lm
+from mlx_lm.generate import BatchGenerator, StopSequences, generation_stream
+from mlx_lm.models.cache import make_prompt_cache
+
+from ..errors import GenerationError
+from ._mlx_batch import classify_last
+from ._mlx_prefill import PrefillPacer, prefill_chunk
+from ._mlx_prompt_cache import PromptCache, plain_kv, rewind
+from ._mlx_sampling import decoding, token_at
+from ._mlx_sequence import Kind, Request, Sequence, State, tail_of
+from ._mlx_worker import Outlet, notify_all
+
+__all__ = ["DEFAULT_SLOTS", "READ_AHEAD", "Scheduler"]
+
+#: Sequences decoding together when ``LoadConfig.parallel_slots`` is 0.
+DEFAULT_SLOTS = 8
+#: How many tokens a stream in the batch may run ahead of its reader before it pauses.
+READ_AHEAD = 16
+#: While others decode, a prompt's chunk gets this share of a chunk's time.
+_SHARE_WHILE_DECODING = 4
+#: ``max_tokens=0`` means no cap; BatchGenerator needs a number.
+_NO_CAP = 2**31 - 1
+
+
+class Scheduler:
+    """The sequences of one model and the decode loop they share. Worker thread only."""
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        slots: int,
+        pacer: PrefillPacer,
+        prompt_cache: PromptCache,
+        side: Callable[[], Any],
+        piece: Callable[[int], str],
+    ) -> None:
+        self._model = model
+        self._tokenizer = tokenizer
+        self.slots = slots
+        self._pacer = pacer
+        self.prompt_cache = prompt_cache
+        self._side = side
+        self._piece = piece
+        self._eos = frozenset(int(t) for t in tokenizer.eos_token_ids)
+        self._waiting: deque[Sequence] = deque()
+        self._live: list[Sequence] = []  # admitted, in admission order
+        self._solo: Sequence | None = None
+        self._batch: dict[int, Sequence] = {}  # by BatchGenerator uid
+        self._generator: Any = None
+        self._batchable: bool | None = None
+        self._touched: set[Outlet] = set()
+        self.peak_live = 0  # the most sequences live at once (slots in use)
+
+    # -- what the worker calls --------------------------------------------------------------------
+
+    def add(self, request: Request) -> None:
+        """Queue a request (on the worker, from a submitted job)."""
+        config = request.config
+        batch = request.kind is Kind.BATCH
+        context = len(request.ids) if request.kind is Kind.CLASSIFY else tail_of(request)
+        seq = Sequence(
+            request,
+            plan=decoding(config, prompt_tokens=context, side=self._side()),
+            stops=self._eos | frozenset(config.stop_tokens) if batch else self._eos,
+        )
+        if not request.ids:
+            seq.fail(GenerationError("the prompt encodes to no tokens: nothing to generate"))
+            self._flush(seq)
+            return
+        self._waiting.append(seq)
+
+    def ready(self) -> bool:
+        """Something can go on now (otherwise the worker sleeps until the next job)."""
+        if self._waiting and (len(self._live) < self.slots or self._waiting[0].gone()):
+            return True
+        for seq in self._live:
+            if seq.gone() or seq.state is State.PREFILL:
+                return True
+            if seq.state is State.PAUSED and seq.sink.backlog() <= READ_AHEAD // 2:
+                return True
+        return bool(self._batch) or (self._solo is not None and self._solo.wants_token())
+
+    def step(self) -> None:
+        """One round: drop, admit, resume, one prefill chunk, one decoding step."""
+        try:
+            self._reap()
+            self._admit()
+            self._resume()
+            pending = next((s for s in self._live if s.state is State.PREFILL), None)
+            if pending is not None:
+                decoding_now = self._solo is not None or bool(self._batch)
+                self._prefill(pending, _SHARE_WHILE_DECODING if decoding_now else 1)
+            if self._solo is not None and self._solo.wants_token():
+                self._solo_step(self._solo)
+            elif self._batch:
+                self._batch_step()
+        finally:
+            notify_all(self._touched)
+            self._touched.clear()
+
+    def shutdown(self) -> None:
+        """The model is closing: every unfinished sequence ends with an error."""
+        closed = GenerationError("the MLX model is closed")
+        for seq in [*self._waiting, *self._live]:
+            if seq.state is not State.DONE and not seq.gone():
+                seq.fail(closed)
+                self._touched.add(seq.sink)
+            if seq.solo is not None:
+                seq.solo.close()
+        self._waiting.clear()
+        self._live.clear()
+        self._batch.clear()
+        self._solo = None
+        if self._generator is not None:
+            self._generator.close()
+            self._generator = None
+        self.prompt_cache.clear()
+        notify_all(self._touched)
+        self._touched.clear()
+
+    def counts(self) -> dict[str, int]:
+        """How many sequences are waiting, live, in the batch and solo (for tests and stats)."""
+        return {
+            "waiting": len(self._waiting),
+            "live": len(self._live),
+            "batch": len(self._batch),
+            "solo": int(self._solo is not None),
+        }
+
+    # -- admission and prefill --------------------------------------------------------------------
+
+    def _admit(self) -> None:
+        if self._batchable is None:
+            self._batchable = plain_kv(make_prompt_cache(self._model))
+            if not self._batchable:
+                self.slots = 1  # its caches cannot be merged: one sequence at a time
+        while self._waiting and len(self._live) < self.slots:
+            seq = self._waiting.popleft()
+            self._live.append(seq)
+            self.peak_live = max(self.peak_live, len(self._live))
+            seq.state = State.PREFILL
+            seq.started = time.perf_counter()
+            target = len(seq.ids) - seq.tail
+            cache, length = (None, 0)
+            if self._batchable and target > 0:
+                cache, length = self.prompt_cache.lookup(seq.ids, target)
+            seq.cache = cache if cache is not None else make_prompt_cache(self._model)
+            seq.prefilled = seq.cached_tokens = length
+
+    def _prefill(self, seq: Sequence, share: int) -> None:
+        target = len(seq.ids) - seq.tail
+        try:
+            if seq.prefilled < target:
+                assert seq.cache is not None
+                seq.prefilled += prefill_chunk(
+                    self._model, seq.cache, seq.ids[seq.prefilled : target], self._pacer, share
+                )
+            if seq.prefilled >= target:
+                self._start(seq)
+        except Exception as exc:
+            self._drop(seq, exc)
+
+    def _start(self, seq: Sequence) -> None:
+        """Its prompt is in: sample (classify), or decode alone or in the batch."""
+        assert seq.cache is not None
+        if seq.kind is Kind.CLASSIFY:
+            result = classify_last(
+                self._model,
+                seq.cache,
+                seq.ids,
+                seq.plan,
+                seq.request.config,
+                side=self._side(),
+                piece=self._piece,
+            )
+            seq.state = State.DONE
+            seq.sink.put((seq.request.index, result))
+            self._flush(seq)
+            self._release(seq, seq.ids)
+        elif self._solo is None and not self._batch:
+            seq.state = State.SOLO
+            self._solo = seq
+        else:
+            alone = self._solo
+            if alone is not None:
+                self._leave_solo(alone)
+                self._to_batch(alone)
+            self._to_batch(seq)
+
+    # -- decoding alone ---------------------------------------------------------------------------
+
+    def _solo_step(self, seq: Sequence) -> None:
+        try:
+            if seq.solo is None:
+                seq.solo = mlx_lm.stream_generate(
+                    self._model,
+                    self._tokenizer,
+                    seq.ids[len(seq.ids) - seq.tail :],
+                    max_tokens=seq.cap or -1,
+                    prompt_cache=seq.cache,
+                    sampler=seq.plan.sampler,
+                    logits_processors=seq.plan.processors or None,
+                )
+            response = next(seq.solo)
+            token_id = int(response.token)
+            # token_at reads on the side stream: on the CPU the default stream is mlx-lm's
+            # generation stream, where a read waits behind the next token's step.
+            logprobs = seq.plan.model_logprobs(response.logprobs)
+            text = response.text if seq.kind is Kind.STREAM else self._piece(token_id)
+            token = token_at(token_id, text, logprobs, seq.plan, self._piece, self._side())
+        except Exception as exc:
+            self._drop(seq, exc)
+            return
+        finish = response.finish_reason
+        if seq.kind is Kind.BATCH and token_id in seq.stops:
+            finish = "stop"  # stream_generate knows only the end-of-sequence tokens
+        seq.emit(token, finish)
+        self._flush(seq)
+        if finish is not None:
+            seq.solo.close()
+            self._solo = None
+            seq.finish(finish)
+            self._release(seq, [*seq.ids, *seq.generated])
+
+    def _leave_solo(self, seq: Sequence) -> None:
+        """Stop its stream_generate; its cache then holds what it fed (and maybe one more)."""
+        self._solo = None
+        if seq.solo is not None:
+            seq.solo.close()
+            seq.solo = None
+            self._discard_pending(seq)
+
+    # -- decoding in the batch --------------------------------------------------------------------
+
+    def _gen(self) -> Any:
+        if self._generator is None:
+            self._generator = BatchGenerator(
+                self._model,
+                max_tokens=_NO_CAP,
+                completion_batch_size=self.slots,
+                prefill_batch_size=self.slots,
+            )
+        return self._generator
+
+    def _to_batch(self, seq: Sequence) -> None:
+        """Insert it into the batch with its own cache; it feeds its last token next."""
+        assert seq.cache is not None
+        try:
+            if seq.generated:
+                rewind(seq.cache, len(seq.ids) + len(seq.generated) - 1)
+                last = seq.generated[-1]
+            else:
+                rest = seq.ids[len(seq.ids) - seq.tail : -1]
+                if rest:  # the tail a repetition penalty needs: run it in as stream_generate would
+                    with mx.stream(generation_stream):
+                        self._model(mx.array(rest)[None], cache=seq.cache)
+                        mx.eval([layer.state for layer in seq.cache])
+                last = seq.ids[-1]
+            if seq.kind is Kind.STREAM:
+                seq.detokenizer = self._tokenizer.detokenizer
+                for token_id in seq.generated:  # catch up with the text already handed over
+                    seq.detokenizer.add_token(token_id)
+                _ = seq.detokenizer.last_segment
+            left = seq.cap - len(seq.generated) if seq.cap else _NO_CAP
+            [uid] = self._gen().insert(
+                [[last]],
+                max_tokens=[left],
+                caches=[seq.cache],
+                all_tokens=[seq.context()],
+                samplers=[seq.plan.sampler],
+                logits_processors=[seq.plan.processors],
+                stop_sequences=[StopSequences([[t] for t in sorted(seq.stops)])],
+            )
+        except Exception as exc:
+            self._drop(seq, exc)
+            return
+        seq.uid = uid
+        seq.cache = None
+        seq.state = State.BATCH
+        self._batch[uid] = seq
+
+    def _batch_step(self) -> None:
+        try:
+            _, responses = self._gen().next()
+        except Exception as exc:
+            self._generator = None  # its state is unknown now: the next batch starts afresh
+            for seq in list(self._batch.values()):
+                self._drop(seq, exc)
+            return
+        for response in responses:
+            member = self._batch.get(response.uid)
+            if member is not None:
+                self._batch_token(member, response)
+
+    def _batch_token(self, seq: Sequence, response: Any) -> None:
+        token_id = int(response.token)
+        finish = response.finish_reason
+        try:
+            logprobs = seq.plan.model_logprobs(response.logprobs)
+            if seq.kind is Kind.STREAM:
+                # As stream_generate: an end-of-sequence token adds no text, then the rest
+                # of the text is flushed with the last token.
+                if finish != "stop":
+                    seq.detokenizer.add_token(token_id)
+                if finish is not None:
+                    seq.detokenizer.finalize()
+                text = seq.detokenizer.last_segment
+            else:
+                text = self._piece(token_id)
+            token = token_at(token_id, text, logprobs, seq.plan, self._piece, self._side())
+        except Exception as exc:
+            self._drop(seq, exc)
+            return
+        seq.emit(token, finish)
+        self._flush(seq)
+        if finish is not None:
+            del self._batch[seq.uid]
+            seq.finish(finish)
+            seq.cache = response.prompt_cache
+            self._release(seq, [*seq.ids, *seq.generated])
+        elif seq.kind is Kind.STREAM and seq.sink.backlog() >= READ_AHEAD:
+            seq.cache = self._leave_batch(seq)
+            seq.state = State.PAUSED
+
+    def _leave_batch(self, seq: Sequence) -> list[Any]:
+        """Take it out of the batch; return its cache (what it fed, and maybe one more)."""
+        del self._batch[seq.uid]
+        caches = self._gen().remove([seq.uid], return_prompt_caches=True)
+        self._discard_pending(seq)
+        cache, _ = caches[seq.uid]
+        return list(cache)
+
+    def _resume(self) -> None:
+        for seq in self._live:
+            paused = seq.state is State.PAUSED and not seq.gone()
+            if paused and seq.sink.backlog() <= READ_AHEAD // 2:
+                self._to_batch(seq)
+
+    @staticmethod
+    def _discard_pending(seq: Sequence) -> None:
+        """Forget the step computed ahead of the last token: it is computed again on return."""
+        if seq.generated and seq.plan.raw is not None and seq.plan.raw.steps:
+            seq.plan.raw.steps.pop()
+
+    # -- leaving ----------------------------------------------------------------------------------
+
+    def _reap(self) -> None:
+        if any(seq.gone() for seq in self._waiting):
+            self._waiting = deque(seq for seq in self._waiting if not seq.gone())
+        for seq in [s for s in self._live if s.gone()]:
+            fed = [*seq.ids, *seq.generated]
+            if seq.state is State.PREFILL:
+                fed = seq.ids[: seq.prefilled]
+            elif seq.state is State.SOLO:
+                self._leave_solo(seq)
+            elif seq.state is State.BATCH:
+                seq.cache = self._leave_batch(seq)
+            seq.state = State.DONE
+            self._release(seq, fed)
+
+    def _release(self, seq: Sequence, fed: list[int]) -> None:
+        """Free its slot; keep the KV of ``fed`` in the prompt cache."""
+        if seq in self._live:
+            self._live.remove(seq)
+        if seq.cache is not None and self._batchable:
+            self.prompt_cache.store(fed, seq.cache)
+        seq.cache = None
+        seq.detokenizer = None
+
+    def _drop(self, seq: Sequence, exc: BaseException) -> None:
+        """It failed: hand the error over and free everything it held."""
+        if seq.solo is not None:
+            seq.solo.close()
+            seq.solo = None
+        if self._solo is seq:
+            self._solo = None
+        if seq.state is State.BATCH and seq.uid in self._batch:
+            del self._batch[seq.uid]
+            if self._generator is not None:
+                self._generator.remove([seq.uid])
+        seq.cache = None
+        seq.fail(exc)
+        self._flush(seq)
+        self._release(seq, [])
+
+    def _flush(self, seq: Sequence) -> None:
+        self._touched.add(seq.sink)
