@@ -26,7 +26,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from ..errors import BackendUnavailable, ConfigError
-from ..model import TextModel
+from ..model import TextModel, parallel_slots
 from .limits import ServerConfig
 
 if TYPE_CHECKING:
@@ -68,7 +68,9 @@ def create_app(
             ``model_name``, ``aliases``, ``max_concurrency``, ``max_queue``,
             ``queue_timeout``, ``max_tokens``, ``timeout``, ``max_context``,
             ``max_body_bytes``, ``api_key``, ``retry_after``, ``static_dir``,
-            ``allowed_hosts``, ``allowed_origins``) override it.
+            ``allowed_hosts``, ``allowed_origins``) override it. Without a config or a
+            ``max_concurrency``, the app serves as many requests at once as the model decodes
+            together (its :attr:`~goml_async.model.BaseTextModel.parallel_slots`).
         routes: extra Starlette routes served beside the OpenAI ones, or a function of the
             app that returns them (``goml serve`` adds
             :func:`~goml_async.server.ml_routes.ml_mount` with ``admit=app.admit``).
@@ -87,6 +89,8 @@ def create_app(
     """
     if not isinstance(model, TextModel):
         raise ConfigError("model", f"must be a TextModel, got {type(model).__name__}")
+    if config is None and "max_concurrency" not in options:
+        options["max_concurrency"] = parallel_slots(model)
     base = config if config is not None else ServerConfig()
     if not isinstance(base, ServerConfig):
         raise ConfigError("config", f"must be a ServerConfig, got {type(base).__name__}")

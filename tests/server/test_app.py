@@ -429,6 +429,15 @@ async def test_healthz_reports_the_model_and_the_limits() -> None:
     assert stats["active_requests"] == 0 and stats["uptime_seconds"] >= 0
 
 
+async def test_the_app_serves_as_many_at_once_as_the_model_decodes_together() -> None:
+    model = ScriptedModel(REPLY)
+    model.batch_concurrency = 6  # its parallel_slots
+    assert (await health(create_app(model)))["max_concurrency"] == 6
+    assert (await health(create_app(model, max_concurrency=2)))["max_concurrency"] == 2
+    # A config given whole is taken as it is.
+    assert (await health(create_app(model, ServerConfig())))["max_concurrency"] == 4
+
+
 @pytest.fixture
 def static_dir(tmp_path: Path) -> Path:
     (tmp_path / "index.html").write_text("<!doctype html><p>hi</p>")
