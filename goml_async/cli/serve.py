@@ -89,7 +89,7 @@ def add_parser(commands: Any) -> None:
         "--max-concurrency",
         type=int,
         default=4,
-        help="requests served at once (and llama.cpp slots); more wait in line (4)",
+        help="requests served at once (and a local model's decoding slots); more wait in line (4)",
     )
     parser.add_argument(
         "--max-queue", type=int, default=64, help="requests that may wait in line; then 429 (64)"
