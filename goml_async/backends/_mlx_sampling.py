@@ -118,6 +118,7 @@ class SeededSampler:
 
     def __init__(self, seed: int, temperature: float, top_p: float, top_k: int) -> None:
         self._key = mx.random.key(seed)
+        self._before = self._key
         self._scale = 1.0 / temperature
         self._top_p = top_p
         self._top_k = top_k
@@ -127,8 +128,13 @@ class SeededSampler:
             logprobs = apply_top_p(logprobs, self._top_p)
         if self._top_k > 0:
             logprobs = apply_top_k(logprobs, self._top_k)
+        self._before = self._key
         self._key, draw = mx.random.split(self._key)
         return mx.random.categorical(logprobs * self._scale, key=draw)
+
+    def undo(self) -> None:
+        """Forget the last draw: the step it was for is discarded and computed again."""
+        self._key = self._before
 
 
 @dataclass(slots=True)

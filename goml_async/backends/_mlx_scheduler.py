@@ -39,7 +39,7 @@ from ..errors import GenerationError
 from ._mlx_batch import classify_last
 from ._mlx_prefill import PrefillPacer, prefill_chunk
 from ._mlx_prompt_cache import PromptCache, plain_kv, rewind
-from ._mlx_sampling import decoding, token_at
+from ._mlx_sampling import SeededSampler, decoding, token_at
 from ._mlx_sequence import Kind, Request, Sequence, State, tail_of
 from ._mlx_worker import Outlet, notify_all
 
@@ -85,11 +85,13 @@ class Scheduler:
         self._batchable: bool | None = None
         self._touched: set[Outlet] = set()
         self.peak_live = 0  # the most sequences live at once (slots in use)
+        self.submitted = 0  # sequences added so far
 
     # -- what the worker calls --------------------------------------------------------------------
 
     def add(self, request: Request) -> None:
         """Queue a request (on the worker, from a submitted job)."""
+        self.submitted += 1
         config = request.config
         batch = request.kind is Kind.BATCH
         context = len(request.ids) if request.kind is Kind.CLASSIFY else tail_of(request)
@@ -374,8 +376,12 @@ class Scheduler:
     @staticmethod
     def _discard_pending(seq: Sequence) -> None:
         """Forget the step computed ahead of the last token: it is computed again on return."""
-        if seq.generated and seq.plan.raw is not None and seq.plan.raw.steps:
+        if not seq.generated:
+            return
+        if seq.plan.raw is not None and seq.plan.raw.steps:
             seq.plan.raw.steps.pop()
+        if isinstance(seq.plan.sampler, SeededSampler):
+            seq.plan.sampler.undo()
 
     # -- leaving ----------------------------------------------------------------------------------
 
