@@ -28,7 +28,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import mlx.core as mx
 import mlx_lm
@@ -36,6 +36,7 @@ from mlx_lm.generate import BatchGenerator, StopSequences, generation_stream
 from mlx_lm.models.cache import make_prompt_cache
 
 from ..errors import GenerationError
+from ..types import Token
 from ._mlx_batch import classify_last
 from ._mlx_prefill import PrefillPacer, prefill_chunk
 from ._mlx_prompt_cache import PromptCache, plain_kv, rewind
@@ -314,26 +315,36 @@ class Scheduler:
         seq.uid = uid
         seq.cache = None
         seq.state = State.BATCH
+        # In the batch it decodes ahead of its reader: the reader's asks need not wake the
+        # worker (which is busy stepping the batch anyway).
+        seq.sink.wake_on_ask = False
         self._batch[uid] = seq
 
     def _batch_step(self) -> None:
         try:
             _, responses = self._gen().next()
+            members = [(self._batch.get(r.uid), r) for r in responses]
+            found = [(seq, r) for seq, r in members if seq is not None]
+            # Each sequence's own log-probabilities, in step order (see Decoding).
+            own = [seq.plan.model_logprobs(r.logprobs) for seq, r in found]
+            # The chosen tokens' log-probabilities in one read, not one read per sequence.
+            values: list[float] = []
+            if found:
+                with mx.stream(self._side()):
+                    picks = [lp[int(r.token)] for lp, (_, r) in zip(own, found, strict=True)]
+                    values = cast(list[float], mx.stack(picks).tolist())
         except Exception as exc:
             self._generator = None  # its state is unknown now: the next batch starts afresh
             for seq in list(self._batch.values()):
                 self._drop(seq, exc)
             return
-        for response in responses:
-            member = self._batch.get(response.uid)
-            if member is not None:
-                self._batch_token(member, response)
+        for (seq, response), logprobs, value in zip(found, own, values, strict=True):
+            self._batch_token(seq, response, logprobs, value)
 
-    def _batch_token(self, seq: Sequence, response: Any) -> None:
+    def _batch_token(self, seq: Sequence, response: Any, logprobs: Any, value: float) -> None:
         token_id = int(response.token)
         finish = response.finish_reason
         try:
-            logprobs = seq.plan.model_logprobs(response.logprobs)
             if seq.kind is Kind.STREAM:
                 # As stream_generate: an end-of-sequence token adds no text, then the rest
                 # of the text is flushed with the last token.
@@ -344,7 +355,10 @@ class Scheduler:
                 text = seq.detokenizer.last_segment
             else:
                 text = self._piece(token_id)
-            token = token_at(token_id, text, logprobs, seq.plan, self._piece, self._side())
+            if seq.plan.top_logprobs:
+                token = token_at(token_id, text, logprobs, seq.plan, self._piece, self._side())
+            else:
+                token = Token(token_id, text, value)
         except Exception as exc:
             self._drop(seq, exc)
             return
@@ -358,6 +372,7 @@ class Scheduler:
         elif seq.kind is Kind.STREAM and seq.sink.backlog() >= READ_AHEAD:
             seq.cache = self._leave_batch(seq)
             seq.state = State.PAUSED
+            seq.sink.wake_on_ask = True  # its reader's next asks let it rejoin
 
     def _leave_batch(self, seq: Sequence) -> list[Any]:
         """Take it out of the batch; return its cache (what it fed, and maybe one more)."""

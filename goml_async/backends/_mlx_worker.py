@@ -69,6 +69,9 @@ class Outlet:
         self._taken = 0
         self._put = 0
         self.cancelled = threading.Event()
+        #: Whether the reader wakes the worker when it finds nothing to take (the worker
+        #: clears it while it produces ahead anyway, to spare a wake-up per token).
+        self.wake_on_ask = True
 
     # -- the reader's side (event loop) -----------------------------------------------------------
 
@@ -76,7 +79,8 @@ class Outlet:
         """The next item, once the worker has put it."""
         self._asked += 1
         if not self._items:
-            self._wake_worker()
+            if self.wake_on_ask:
+                self._wake_worker()
             while not self._items:
                 self._event = anyio.Event()
                 await self._event.wait()
