@@ -6,6 +6,7 @@ reason; the client reads them back into the same, from OpenAI's shape and llama.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -53,11 +54,18 @@ def usage_object(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
     }
 
 
-def usage_from_metrics(metrics: GenerateMetrics | None) -> dict[str, int]:
-    """The ``usage`` of a stream's metrics (the backend's own token counts; zeros without)."""
+def usage_from_metrics(metrics: GenerateMetrics | None) -> dict[str, Any]:
+    """The ``usage`` of a stream's metrics (the backend's own token counts; zeros without).
+
+    When part of the prompt came from a prompt cache it says how much, as OpenAI does:
+    ``"prompt_tokens_details": {"cached_tokens": n}`` (``prompt_tokens`` is the whole prompt).
+    """
     if metrics is None:
         return usage_object(0, 0)
-    return usage_object(metrics.prompt_tokens, metrics.generated_tokens)
+    usage: dict[str, Any] = usage_object(metrics.prompt_tokens, metrics.generated_tokens)
+    if metrics.cached_tokens > 0:
+        usage["prompt_tokens_details"] = {"cached_tokens": metrics.cached_tokens}
+    return usage
 
 
 def timings_object(
@@ -106,9 +114,17 @@ def timings_from_metrics(metrics: GenerateMetrics | None) -> dict[str, float] | 
     )
 
 
-def _number(mapping: Mapping[str, Any], key: str) -> float:
-    value = mapping.get(key)
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
+def _number(mapping: object, key: str) -> float:
+    """``mapping[key]`` when it is a finite number >= 0; else 0 (a server's garbage is no count)."""
+    value = mapping.get(key) if isinstance(mapping, Mapping) else None
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return 0.0
+    number = float(value)
+    return number if math.isfinite(number) and number >= 0 else 0.0
+
+
+def _count(mapping: object, key: str) -> int:
+    return int(_number(mapping, key))
 
 
 def metrics_from(
@@ -116,17 +132,27 @@ def metrics_from(
 ) -> GenerateMetrics | None:
     """GenerateMetrics from a server's ``usage`` and llama.cpp's ``timings``; None if neither.
 
-    Counts come from ``usage`` first (it includes cached prompt tokens), else from ``timings``.
+    Counts come from ``usage`` first, else from ``timings``. ``prompt_tokens`` is the whole
+    prompt: usage's ``prompt_tokens`` counts cached tokens too, where llama.cpp's
+    ``timings.prompt_n`` counts only the tokens it evaluated, so without usage the prompt is
+    ``prompt_n + cache_n``. ``cached_tokens`` is OpenAI's
+    ``usage.prompt_tokens_details.cached_tokens``, else llama.cpp's ``timings.cache_n``. A
+    count that is not a finite number >= 0 reads as 0.
     """
     if not usage and not timings:
         return None
-    usage = usage or {}
-    timings = timings or {}
-    prompt_tokens = int(_number(usage, "prompt_tokens") or _number(timings, "prompt_n"))
-    generated = int(_number(usage, "completion_tokens") or _number(timings, "predicted_n"))
+    usage = usage if isinstance(usage, Mapping) else {}
+    timings = timings if isinstance(timings, Mapping) else {}
+    details = usage.get("prompt_tokens_details")
+    cached = _count(details, "cached_tokens") or _count(timings, "cache_n")
+    prompt_tokens = _count(usage, "prompt_tokens") or (
+        _count(timings, "prompt_n") + _count(timings, "cache_n")
+    )
+    generated = _count(usage, "completion_tokens") or _count(timings, "predicted_n")
     return GenerateMetrics(
         prompt_tokens=prompt_tokens,
         generated_tokens=generated,
+        cached_tokens=min(cached, prompt_tokens) if prompt_tokens else cached,
         prefill_seconds=_number(timings, "prompt_ms") / 1000,
         decode_seconds=_number(timings, "predicted_ms") / 1000,
         prefill_tokens_per_sec=_number(timings, "prompt_per_second"),

@@ -64,14 +64,22 @@ class LlamaModel(HTTPModel):
     """A TextModel on a llama-server process that it owns (``aclose`` stops the server).
 
     Build it with :func:`start_llama_model` or ``load_model("model.gguf")``.
+
+    The server decodes :attr:`parallel_slots` streams at once (``LoadConfig.parallel_slots``,
+    default 4), and the client lets as many through at a time (``max_concurrency`` defaults to
+    the slot count): further streams wait in line here, first come first served, where their
+    deadlines and cancellation still apply, rather than in the server's queue.
     """
 
     def __init__(self, server: LlamaServer, info: ModelInfo, **http_options: Any) -> None:
         http_options.setdefault("generate_endpoint", "completions")
+        http_options.setdefault("max_concurrency", server.slots)
         super().__init__(server.base_url + "/v1", **http_options)
         self._model_type = "llama"
         self._server = server
         self._info = info
+        # batch_generate and parallel_slots() run as many requests at once as there are slots.
+        self.batch_concurrency = server.slots
         # Requests go to the server's root routes: the native completion route has no /v1 form.
         self._base_url = server.base_url
 
@@ -88,6 +96,11 @@ class LlamaModel(HTTPModel):
     def info(self) -> ModelInfo:
         """Architecture, layers, sizes and quantisation, from the GGUF file itself."""
         return self._info
+
+    @property
+    def parallel_slots(self) -> int:
+        """The server's slots (``--parallel``): how many streams it decodes at once."""
+        return self._server.slots
 
     # -- token sources -----------------------------------------------------------------------------
 

@@ -35,7 +35,7 @@ __all__ = ["INSTALL_HINT", "build_parser", "main"]
 INSTALL_HINT = "pip install 'goml_async[llama]'"
 
 _PROG = "llama_launcher"
-_SUPPORTED = "-m -c -t -ngl -np --lora --host --port --no-webui"
+_SUPPORTED = "-m -c -t -ngl -np -cb -nocb -kvu -no-kvu --lora --host --port --no-webui"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -102,6 +102,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add("-np", "--parallel", type=_positive, default=None, help="number of server slots")
     add(
+        "-cb",
+        "--cont-batching",
+        dest="cont_batching",
+        action="store_true",
+        default=None,
+        help="decode the slots' sequences in one batch (llama.cpp's default)",
+    )
+    add("-nocb", "--no-cont-batching", dest="cont_batching", action="store_false")
+    add(
+        "-kvu",
+        "--kv-unified",
+        dest="kv_unified",
+        action="store_true",
+        default=None,
+        help="one KV buffer shared by every slot",
+    )
+    add(
+        "-no-kvu",
+        "--no-kv-unified",
+        dest="kv_unified",
+        action="store_false",
+        help="one KV buffer per slot (what keeps greedy output independent of other requests)",
+    )
+    add(
         "--no-webui",
         "--no-ui",
         action="store_true",
@@ -131,6 +155,10 @@ def _params(xlc: Any, args: argparse.Namespace) -> Any:
         params.n_gpu_layers = args.gpu_layers
     if args.parallel is not None:
         params.n_parallel = args.parallel
+    if args.cont_batching is not None:
+        params.cont_batching = args.cont_batching
+    if args.kv_unified is not None:
+        params.kv_unified = args.kv_unified
     adapters = [item for value in args.lora for item in value.split(",") if item]
     if adapters:
         params.lora_adapters = [xlc.CommonAdapterLoraInfo(path, 1.0) for path in adapters]

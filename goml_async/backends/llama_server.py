@@ -50,6 +50,7 @@ import httpx
 from anyio.abc import AsyncResource
 
 from .._validate import integer, is_int, non_empty_str
+from ..convert.gguf_meta import read_gguf_metadata
 from ..errors import BackendUnavailable, ConfigError, LifecycleError, ModelLoadError
 from ..settings import GomlSettings, current_settings
 from ..types import LoadConfig
@@ -67,12 +68,15 @@ from .llama_launcher import INSTALL_HINT
 
 __all__ = [
     "ALL_GPU_LAYERS",
+    "DEFAULT_SLOTS",
+    "DEFAULT_SLOT_CONTEXT",
     "INSTALL_HINT",
     "LOG_TAIL_LINES",
     "LlamaServer",
     "cached_llama_server",
     "launcher_command",
     "llama_server_args",
+    "slot_context",
 ]
 
 #: ``-ngl`` value for ``LoadConfig.gpu_layers == -1`` ("all"): every llama-server version reads
@@ -80,6 +84,11 @@ __all__ = [
 ALL_GPU_LAYERS = 999
 #: Log lines kept from the server's stdout and stderr together.
 LOG_TAIL_LINES = 200
+#: Server slots (``--parallel``) when ``LoadConfig.parallel_slots`` is 0: streams decoded together.
+DEFAULT_SLOTS = 4
+#: Tokens of context each slot gets when ``LoadConfig.context_len`` is 0 (cut to the model's
+#: trained context): llama-server's long-standing default ``-c``, now per slot.
+DEFAULT_SLOT_CONTEXT = 4096
 
 _LAUNCHER_MODULE = "goml_async.backends.llama_launcher"
 _POLL_INTERVAL = 0.05  # seconds between /health polls and exit checks during startup
@@ -103,6 +112,17 @@ def launcher_command() -> list[str]:
     return [sys.executable, "-m", _LAUNCHER_MODULE]
 
 
+def slot_context(config: LoadConfig, train_context: int | None = None) -> int:
+    """The context, in tokens, that each slot of a server for ``config`` holds.
+
+    ``context_len``, or :data:`DEFAULT_SLOT_CONTEXT` when it is 0, cut to ``train_context``
+    (the GGUF's ``context_length``) when that is known: positions past it are ones the model
+    never saw.
+    """
+    wanted = config.context_len or DEFAULT_SLOT_CONTEXT
+    return min(wanted, train_context) if train_context and train_context > 0 else wanted
+
+
 def llama_server_args(
     model_path: str | os.PathLike[str],
     config: LoadConfig | None = None,
@@ -111,30 +131,49 @@ def llama_server_args(
     port: int = 0,
     threads: int | None = None,
     extra_args: Sequence[str] = (),
+    train_context: int | None = None,
 ) -> list[str]:
     """llama-server's flags for a model and a LoadConfig (without the binary).
 
-    ``context_len`` -> ``-c`` (when > 0), ``gpu_layers`` -> ``-ngl`` (when >= 0; -1, "all",
-    becomes ``-ngl 999``), ``parallel_slots`` -> ``--parallel`` (when > 0), ``adapter_path`` ->
-    ``--lora``; ``threads`` -> ``-t``. ``extra_args`` follow verbatim, so they can override.
+    ``parallel_slots`` -> ``--parallel`` (:data:`DEFAULT_SLOTS` when 0), with continuous
+    batching and one KV cache stream per slot (``--no-kv-unified``); ``-c`` is the slots times
+    :func:`slot_context`, because llama-server divides ``-c`` among its slots: every request
+    gets ``context_len`` tokens whatever else runs. ``gpu_layers`` -> ``-ngl`` (when >= 0; -1,
+    "all", becomes ``-ngl 999``), ``adapter_path`` -> ``--lora``; ``threads`` -> ``-t``.
+    ``extra_args`` follow verbatim, so they can override.
+
+    One KV stream per slot is what keeps greedy output the same whatever else the server
+    runs: in a unified cache (llama-server's choice when it picks the slot count itself) a
+    sequence's cells sit among other sequences' cells, and its attention sums come out in
+    another order, which can change a temperature-0 answer.
 
     Example:
-        >>> llama_server_args("m.gguf", LoadConfig(context_len=512), port=8080)
-        ['-m', 'm.gguf', '--host', '127.0.0.1', '--port', '8080', '-c', '512', '-ngl', '999']
+        >>> llama_server_args("m.gguf", LoadConfig(context_len=512), port=8080)[6:]
+        ['-c', '2048', '--parallel', '4', '--cont-batching', '--no-kv-unified', '-ngl', '999']
     """
     config = config or LoadConfig()
     args = ["-m", os.fspath(model_path), "--host", host, "--port", str(port)]
-    if config.context_len > 0:
-        args += ["-c", str(config.context_len)]
+    slots = config.parallel_slots or DEFAULT_SLOTS
+    args += ["-c", str(slots * slot_context(config, train_context))]
+    args += ["--parallel", str(slots), "--cont-batching", "--no-kv-unified"]
     gpu_layers = ALL_GPU_LAYERS if config.gpu_layers < 0 else config.gpu_layers
     args += ["-ngl", str(gpu_layers)]
-    if config.parallel_slots > 0:
-        args += ["--parallel", str(config.parallel_slots)]
     if config.adapter_path:
         args += ["--lora", config.adapter_path]
     if threads is not None:
         args += ["-t", str(threads)]
     return [*args, *extra_args]
+
+
+def _train_context(path: Path) -> int | None:
+    """The GGUF's trained context length, or None when the file does not say (or is no GGUF:
+    llama-server reports that itself)."""
+    try:
+        meta = read_gguf_metadata(path)
+    except ModelLoadError:
+        return None
+    value = meta.values.get(f"{meta.architecture}.context_length")
+    return value if is_int(value) and value > 0 else None
 
 
 def cached_llama_server(settings: GomlSettings | None = None) -> Path | None:
@@ -246,6 +285,7 @@ class LlamaServer(AsyncResource):
         self._extra_args = tuple(extra_args)
         self._startup_timeout = float(timeout)
         self._prefix, self._uses_launcher = _resolve_command(binary, use_launcher, settings)
+        self._train_context: int | None = None  # read from the GGUF on start()
         self._process: subprocess.Popen[bytes] | None = None
         self._finalizer: weakref.finalize[[int, int], LlamaServer] | None = None
         self._logs = LogTail(LOG_TAIL_LINES)
@@ -288,8 +328,19 @@ class LlamaServer(AsyncResource):
                 port=self._port,
                 threads=self._threads,
                 extra_args=self._extra_args,
+                train_context=self._train_context,
             ),
         ]
+
+    @property
+    def slots(self) -> int:
+        """How many requests the server decodes at once (``--parallel``); more wait in its queue."""
+        return self._config.parallel_slots or DEFAULT_SLOTS
+
+    @property
+    def slot_context(self) -> int:
+        """The context each slot holds, in tokens (see :func:`slot_context`); final once started."""
+        return slot_context(self._config, self._train_context)
 
     @property
     def uses_launcher(self) -> bool:
@@ -333,6 +384,7 @@ class LlamaServer(AsyncResource):
         self._started = True
         try:
             await anyio.to_thread.run_sync(check_model, self._model_path, self._config)
+            self._train_context = await anyio.to_thread.run_sync(_train_context, self._model_path)
             self._port = await anyio.to_thread.run_sync(reserve_port, self._host, self._port)
             self._spawn()
             await self._wait_ready()

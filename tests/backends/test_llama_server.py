@@ -7,6 +7,7 @@ llama.cpp for real, through the launcher and through the real ``llama-server`` b
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import json
 import os
 import signal
@@ -23,7 +24,12 @@ import pytest
 from processes import gone, wait_gone
 
 from goml_async.backends import llama_launcher, llama_server
-from goml_async.backends.llama_server import LlamaServer, launcher_command, llama_server_args
+from goml_async.backends.llama_server import (
+    LlamaServer,
+    launcher_command,
+    llama_server_args,
+    slot_context,
+)
 from goml_async.errors import BackendUnavailable, ConfigError, GomlError, ModelLoadError
 from goml_async.settings import GomlSettings
 from goml_async.types import LoadConfig
@@ -38,18 +44,23 @@ NO_ENV = GomlSettings(llama_server=None, cache_dir=Path("/nonexistent/goml-test-
 
 
 def test_default_args() -> None:
+    # 4 slots of 4096 tokens each (llama-server divides -c among its slots), one KV stream each.
     args = llama_server_args("m.gguf", host="127.0.0.1", port=8080)
-    assert args == ["-m", "m.gguf", "--host", "127.0.0.1", "--port", "8080", "-ngl", "999"]
+    assert args == [
+        *("-m", "m.gguf", "--host", "127.0.0.1", "--port", "8080", "-c", "16384"),
+        *("--parallel", "4", "--cont-batching", "--no-kv-unified", "-ngl", "999"),
+    ]
 
 
 @pytest.mark.parametrize(
     ("config", "threads", "expected"),
     [
-        (LoadConfig(context_len=2048), None, ["-c", "2048"]),
+        (LoadConfig(context_len=2048), None, ["-c", "8192"]),
+        (LoadConfig(context_len=2048, parallel_slots=2), None, ["-c", "4096"]),
         (LoadConfig(gpu_layers=0), None, ["-ngl", "0"]),
         (LoadConfig(gpu_layers=12), None, ["-ngl", "12"]),
         (LoadConfig(gpu_layers=-1), None, ["-ngl", "999"]),
-        (LoadConfig(parallel_slots=4), None, ["--parallel", "4"]),
+        (LoadConfig(parallel_slots=3), None, ["--parallel", "3"]),
         (LoadConfig(adapter_path="/a/lora.gguf"), None, ["--lora", "/a/lora.gguf"]),
         (LoadConfig(), 3, ["-t", "3"]),
     ],
@@ -63,13 +74,36 @@ def test_load_config_flags(
     command = server.command
     assert command[:1] == [str(fake_servers["ok"])]
     assert command[1:7] == ["-m", "m.gguf", "--host", "127.0.0.1", "--port", "9000"]
-    pairs = list(zip(command[7::2], command[8::2], strict=True))
+    pairs = list(itertools.pairwise(command[7:]))
     assert tuple(expected) in pairs
 
 
 def test_unset_config_fields_add_no_flags() -> None:
     args = llama_server_args("m.gguf", LoadConfig(context_len=0, parallel_slots=0))
-    assert not {"-c", "--parallel", "--lora", "-t"} & set(args)
+    assert not {"--lora", "-t"} & set(args)
+
+
+def test_each_slot_gets_the_context_cut_to_the_trained_one() -> None:
+    def context(config: LoadConfig, train: int | None) -> str:
+        args = llama_server_args("m.gguf", config, train_context=train)
+        return args[args.index("-c") + 1]
+
+    assert context(LoadConfig(), 8192) == str(4 * 4096)
+    assert context(LoadConfig(), 2048) == str(4 * 2048)
+    assert context(LoadConfig(context_len=100_000, parallel_slots=2), 8192) == str(2 * 8192)
+    assert context(LoadConfig(context_len=100_000, parallel_slots=2), None) == str(2 * 100_000)
+    assert slot_context(LoadConfig(context_len=512), 8192) == 512
+
+
+async def test_the_slot_count_and_context_come_from_the_config_and_the_gguf(
+    bundled_gguf: Path, fake_servers: dict[str, Path]
+) -> None:
+    server = LlamaServer(bundled_gguf, LoadConfig(parallel_slots=2), binary=fake_servers["ok"])
+    assert (server.slots, server.slot_context) == (2, 4096)
+    cut = LlamaServer(bundled_gguf, LoadConfig(context_len=9000), binary=fake_servers["ok"])
+    async with cut:
+        assert (cut.slots, cut.slot_context) == (4, 8192)  # SmolLM2 was trained on 8192
+        assert cut.command[cut.command.index("-c") + 1] == str(4 * 8192)
 
 
 def test_extra_args_pass_through_last(fake_servers: dict[str, Path]) -> None:
@@ -187,10 +221,29 @@ def test_launcher_parses_llama_server_flags() -> None:
         [
             *("-m", "m.gguf", "-c", "64", "-t", "2", "-ngl", "all", "--lora", "a", "--lora", "b,c"),
             *("-np", "3", "--no-webui", "--host", "0.0.0.0", "--port", "1234"),
+            *("--cont-batching", "--no-kv-unified"),
         ]
     )
     assert (args.model, args.ctx_size, args.threads, args.gpu_layers) == ("m.gguf", 64, 2, -2)
     assert (args.lora, args.parallel, args.host, args.port) == (["a", "b,c"], 3, "0.0.0.0", 1234)
+    assert (args.cont_batching, args.kv_unified) == (True, False)
+    unset = llama_launcher.build_parser().parse_args(["-m", "m.gguf"])
+    assert (unset.cont_batching, unset.kv_unified) == (None, None)  # xllamacpp's own defaults
+    assert llama_launcher.build_parser().parse_args(["-m", "m", "-kvu", "-nocb"]).kv_unified
+
+
+def test_the_launcher_maps_slots_batching_and_kv_layout_onto_xllamacpp(
+    launcher_available: None,
+) -> None:
+    import xllamacpp
+
+    argv = ["-m", "m.gguf", "-c", "8192", "-np", "2", "--cont-batching", "--no-kv-unified"]
+    params = llama_launcher._params(xllamacpp, llama_launcher.build_parser().parse_args(argv))
+    assert (params.n_ctx, params.n_parallel, params.cont_batching) == (8192, 2, True)
+    assert params.kv_unified is False
+    argv = ["-m", "m.gguf", "-kvu", "-nocb"]
+    params = llama_launcher._params(xllamacpp, llama_launcher.build_parser().parse_args(argv))
+    assert (params.kv_unified, params.cont_batching) == (True, False)
 
 
 def test_launcher_without_xllamacpp(
