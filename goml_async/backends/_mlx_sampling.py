@@ -14,6 +14,7 @@ count``. mlx-lm's own processors of those names count the last 20 tokens, prompt
 
 from __future__ import annotations
 
+import struct
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ __all__ = [
     "OpenAIPenalties",
     "RawLogprobs",
     "SeededSampler",
+    "chosen_logprobs",
     "decoding",
     "fields_set",
     "reject_unsupported",
@@ -174,6 +176,48 @@ def decoding(config: GenerateConfig, *, prompt_tokens: int, side: Any) -> Decodi
     if config.seed is not None and config.temperature > 0:
         sampler = SeededSampler(config.seed, config.temperature, config.top_p, config.top_k)
     return Decoding(sampler, processors, raw, config.top_logprobs)
+
+
+def chosen_logprobs(
+    rows: list[mx.array], tokens: list[int], evaluated: list[bool], side: Any
+) -> list[float]:
+    """``rows[i][tokens[i]]`` for each row of a batch step, as floats.
+
+    A row that is ``evaluated`` (mlx-lm evaluates the log-probabilities it reports in its
+    step) is read in place through the buffer protocol: no MLX operation, no wait on a
+    stream, no release of the GIL. The others (the unmodified log-probabilities of
+    :class:`RawLogprobs`, still lazy on the side stream) are gathered in one read there.
+    """
+    values = [0.0] * len(rows)
+    lazy: list[int] = []
+    for i, row in enumerate(rows):
+        value = _in_place(row, tokens[i]) if evaluated[i] else None
+        if value is None:
+            lazy.append(i)
+        else:
+            values[i] = value
+    if lazy:
+        with mx.stream(side):
+            picks = mx.stack([rows[i][tokens[i]] for i in lazy]).astype(mx.float32)
+            for i, value in zip(lazy, cast(list[float], picks.tolist()), strict=True):
+                values[i] = value
+    return values
+
+
+def _in_place(row: mx.array, index: int) -> float | None:
+    """``row[index]`` of an evaluated 1-D array, read from its buffer (None: it cannot be)."""
+    if row.dtype not in (mx.float32, mx.bfloat16, mx.float16):
+        return None
+    view = memoryview(cast(Any, row))  # MLX's stubs do not declare the buffer protocol
+    if row.dtype == mx.float32:
+        return cast(float, view[index])
+    if not view.c_contiguous:
+        return None
+    raw = view.cast("B")[2 * index : 2 * index + 2]  # memoryview indexes neither 16-bit float
+    if row.dtype == mx.float16:
+        return cast(float, struct.unpack("<e", raw)[0])
+    # bfloat16 is the upper half of a float32 (little-endian, as MLX's platforms are).
+    return cast(float, struct.unpack("<f", b"\0\0" + bytes(raw))[0])
 
 
 def token_at(

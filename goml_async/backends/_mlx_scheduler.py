@@ -28,7 +28,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
 import mlx.core as mx
 import mlx_lm
@@ -40,7 +40,7 @@ from ..types import Token
 from ._mlx_batch import classify_last
 from ._mlx_prefill import PrefillPacer, prefill_chunk
 from ._mlx_prompt_cache import PromptCache, plain_kv, rewind
-from ._mlx_sampling import SeededSampler, decoding, token_at
+from ._mlx_sampling import SeededSampler, chosen_logprobs, decoding, token_at
 from ._mlx_sequence import Kind, Request, Sequence, State, tail_of
 from ._mlx_worker import Outlet, notify_all
 
@@ -327,12 +327,9 @@ class Scheduler:
             found = [(seq, r) for seq, r in members if seq is not None]
             # Each sequence's own log-probabilities, in step order (see Decoding).
             own = [seq.plan.model_logprobs(r.logprobs) for seq, r in found]
-            # The chosen tokens' log-probabilities in one read, not one read per sequence.
-            values: list[float] = []
-            if found:
-                with mx.stream(self._side()):
-                    picks = [lp[int(r.token)] for lp, (_, r) in zip(own, found, strict=True)]
-                    values = cast(list[float], mx.stack(picks).tolist())
+            tokens = [r.token for _, r in found]
+            evaluated = [seq.plan.raw is None for seq, _ in found]
+            values = chosen_logprobs(own, tokens, evaluated, self._side())
         except Exception as exc:
             self._generator = None  # its state is unknown now: the next batch starts afresh
             for seq in list(self._batch.values()):
