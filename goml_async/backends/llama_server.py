@@ -12,6 +12,9 @@ Example:
 
 What it guarantees:
 
+* ``LoadConfig.parallel_slots`` slots (default 4), decoded together (continuous batching), each
+  with ``context_len`` tokens of context (see :func:`llama_server_args`) and its own KV cache
+  stream, so a greedy reply does not depend on what the other slots hold.
 * Bad input fails before anything starts: a missing or non-GGUF model (:class:`ModelLoadError`),
   a missing or non-executable binary (:class:`BackendUnavailable`), a port in use
   (:class:`ConfigError`).

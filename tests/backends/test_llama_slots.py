@@ -91,9 +91,7 @@ async def test_the_client_lets_through_as_many_streams_as_there_are_slots(
     tiny_gguf: Path, llama_binary: dict[str, Any]
 ) -> None:
     transport = CountingTransport()
-    async with await start(
-        tiny_gguf, llama_binary, parallel_slots=2, transport=transport
-    ) as model:
+    async with await start(tiny_gguf, llama_binary, parallel_slots=2, transport=transport) as model:
         assert model.parallel_slots == model.server.slots == model.batch_concurrency == 2
         assert model.concurrency_statistics().total_tokens == 2
         assert "--parallel" in model.server.command and "--no-kv-unified" in model.server.command
