@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import anyio
 import httpx
@@ -161,8 +162,16 @@ def test_openai_sync_plain_and_streamed_agree(serving: Serving) -> None:
     finish = [chunk.choices[0].finish_reason for chunk in chunks if chunk.choices]
     assert text == plain.choices[0].message.content
     assert finish[-1] == plain.choices[0].finish_reason
-    assert chunks[-1].usage is not None
-    assert chunks[-1].usage.model_dump() == plain.usage.model_dump()
+    streamed = chunks[-1].usage
+    assert streamed is not None
+
+    def counts(usage: Any) -> tuple[int, int, int]:
+        return (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens)
+
+    assert counts(streamed) == counts(plain.usage)
+    # The second request found the first one's prompt in llama-server's prompt cache.
+    assert streamed.prompt_tokens_details is not None
+    assert 0 < (streamed.prompt_tokens_details.cached_tokens or 0) < streamed.prompt_tokens
     client.close()
 
 
