@@ -151,8 +151,8 @@ def llama_server_args(
     another order, which can change a temperature-0 answer.
 
     Example:
-        >>> llama_server_args("m.gguf", LoadConfig(context_len=512), port=8080)[6:]
-        ['-c', '2048', '--parallel', '4', '--cont-batching', '--no-kv-unified', '-ngl', '999']
+        >>> " ".join(llama_server_args("m.gguf", LoadConfig(context_len=512), port=8080)[6:])
+        '-c 2048 --parallel 4 --cont-batching --no-kv-unified -ngl 999'
     """
     config = config or LoadConfig()
     args = ["-m", os.fspath(model_path), "--host", host, "--port", str(port)]
