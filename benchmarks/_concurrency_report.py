@@ -69,72 +69,121 @@ def serve_medians(results: dict[str, Any]) -> dict[int, tuple[float, float, floa
     return {n: paired(sides["served"], sides["direct"]) for n, sides in serve.items()}
 
 
-def row(measure: str, goml: str, peer: str, ratio: float, goal: str, met: bool) -> tuple[str, ...]:
-    return (measure, goml, peer, f"{ratio:.2f}x", goal, "PASS" if met else "FAIL")
+@dataclass(frozen=True, slots=True)
+class Line:
+    """One measure of the run: a row of the printed and Markdown tables and, when it has a
+    ``summary`` name, a measure of the results JSON (and so of the summary table)."""
+
+    label: str
+    goml: float
+    peer: float
+    ratio: float
+    goal: str
+    met: bool
+    #: How the table shows ``goml`` and ``peer`` (a format spec, then a suffix).
+    spec: str = ".1f"
+    suffix: str = ""
+    summary: str = ""
+    unit: str = ""
+    peer_name: str = ""
+
+    def cells(self) -> tuple[str, ...]:
+        shown = (f"{value:{self.spec}}{self.suffix}" for value in (self.goml, self.peer))
+        return (self.label, *shown, f"{self.ratio:.2f}x", self.goal, "PASS" if self.met else "FAIL")
+
+    def measure(self) -> _report.Measure:
+        return _report.Measure(
+            self.summary,
+            self.unit,
+            self.goml,
+            self.peer,
+            self.peer_name,
+            self.ratio,
+            self.goal,
+            self.met,
+        )
 
 
-def rows(results: dict[str, Any]) -> list[tuple[str, ...]]:
+def lines(results: dict[str, Any]) -> list[Line]:
     rates = medians(results)
     out = [
-        row(
+        Line(
             f"{n} stream(s), aggregate tok/s",
-            f"{g:.1f}",
-            f"{r:.1f}",
+            g,
+            r,
             ratio,
             f">= {GOAL_RATIO}x",
             ratio >= GOAL_RATIO,
+            summary=f"{n} concurrent stream(s), aggregate",
+            unit="tokens/s",
+            peer_name=RAW,
         )
         for n, (g, r, ratio) in rates.items()
     ]
     (g1, r1, _), (g8, r8, _) = rates[SIZES[0]], rates[SIZES[-1]]
+    scaling = g8 / g1
     out.append(
-        row(
+        Line(
             "8 streams / 1 stream (goml | raw)",
-            f"{g8 / g1:.2f}x",
-            f"{r8 / r1:.2f}x",
-            g8 / g1,
+            scaling,
+            r8 / r1,
+            scaling,
             f">= {GOAL_SCALING}x",
-            g8 / g1 >= GOAL_SCALING,
+            scaling >= GOAL_SCALING,
+            spec=".2f",
+            suffix="x",
         )
     )
     eight = results["bursts"][SIZES[-1]]
     fair = statistics.median(b.fairness for b in eight[GOML])
     raw_fair = statistics.median(b.fairness for b in eight[RAW])
     out.append(
-        row(
+        Line(
             "fairness at 8 (slowest/fastest)",
-            f"{fair:.2f}",
-            f"{raw_fair:.2f}",
+            fair,
+            raw_fair,
             fair,
             f">= {GOAL_FAIRNESS}",
             fair >= GOAL_FAIRNESS,
+            spec=".2f",
         )
     )
     cache = results["ttft"]
     ratio = cache["warm"] / cache["cold"]
     out.append(
-        row(
+        Line(
             f"2nd-turn TTFT ms, {cache['prefix_tokens']}-token prefix (warm | cold)",
-            f"{cache['warm'] * 1000:.0f}",
-            f"{cache['cold'] * 1000:.0f}",
+            cache["warm"] * 1000,
+            cache["cold"] * 1000,
             ratio,
             f"<= {GOAL_TTFT}x",
             ratio <= GOAL_TTFT,
+            spec=".0f",
+            summary="2nd-turn TTFT, warm vs cold",
+            unit="ms",
+            peer_name="cold (no prompt cache)",
         )
     )
     for n, (served, direct, ratio) in serve_medians(results).items():
         goal = GOAL_SERVE_ONE if n == 1 else GOAL_SERVE_MANY
         out.append(
-            row(
+            Line(
                 f"goml serve, {n} client(s), tok/s (served | direct)",
-                f"{served:.1f}",
-                f"{direct:.1f}",
+                served,
+                direct,
                 ratio,
                 f">= {goal}x",
                 ratio >= goal,
+                summary=f"goml serve, {n} concurrent client(s)",
+                unit="tokens/s",
+                peer_name="llama-server direct",
             )
         )
     return out
+
+
+def rows(results: dict[str, Any]) -> list[tuple[str, ...]]:
+    return [line.cells() for line in lines(results)]
 
 
 def title(args: argparse.Namespace) -> str:
@@ -251,47 +300,7 @@ def markdown_section(
 
 def write_results(results: dict[str, Any], mlx: dict[str, Any] | None) -> Path:
     rates = medians(results)
-    measures = [
-        _report.Measure(
-            f"{n} concurrent stream(s), aggregate",
-            "tokens/s",
-            g,
-            r,
-            RAW,
-            ratio,
-            f">= {GOAL_RATIO}x",
-            ratio >= GOAL_RATIO,
-        )
-        for n, (g, r, ratio) in rates.items()
-    ]
-    cache = results["ttft"]
-    ratio = cache["warm"] / cache["cold"]
-    measures.append(
-        _report.Measure(
-            "2nd-turn TTFT, warm vs cold",
-            "ms",
-            cache["warm"] * 1000,
-            cache["cold"] * 1000,
-            "cold (no prompt cache)",
-            ratio,
-            f"<= {GOAL_TTFT}x",
-            ratio <= GOAL_TTFT,
-        )
-    )
-    for n, (served, direct, ratio) in serve_medians(results).items():
-        goal = GOAL_SERVE_ONE if n == 1 else GOAL_SERVE_MANY
-        measures.append(
-            _report.Measure(
-                f"goml serve, {n} concurrent client(s)",
-                "tokens/s",
-                served,
-                direct,
-                "llama-server direct",
-                ratio,
-                f">= {goal}x",
-                ratio >= goal,
-            )
-        )
+    measures = [line.measure() for line in lines(results) if line.summary]
     g8, r8, _ = rates[SIZES[-1]]
     throughput = [
         _report.Throughput(f"llama.cpp: {SIZES[-1]} concurrent streams", GOML, {GOML: g8, RAW: r8})

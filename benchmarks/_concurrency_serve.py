@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -19,7 +16,7 @@ import _report
 import anyio
 import httpx
 from bench_llama import raw_post
-from bench_server import LISTENING
+from bench_server import served_process
 from rich.console import Console
 
 from goml_async import bundled_model_path
@@ -100,28 +97,9 @@ async def serve_burst(client: httpx.AsyncClient, url: str, count: int, tokens: i
 @contextmanager
 def goml_serve() -> Iterator[tuple[str, str]]:
     """Run ``goml serve`` on the bundled model; yield its URL and its llama-server's."""
-    env = {k: v for k, v in os.environ.items() if k != "GOML_SERVER_API_KEY"}
-    process = subprocess.Popen(
-        serve_command(bundled_model_path()),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env={**env, "NO_PROXY": "127.0.0.1"},
-    )
-    try:
-        assert process.stdout is not None
-        deadline = time.monotonic() + 120
-        while not (found := LISTENING.search(process.stdout.readline())):
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"goml serve did not start (exit {process.returncode})")
-        yield found.group(1), child_llama_url(process.pid)
-    finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.communicate()
+    # Its start includes the llama-server's: longer than bench_server's default.
+    with served_process(serve_command(bundled_model_path()), start_timeout=120) as (url, process):
+        yield url, child_llama_url(process.pid)
 
 
 async def measure_serve(

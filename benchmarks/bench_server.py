@@ -161,8 +161,11 @@ def machine_line() -> str:
 
 
 @contextmanager
-def subprocess_server(command: Sequence[str]) -> Iterator[str]:
-    """Run a server that prints "listening on URL"; yield the URL; SIGINT it afterwards."""
+def served_process(
+    command: Sequence[str], *, start_timeout: float = 60.0
+) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    """Run a server that prints "listening on URL"; yield the URL and the process (for its
+    children, say); SIGINT it afterwards, and kill it if it has not ended 30 s later."""
     env = {**os.environ, "NO_PROXY": "127.0.0.1"}
     env.pop("GOML_SERVER_API_KEY", None)
     process = subprocess.Popen(
@@ -175,11 +178,11 @@ def subprocess_server(command: Sequence[str]) -> Iterator[str]:
     )
     try:
         assert process.stdout is not None
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + start_timeout
         while not (found := LISTENING.search(process.stdout.readline())):
             if process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"{command[:4]} did not start (exit {process.returncode})")
-        yield found.group(1)
+        yield found.group(1), process
     finally:
         process.send_signal(signal.SIGINT)
         try:
@@ -187,6 +190,13 @@ def subprocess_server(command: Sequence[str]) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.communicate()
+
+
+@contextmanager
+def subprocess_server(command: Sequence[str]) -> Iterator[str]:
+    """:func:`served_process` for a caller that needs only the URL."""
+    with served_process(command) as (url, _process):
+        yield url
 
 
 def goml_serve_command(model: str) -> list[str]:

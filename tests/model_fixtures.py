@@ -7,6 +7,8 @@ It loads in well under a second in llama-server and in the xllamacpp launcher.
 ``llama_binary`` runs a test once per llama.cpp server: the xllamacpp launcher, and the real
 ``llama-server`` built by ``scripts/build-llama-server``. Where that binary is missing, the
 real-binary variant fails in CI (``CI`` set) and is skipped locally with the command that builds it.
+``start_llama`` starts a :class:`LlamaModel` on the server ``llama_binary`` picked, and
+:func:`busy_slots` counts the slots of its server that are decoding.
 """
 
 from __future__ import annotations
@@ -16,13 +18,16 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Awaitable
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any, Protocol, TypedDict
 
+import httpx
 import pytest
 
+from goml_async.backends.llama import LlamaModel
 from goml_async.errors import ModelLoadError
-from goml_async.registry import bundled_model_path
+from goml_async.registry import bundled_model_path, load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 BUILD_SCRIPT = ROOT / "scripts" / "build-llama-server"
@@ -263,6 +268,33 @@ def llama_binary(request: pytest.FixtureRequest) -> dict[str, Any]:
         request.getfixturevalue("launcher_available")
         return {"use_launcher": True}
     return {"binary": request.getfixturevalue("real_llama_server"), "use_launcher": False}
+
+
+class StartLlama(Protocol):
+    """``start_llama``'s type: ``await start_llama(gguf, **load_model_options)``."""
+
+    def __call__(self, gguf: Path, /, **options: Any) -> Awaitable[LlamaModel]: ...
+
+
+@pytest.fixture
+def start_llama(llama_binary: dict[str, Any]) -> StartLlama:
+    """Start a :class:`LlamaModel` on ``gguf`` with the server ``llama_binary`` picked, on 2
+    threads (the machine's cores); ``options`` go to :func:`load_model`. Use it as ``async with``.
+    """
+
+    async def start(gguf: Path, /, **options: Any) -> LlamaModel:
+        model = await load_model(str(gguf), threads=2, **llama_binary, **options)
+        assert isinstance(model, LlamaModel)
+        return model
+
+    return start
+
+
+async def busy_slots(model: LlamaModel) -> int:
+    """How many of the model's llama-server slots are decoding now (its ``/slots`` route)."""
+    async with httpx.AsyncClient() as client:
+        slots = (await client.get(model.server.base_url + "/slots", timeout=5)).json()
+    return sum(1 for slot in slots if slot["is_processing"])
 
 
 @pytest.fixture

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import httpx
 import pytest
+from model_fixtures import StartLlama, busy_slots
 from processes import gone
 
 from goml_async import (
@@ -37,21 +37,13 @@ SYSTEM = {"role": "system", "content": "You are a helpful assistant."}
 QUESTION = {"role": "user", "content": "What is the capital of France? Answer in one word."}
 
 
-async def slots_busy(model: LlamaModel) -> int:
-    async with httpx.AsyncClient() as client:
-        slots = (await client.get(model.server.base_url + "/slots", timeout=5)).json()
-    return sum(1 for slot in slots if slot["is_processing"])
-
-
 # -- the bundled model on both servers ------------------------------------------------------------
 
 
 async def test_the_bundled_model_answers_paris(
-    bundled_gguf: Path, llama_binary: dict[str, Any]
+    bundled_gguf: Path, llama_binary: dict[str, Any], start_llama: StartLlama
 ) -> None:
-    model = await load_model(str(bundled_gguf), context_len=2048, threads=2, **llama_binary)
-    assert isinstance(model, LlamaModel)
-    async with model:
+    async with await start_llama(bundled_gguf, context_len=2048) as model:
         assert model.model_type == "llama"
         assert model.server.uses_launcher == llama_binary["use_launcher"]
         result = await model.chat([SYSTEM, QUESTION], temperature=0, max_tokens=16).collect()
@@ -79,14 +71,14 @@ async def test_breaking_out_frees_the_slot_within_a_second(
             [{"role": "user", "content": "Write a long story about a dragon."}], max_tokens=500
         ) as stream:
             async for _token in stream:
-                if await slots_busy(model):
+                if await busy_slots(model):
                     break
         started = time.monotonic()
         for _ in range(100):
-            if await slots_busy(model) == 0:
+            if await busy_slots(model) == 0:
                 break
             await anyio.sleep(0.01)
-        assert await slots_busy(model) == 0
+        assert await busy_slots(model) == 0
         assert time.monotonic() - started < 1.0
 
 

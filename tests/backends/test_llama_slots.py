@@ -10,8 +10,9 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+from model_fixtures import StartLlama, busy_slots
 
-from goml_async import GenerationTimeout, load_model
+from goml_async import GenerationTimeout
 from goml_async.backends.llama import LlamaModel
 from goml_async.server import create_app
 
@@ -30,12 +31,6 @@ ENDLESS: dict[str, Any] = {"temperature": 0, "extra_body": {"ignore_eos": True}}
 
 def ask(prompt: str) -> list[dict[str, str]]:
     return [SYSTEM, {"role": "user", "content": prompt}]
-
-
-async def start(gguf: Path, binary: dict[str, Any], **options: Any) -> LlamaModel:
-    model = await load_model(str(gguf), threads=2, **binary, **options)
-    assert isinstance(model, LlamaModel)
-    return model
 
 
 async def solo_answers(model: LlamaModel) -> list[str]:
@@ -88,10 +83,10 @@ class _Counted(httpx.AsyncByteStream):
 
 
 async def test_the_client_lets_through_as_many_streams_as_there_are_slots(
-    tiny_gguf: Path, llama_binary: dict[str, Any]
+    tiny_gguf: Path, start_llama: StartLlama
 ) -> None:
     transport = CountingTransport()
-    async with await start(tiny_gguf, llama_binary, parallel_slots=2, transport=transport) as model:
+    async with await start_llama(tiny_gguf, parallel_slots=2, transport=transport) as model:
         assert model.parallel_slots == model.server.slots == model.batch_concurrency == 2
         assert model.concurrency_statistics().total_tokens == 2
         assert "--parallel" in model.server.command and "--no-kv-unified" in model.server.command
@@ -114,9 +109,9 @@ async def test_the_client_lets_through_as_many_streams_as_there_are_slots(
     assert transport.open == 0
 
 
-async def test_streams_overlap_on_the_slots(tiny_gguf: Path, llama_binary: dict[str, Any]) -> None:
+async def test_streams_overlap_on_the_slots(tiny_gguf: Path, start_llama: StartLlama) -> None:
     events: list[tuple[str, int]] = []
-    async with await start(tiny_gguf, llama_binary) as model:
+    async with await start_llama(tiny_gguf) as model:
         assert model.parallel_slots == 4
 
         async def one(index: int) -> None:
@@ -138,9 +133,9 @@ async def test_streams_overlap_on_the_slots(tiny_gguf: Path, llama_binary: dict[
 
 
 async def test_batched_greedy_output_equals_solo(
-    bundled_gguf: Path, llama_binary: dict[str, Any]
+    bundled_gguf: Path, start_llama: StartLlama
 ) -> None:
-    async with await start(bundled_gguf, llama_binary) as model:
+    async with await start_llama(bundled_gguf) as model:
         solo = await solo_answers(model)
         batched = [""] * len(PROMPTS)
 
@@ -155,9 +150,9 @@ async def test_batched_greedy_output_equals_solo(
 
 
 async def test_cancelling_one_of_four_leaves_the_others_intact(
-    bundled_gguf: Path, llama_binary: dict[str, Any]
+    bundled_gguf: Path, start_llama: StartLlama
 ) -> None:
-    async with await start(bundled_gguf, llama_binary) as model:
+    async with await start_llama(bundled_gguf) as model:
         solo = await solo_answers(model)
         texts: dict[int, str] = {}
         victim = anyio.CancelScope()
@@ -195,9 +190,9 @@ async def test_cancelling_one_of_four_leaves_the_others_intact(
 
 
 async def test_a_deadline_on_one_stream_stops_only_that_one(
-    bundled_gguf: Path, llama_binary: dict[str, Any]
+    bundled_gguf: Path, start_llama: StartLlama
 ) -> None:
-    async with await start(bundled_gguf, llama_binary) as model:
+    async with await start_llama(bundled_gguf) as model:
         solo = await solo_answers(model)
         texts: dict[int, str] = {}
         timed_out: list[GenerationTimeout] = []
@@ -221,19 +216,13 @@ async def test_a_deadline_on_one_stream_stops_only_that_one(
     assert texts == {1: solo[1], 2: solo[2], 3: solo[3]}
 
 
-async def busy_slots(model: LlamaModel) -> int:
-    async with httpx.AsyncClient() as client:
-        slots = (await client.get(model.server.base_url + "/slots", timeout=5)).json()
-    return sum(1 for slot in slots if slot["is_processing"])
-
-
 # -- the prompt cache -----------------------------------------------------------------------------
 
 
 async def test_the_second_turn_reuses_the_cached_prefix(
-    bundled_gguf: Path, llama_binary: dict[str, Any]
+    bundled_gguf: Path, start_llama: StartLlama
 ) -> None:
-    async with await start(bundled_gguf, llama_binary) as model:
+    async with await start_llama(bundled_gguf) as model:
         first = await model.chat(ask(PROMPTS[0]), **GREEDY).collect()
         turn = [
             *ask(PROMPTS[0]),
@@ -256,9 +245,9 @@ async def test_the_second_turn_reuses_the_cached_prefix(
 
 
 async def test_goml_serve_reports_the_cached_prompt_tokens(
-    bundled_gguf: Path, llama_binary: dict[str, Any]
+    bundled_gguf: Path, start_llama: StartLlama
 ) -> None:
-    async with await start(bundled_gguf, llama_binary) as model:
+    async with await start_llama(bundled_gguf) as model:
         app = create_app(model, model_name="m")
         body = {"model": "m", "messages": ask(PROMPTS[0]), **GREEDY}
         transport = httpx.ASGITransport(app=app)
