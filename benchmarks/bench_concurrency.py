@@ -22,11 +22,23 @@ Everything is measured in one run, against llama-servers started here on the bun
    same clients on that llama-server directly. Goals: >= 0.98x for one client, >= 0.95x at 4
    and 8.
 
+5. ``goml probe`` (``_concurrency_probe.py``): the 23 capability probes on the model ``goml
+   probe`` loads by default (the bundled model, 4 slots), greedy, in turn (``-c 1``) against
+   the model's slots at once: the wall times, the speed-up, and how many greedy replies are the
+   same both ways (all 23 must be).
+
 When ``benchmarks/_concurrency_mlx.py`` exists and mlx is installed it runs too (its table is
 printed and recorded); otherwise the reason is printed. A report, not a test: it exits 0.
 
+The parts are ``llama`` (1-4), ``mlx`` and ``probe`` (5); ``--only PART`` (repeatable) runs
+those alone, ``--no-mlx`` skips MLX. With ``--markdown``, ``llama`` writes the section (with the
+MLX table where MLX ran) and ``probe`` its own block after it; the results JSON keeps the
+probe's numbers from an earlier run when this one has no probe part, and the rest when it has
+no llama part.
+
 Run: ``python benchmarks/bench_concurrency.py [--tokens N] [--repeat R] [--server
-binary|launcher] [--backend asyncio|trio] [--no-mlx] [--markdown docs/benchmarks.md]``.
+binary|launcher] [--backend asyncio|trio] [--only llama|mlx|probe] [--no-mlx] [--markdown
+docs/benchmarks.md]``.
 """
 
 from __future__ import annotations
@@ -43,14 +55,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import _concurrency_probe
 import _report
 import anyio
 import httpx
 from _concurrency_report import (
     COLUMNS,
     GOML,
+    HEADING,
     PLOT,
     RAW,
+    RESULTS,
     SIZES,
     THREADS,
     Burst,
@@ -85,6 +100,8 @@ def stream_rate(first: float, last: float, count: int) -> float:
 
 
 EXTRA: dict[str, Any] = {"ignore_eos": True}
+#: What ``--only`` selects: the llama.cpp measures (1-4), the MLX half, goml probe (5).
+PARTS = ("llama", "mlx", "probe")
 
 
 async def goml_burst(model: LlamaModel, count: int, tokens: int) -> Burst:
@@ -247,10 +264,14 @@ async def run_llama(
     return {"server": server, "bursts": bursts, "ttft": cache, "serve": serve}
 
 
-def run_mlx(args: argparse.Namespace, console: Console) -> tuple[dict[str, Any] | None, str]:
+def run_mlx(
+    args: argparse.Namespace, parts: set[str], console: Console
+) -> tuple[dict[str, Any] | None, str]:
     """The MLX half (``_concurrency_mlx.py``), or None and why it did not run."""
     if args.no_mlx:
         return None, "--no-mlx"
+    if "mlx" not in parts:
+        return None, "not selected with --only"
     if not (Path(__file__).parent / "_concurrency_mlx.py").exists():
         return None, "benchmarks/_concurrency_mlx.py is not there"
     if importlib.util.find_spec("mlx") is None or importlib.util.find_spec("mlx_lm") is None:
@@ -280,6 +301,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeat", type=positive_int, default=3, help="rounds per measure")
     parser.add_argument("--server", choices=("binary", "launcher"), help="default: the binary")
     parser.add_argument("--backend", choices=("asyncio", "trio"), default="asyncio")
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=PARTS,
+        help="run this part alone (repeatable; default: all of them)",
+    )
     parser.add_argument("--no-mlx", action="store_true", help="skip the MLX half")
     parser.add_argument(
         "--markdown",
@@ -292,6 +319,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    parts = set(args.only or PARTS)
     console = Console(width=None if sys.stdout.isatty() else 160)
     console.print(f"Machine: {_report.machine_line(('anyio', 'httpx', 'goml_async'))}")
     choice = choose_server(args.server)
@@ -299,9 +327,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if missing is not None:
         console.print(f"[yellow]skipped: {missing}[/]")
         return 0
-    results = anyio.run(run_llama, args, choice, console, backend=args.backend)
-    console.print(rich_table(title(args), COLUMNS, rows(results)))
-    mlx, why = run_mlx(args, console)
+    results = None
+    if "llama" in parts:
+        results = anyio.run(run_llama, args, choice, console, backend=args.backend)
+        console.print(rich_table(title(args), COLUMNS, rows(results)))
+    mlx, why = run_mlx(args, parts, console)
     if mlx is None:
         console.print(f"MLX: skipped ({why})")
     else:
@@ -310,16 +340,56 @@ def main(argv: Sequence[str] | None = None) -> int:
         console.print(
             rich_table("MLX: tiny llama", _concurrency_mlx.COLUMNS, _concurrency_mlx.rows(mlx))
         )
-    if args.markdown is not None:
-        intro = INTRO
-        _report.write_markdown(
-            args.markdown, "bench_concurrency", markdown_section(results, mlx, why, args), intro
+    probe = None
+    if "probe" in parts:
+        console.print(f"goml probe: {args.repeat} round(s) in turn and at once ...")
+        probe = anyio.run(
+            _concurrency_probe.measure_probe, args, choice, console, backend=args.backend
         )
+        heading = _concurrency_probe.title(probe, args)
+        table = _concurrency_probe.rows(probe)
+        console.print(rich_table(heading, _concurrency_probe.COLUMNS, table))
+    if args.markdown is not None:
+        write(args, results, mlx, why, probe, console)
+    return 0
+
+
+def write(
+    args: argparse.Namespace,
+    results: dict[str, Any] | None,
+    mlx: dict[str, Any] | None,
+    why: str,
+    probe: dict[str, Any] | None,
+    console: Console,
+) -> None:
+    """The parts that ran into ``--markdown``, the results JSON and the plot."""
+    path = RESULTS / "bench_concurrency.json"
+    earlier = _concurrency_probe.saved(path)
+    if results is not None:
+        section = markdown_section(results, mlx, why, args)
+        _report.write_markdown(args.markdown, "bench_concurrency", section, INTRO)
         console.print(f"wrote the results section of {args.markdown}")
-        console.print(f"wrote {write_results(results, mlx)}")
+        write_results(results, mlx)
         drawn = plot(results, mlx, PLOT)
         console.print(f"wrote {drawn}" if drawn else "no plot: matplotlib is not installed")
-    return 0
+    elif mlx is not None:
+        console.print("the MLX table goes into the llama part's section: printed only")
+    if probe is not None:
+        section = _concurrency_probe.markdown_section(probe, args)
+        _report.write_markdown(args.markdown, _concurrency_probe.MARK, section, INTRO)
+        console.print(f"wrote the goml probe block of {args.markdown}")
+    if not path.exists():  # a first run with no llama part: a record of the probe alone
+        _report.write_results(
+            "bench_concurrency",
+            title="concurrent streams",
+            heading=HEADING.removeprefix("## "),
+            machine=_report.machine_line(("anyio", "httpx", "goml_async")),
+            measures=[],
+        )
+    _concurrency_probe.record(
+        path, _concurrency_probe.recorded(probe) if probe is not None else earlier
+    )
+    console.print(f"wrote {path}")
 
 
 if __name__ == "__main__":
