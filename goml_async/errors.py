@@ -22,6 +22,7 @@ GomlError
 ├── ServiceCloseError        closing some of a Service's backends failed: lists each failure
 └── GenerationError          generation failed: carries the partial text and token count
     ├── GenerationTimeout    a first-token, idle or total deadline passed
+    ├── SchemaViolation      the output left its response_format: carries the partial text
     ├── StreamInterrupted    the stream broke after the first token (never replayed)
     ├── APIStatusError       the server answered with an error status (after any retries)
     └── APIConnectionError   the server could not be reached (after any retries)
@@ -45,6 +46,7 @@ __all__ = [
     "LifecycleError",
     "ModelLoadError",
     "NotSupported",
+    "SchemaViolation",
     "ServiceCloseError",
     "ServiceUnavailable",
     "SinkError",
@@ -234,6 +236,34 @@ class GenerationTimeout(GenerationError):
     ) -> None:
         self.deadline = deadline
         self.seconds = seconds
+        super().__init__(message, partial_text=partial_text, tokens_generated=tokens_generated)
+
+
+class SchemaViolation(GenerationError):
+    """The output can no longer be, or at its end is not, a document of the ``response_format``.
+
+    Raised from the stream at the first chunk holding a byte that cannot lead to a valid
+    document, or at the end when the document is incomplete or fails the schema's validation;
+    no text past the last valid chunk is delivered.
+
+    Attributes:
+        partial_text: the text delivered before the offending chunk (the valid prefix).
+        offset: the byte offset in the output of the first byte that broke the format, or None
+            when the output ended without a complete, valid document.
+        format_type: the ``response_format`` type (``"json_schema"``, ``"regex"``, ...).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        format_type: str,
+        offset: int | None = None,
+        partial_text: str = "",
+        tokens_generated: int = 0,
+    ) -> None:
+        self.format_type = format_type
+        self.offset = offset
         super().__init__(message, partial_text=partial_text, tokens_generated=tokens_generated)
 
 

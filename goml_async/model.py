@@ -19,6 +19,7 @@ from anyio.abc import AsyncResource
 from ._validate import string
 from .errors import ConfigError, GenerationError, GomlError, NotSupported
 from .stream import StreamContext, TokenSource, TokenStream
+from .structured import ResponseFormat
 from .types import (
     BatchResult,
     ClassifyResult,
@@ -139,6 +140,12 @@ class BaseTextModel(AsyncResource):
     #: Keyword options of ``generate``/``chat`` that are this backend's own, not GenerateConfig
     #: fields; they reach the token source on ``context.options``.
     call_options: ClassVar[frozenset[str]] = frozenset()
+    #: The ``response_format`` types this backend can enforce (``json_object``,
+    #: ``json_schema``, ``regex``, ``choice``). A call asking for another fails up front with a
+    #: ConfigError naming ``response_format``: the default is none, so a backend that cannot
+    #: constrain its output never streams unconstrained text under a schema. (Every stream
+    #: with a format also checks the text, whatever the backend.)
+    response_formats: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(
         self,
@@ -303,12 +310,19 @@ class BaseTextModel(AsyncResource):
             if own:
                 options = {name: value for name, value in options.items() if name not in own}
                 own = self._check_call_options(own)
-        return TokenStream(
-            source,
-            config=self._resolve(config, options),
-            on_finish=self._record,
-            options=own,
-        )
+        resolved = self._resolve(config, options)
+        fmt = resolved.structured
+        if fmt is not None and fmt.type not in self.response_formats:
+            raise ConfigError(
+                "response_format",
+                f"{fmt.type} output is not supported on the {self._model_type} backend yet",
+            )
+        if fmt is not None:
+            self._check_response_format(fmt)
+        return TokenStream(source, config=resolved, on_finish=self._record, options=own)
+
+    def _check_response_format(self, fmt: ResponseFormat) -> None:
+        """Raise ConfigError when this backend cannot enforce ``fmt`` (a type it supports)."""
 
     def _check_call_options(self, options: dict[str, Any]) -> dict[str, Any]:
         """Validate the call's own options (those in :attr:`call_options`); return them."""

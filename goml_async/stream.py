@@ -7,6 +7,10 @@ once for every backend:
 - client-side stop sequences (also when a stop string is split across tokens; no text from the
   stop onwards is ever delivered), stop token IDs and the ``max_tokens`` cap;
 - the finish reason, metrics (time to first token measured here), the error and partial text;
+- with a ``response_format``, the check of the text as it arrives and of the whole document at
+  the end (:class:`~goml_async.structured.StreamChecker`): the first token that breaks the
+  format raises :class:`~goml_async.errors.SchemaViolation` and is not delivered, and a stream
+  never ends successfully with text that does not validate;
 - closing the source as soon as the consumer leaves: ``break`` + ``aclose()``, ``async with``,
   cancellation, or reaching a stop. Closing the source is what stops generation at the backend
   (the MLX thread, the HTTP response, the llama-server slot).
@@ -26,13 +30,16 @@ import anyio
 from anyio.abc import AsyncResource
 
 from ._stop_sequences import StopSequenceCutter
-from .errors import GenerationError, GenerationTimeout, GomlError
+from .errors import GenerationError, GenerationTimeout, GomlError, SchemaViolation
+from .structured._checker import StreamChecker
 from .types import FinishReason, GenerateConfig, GenerateMetrics, Result, Token
 
 __all__ = ["StopSequenceCutter", "StreamContext", "TokenSource", "TokenStream"]
 
 _DEFAULT_CONFIG = GenerateConfig()
 _NONE: Mapping[str, Any] = MappingProxyType({})
+#: The end of a checked stream: reached without error, so the document is checked there.
+_CHECKED_ENDS = frozenset(("stop", "length", "stop_sequence"))
 
 
 class StreamContext:
@@ -81,6 +88,7 @@ class TokenStream(AsyncResource):
     """
 
     __slots__ = (
+        "_checker",
         "_config",
         "_context",
         "_count",
@@ -91,6 +99,7 @@ class TokenStream(AsyncResource):
         "_iterator",
         "_metrics",
         "_on_finish",
+        "_parsed",
         "_parts",
         "_ready",
         "_source",
@@ -126,6 +135,9 @@ class TokenStream(AsyncResource):
             StopSequenceCutter(self._config.stop_sequences) if self._config.stop_sequences else None
         )
         self._stop_ids = frozenset(self._config.stop_tokens)
+        fmt = self._config.structured
+        self._checker = StreamChecker(fmt) if fmt is not None else None
+        self._parsed: Any = None
         self._ready: deque[Token] = deque()
         self._parts: list[str] = []
         self._count = 0
@@ -164,6 +176,15 @@ class TokenStream(AsyncResource):
         return self._error
 
     @property
+    def parsed(self) -> Any:
+        """The validated document once the stream has ended well with a ``response_format``.
+
+        The pydantic instance when a model class was given, the JSON value for the JSON
+        formats, the text for ``regex`` and ``choice``; None without a ``response_format``.
+        """
+        return self._parsed
+
+    @property
     def done(self) -> bool:
         """True once the stream has ended."""
         return self._finish_reason is not None
@@ -174,6 +195,18 @@ class TokenStream(AsyncResource):
         return self
 
     async def __anext__(self) -> Token:
+        token = await self._next_token()
+        if self._checker is not None:
+            try:
+                self._checker.feed(token.text)
+            except SchemaViolation as exc:
+                # The token is not delivered; generation stops at the backend.
+                await self._close_source()
+                raise self._violation(exc) from None
+        self._parts.append(token.text)
+        return token
+
+    async def _next_token(self) -> Token:
         if self._ready:
             return self._deliver(self._ready.popleft())
         if self._finish_reason is not None:
@@ -248,12 +281,30 @@ class TokenStream(AsyncResource):
         return iterator
 
     def _deliver(self, token: Token) -> Token:
-        self._parts.append(token.text)
+        # The token goes out through __anext__, which checks it against the format first.
         return token
 
     def _exhausted(self) -> NoReturn:
+        checker = self._checker
+        if checker is not None and checker.parsed is None and self._finish_reason in _CHECKED_ENDS:
+            try:
+                self._parsed = checker.finish()
+            except SchemaViolation as exc:
+                raise self._violation(exc) from None
         self._notify()
         raise StopAsyncIteration
+
+    def _violation(self, exc: SchemaViolation) -> SchemaViolation:
+        """Record that the output broke its format and return the error to raise."""
+        exc.tokens_generated = self._count
+        self._error = exc
+        if self._finish_reason is None:
+            self._metrics = self._build_metrics()
+        # Also when the source had ended: a document that fails its check is no success.
+        self._finish_reason = "error"
+        self._ready.clear()
+        self._notify()
+        return exc
 
     def _end_of_source(self) -> None:
         """The source is used up: release held text and record why it ended."""
@@ -373,7 +424,12 @@ class TokenStream(AsyncResource):
         async with self:
             async for _ in self:
                 pass
-        return Result(text=self.text, metrics=self._metrics, finish_reason=self._finish_reason)
+        return Result(
+            text=self.text,
+            metrics=self._metrics,
+            finish_reason=self._finish_reason,
+            parsed=self._parsed,
+        )
 
     def __await__(self) -> Generator[Any, None, Result]:
         """``await stream`` is ``await stream.collect()``: ``await model.chat(messages)``.

@@ -14,6 +14,8 @@ from typing import Any, Literal, TypeAlias, TypedDict
 
 from ._validate import integer, non_empty_str, number_between, seconds, string
 from .errors import ConfigError, GomlError
+from .structured._format import ResponseFormat, ResponseFormatLike, normalize_response_format
+from .structured._grammar import grammar_for
 
 __all__ = [
     "BatchResult",
@@ -167,6 +169,14 @@ class GenerateConfig:
     tokens, ``total_timeout`` for the whole stream. Each raises
     :class:`~goml_async.errors.GenerationTimeout` carrying the partial text.
 
+    ``response_format`` constrains the output: ``{"type": "json_object"}``,
+    ``{"type": "json_schema", "json_schema": {"name": ..., "schema": {...}}}``,
+    ``{"type": "regex", "pattern": ...}``, ``{"type": "choice", "choices": [...]}``, or a
+    pydantic model class; ``{"type": "text"}`` or None leave it free. It is stored validated,
+    as a :class:`~goml_async.structured.ResponseFormat`. The stream checks the text as it
+    arrives and raises :class:`~goml_async.errors.SchemaViolation` at the first byte that
+    breaks the format, or at the end when the document is incomplete or invalid.
+
     Example:
         >>> GenerateConfig(max_tokens=32, stop_sequences=["\\n\\n"]).max_tokens
         32
@@ -188,6 +198,7 @@ class GenerateConfig:
     frequency_penalty: float = 0.0
     logprobs: bool = False
     top_logprobs: int = 0
+    response_format: ResponseFormatLike | None = None
 
     def __post_init__(self) -> None:
         integer("max_tokens", self.max_tokens, minimum=0)
@@ -219,6 +230,17 @@ class GenerateConfig:
             )
         if self.top_logprobs and not self.logprobs:
             set_(self, "logprobs", True)
+        fmt = normalize_response_format(self.response_format)
+        if fmt is not None:
+            # Compiled (and cached) now, so a format that cannot be enforced fails here.
+            grammar_for(fmt, surrounding_whitespace=fmt.is_json)
+        set_(self, "response_format", fmt)
+
+    @property
+    def structured(self) -> ResponseFormat | None:
+        """The validated ``response_format`` (None: unconstrained text)."""
+        fmt = self.response_format
+        return fmt if isinstance(fmt, ResponseFormat) else None
 
     @property
     def has_deadlines(self) -> bool:
@@ -269,6 +291,7 @@ class GenerateOptions(TypedDict, total=False):
     frequency_penalty: float
     logprobs: bool
     top_logprobs: int
+    response_format: ResponseFormatLike | None
 
 
 _CONFIG_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(GenerateConfig))
@@ -455,11 +478,17 @@ class BatchResult:
 
 @dataclass(frozen=True, slots=True)
 class Result:
-    """A whole completion: the text, its metrics and why it ended."""
+    """A whole completion: the text, its metrics and why it ended.
+
+    ``parsed`` is the validated document when the call had a ``response_format``: the
+    pydantic instance when a model class was given, the JSON value for the JSON formats, the
+    text for ``regex`` and ``choice``; None without a ``response_format``.
+    """
 
     text: str
     metrics: GenerateMetrics | None = None
     finish_reason: FinishReason | None = None
+    parsed: Any = None
 
     @property
     def content(self) -> str:

@@ -42,6 +42,8 @@ EVERY_FIELD = GenerateConfig(
     frequency_penalty=0.2,
     logprobs=True,
     top_logprobs=1,
+    # Any text at all (the scripted replies differ), but a format every wrapper must pass on.
+    response_format={"type": "regex", "pattern": "(?s).*"},
 )
 JUDGE_REPLY = '{"reasoning": 3, "correctness": 4, "clarity": 5, "notes": "ok"}'
 

@@ -160,7 +160,9 @@ def test_generate_config_defaults_match_the_design() -> None:
         "frequency_penalty",
         "logprobs",
         "top_logprobs",
+        "response_format",
     ]
+    assert config.response_format is None
     assert config.presence_penalty == config.frequency_penalty == 0.0
     assert config.logprobs is False
     assert config.top_logprobs == 0

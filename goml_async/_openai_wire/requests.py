@@ -54,6 +54,16 @@ def sampling_fields(config: GenerateConfig, *, stop_tokens: bool = False) -> dic
     return fields
 
 
+def _response_format(config: GenerateConfig, fields: dict[str, Any]) -> None:
+    """Add OpenAI's ``response_format`` field for a JSON format (sent as OpenAI defines it).
+
+    goml's own ``regex`` and ``choice`` formats have no OpenAI field: the HTTP backend refuses
+    them before a request is made.
+    """
+    if config.structured is not None and config.structured.is_json:
+        fields["response_format"] = config.structured.to_openai()
+
+
 def stream_body(
     model: str, fields: Mapping[str, Any], extra_body: Mapping[str, Any] | None
 ) -> dict[str, Any]:
@@ -83,6 +93,7 @@ def chat_body(
         fields["logprobs"] = True
         if config.top_logprobs:
             fields["top_logprobs"] = config.top_logprobs
+    _response_format(config, fields)
     body = stream_body(model, fields, extra_body)
     body["messages"] = [message.to_dict() for message in messages]
     return body
@@ -100,6 +111,7 @@ def completion_body(
     fields = sampling_fields(config)
     if config.logprobs:
         fields["logprobs"] = max(config.top_logprobs, 1)
+    _response_format(config, fields)
     body = stream_body(model, fields, extra_body)
     body["prompt"] = prompt
     return body

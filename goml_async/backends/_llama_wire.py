@@ -19,7 +19,7 @@ from typing import Any
 
 from ..errors import GenerationError
 from ..types import ClassifyResult, GenerateConfig, Message, Token
-from . import _openai
+from . import _llama_grammar, _openai
 
 __all__ = [
     "CHAT_PATH",
@@ -69,6 +69,8 @@ def completion_body(
         fields["n_probs"] = alternatives
     fields["return_tokens"] = True
     fields["response_fields"] = list(_FINAL_FIELDS)
+    if config.structured is not None:
+        fields.update(_llama_grammar.constraint_fields(config.structured))
     body = _openai.stream_body(model, fields, extra_body)
     body["prompt"] = prompt
     return body
@@ -89,6 +91,9 @@ def chat_body(
     alternatives = streamed_alternatives(config, for_ids=True)
     if alternatives:
         fields["n_probs"] = alternatives
+    if config.structured is not None:
+        # The chat route reads the native json_schema and grammar fields too.
+        fields.update(_llama_grammar.constraint_fields(config.structured))
     body = _openai.stream_body(model, fields, extra_body)
     body["messages"] = [message.to_dict() for message in messages]
     return body

@@ -235,6 +235,9 @@ class HTTPModel(BaseTextModel):
     # Per call, ``model=`` asks for another model and ``extra_body=`` adds fields to the body
     # (over the model's own extra_body): model.chat(messages, model="other", extra_body={...}).
     call_options = frozenset({"model", "extra_body"})
+    #: OpenAI's JSON formats, sent as ``response_format``; goml's ``regex`` and ``choice`` have
+    #: no OpenAI field, so they fail up front rather than stream unconstrained text.
+    response_formats = frozenset(("json_object", "json_schema"))
 
     if TYPE_CHECKING:  # the signatures with this backend's own options; the base class runs
 

@@ -39,6 +39,7 @@ from ..errors import APIConnectionError, BackendUnavailable, GenerationError, Ge
 from ..model import _check_prompts
 from ..settings import GomlSettings, current_settings
 from ..stream import StreamContext
+from ..structured import ResponseFormat
 from ..types import (
     ClassifyResult,
     GenerateConfig,
@@ -47,7 +48,7 @@ from ..types import (
     ModelInfo,
     Token,
 )
-from . import _http_reply, _llama_wire, _openai
+from . import _http_reply, _llama_grammar, _llama_wire, _openai
 from .http import HTTPModel
 from .llama_launcher import INSTALL_HINT
 from .llama_server import LlamaServer, cached_llama_server
@@ -70,6 +71,10 @@ class LlamaModel(HTTPModel):
     the slot count): further streams wait in line here, first come first served, where their
     deadlines and cancellation still apply, rather than in the server's queue.
     """
+
+    #: Every format: JSON through llama-server's own ``json_schema`` (after checking that its
+    #: converter enforces every keyword), ``regex`` and ``choice`` through a GBNF grammar.
+    response_formats = frozenset(("json_object", "json_schema", "regex", "choice"))
 
     def __init__(self, server: LlamaServer, info: ModelInfo, **http_options: Any) -> None:
         http_options.setdefault("generate_endpoint", "completions")
@@ -123,6 +128,9 @@ class LlamaModel(HTTPModel):
         body = _llama_wire.chat_body(model, messages, config, extra_body)
         tokens = self._request(_llama_wire.CHAT_PATH, body, context)
         return self._trimmed(tokens, config, body)
+
+    def _check_response_format(self, fmt: ResponseFormat) -> None:
+        _llama_grammar.constraint_fields(fmt)
 
     def _trimmed(
         self, tokens: AsyncIterator[Token], config: GenerateConfig, body: Mapping[str, Any]

@@ -48,6 +48,11 @@ class ScriptedModel(BaseTextModel):
         'Hello, world'
     """
 
+    #: A scripted reply is not generated, so nothing constrains it; every format is accepted
+    #: and the stream's checker holds the reply to it (a test sees SchemaViolation for a
+    #: reply that breaks the format, as from a real backend).
+    response_formats = frozenset(("json_object", "json_schema", "regex", "choice"))
+
     def __init__(
         self,
         reply: Reply,
