@@ -142,11 +142,14 @@ def _check_node(node: Mapping[str, Any], path: str) -> list[tuple[object, str]]:
         for other in ("minLength", "maxLength"):
             if other in keys:
                 raise refuse(other, f"{other!r} beside 'format' (it would be ignored)")
+    # With a list of types the converter checks each type on its own: a keyword holds when the
+    # one type it constrains is named (and, for bounds, "number" is not, which would drop them).
+    types = set(kind) if isinstance(kind, list) else {kind}
     for other in ("minLength", "maxLength"):
-        if other in keys and kind != "string":
+        if other in keys and "string" not in types:
             raise refuse(other, f'{other!r} without "type": "string"')
     for other in _BOUNDS:
-        if other in keys and kind != "integer":
+        if other in keys and ("integer" not in types or "number" in types):
             raise refuse(other, f"{other!r} on anything but an integer")
     for other in ("minItems", "maxItems"):
         if other in keys and "items" not in keys:
