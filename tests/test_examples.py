@@ -17,7 +17,13 @@ from goml_async.testing import FakeOpenAIServer, Script
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
-SCRIPTS = ["asyncio_stream.py", "concurrent_scoring.py", "agent_local.py", "fastapi_app.py"]
+SCRIPTS = [
+    "asyncio_stream.py",
+    "concurrent_scoring.py",
+    "agent_local.py",
+    "fastapi_app.py",
+    "structured_output.py",
+]
 #: One reply that is valid for the semantic, TruthfulQA, DoNotAnswer and Toxigen rubrics.
 JUDGE_REPLY = json.dumps(
     {
@@ -92,6 +98,18 @@ def test_asyncio_stream(bundled_gguf: Path) -> None:
     assert "GenerationTimeout: deadline=total" in output or "finished in time" in output
     assert output.count("finish_reason=cancelled") == 2, output
     assert re.search(r"^1: .+\n2: .+$", output, re.MULTILINE)
+    assert "\ndone" in output
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_structured_output(bundled_gguf: Path) -> None:
+    output = run_example("structured_output.py", timeout=400)
+    assert re.findall(r"^== ", output, re.MULTILINE) == ["== "] * 4, output
+    assert "City(name=" in output
+    assert re.search(r"^parsed: \{'title': ", output, re.MULTILINE)
+    assert re.search(r"^(yes|no)$", output, re.MULTILINE)
+    assert "SchemaViolation: partial_text=" in output
     assert "\ndone" in output
 
 
