@@ -3,7 +3,10 @@
 Every field is checked for its type and range with a 400 that names the OpenAI parameter, so
 no value a client sends reaches the model unchecked (none can cause a 500). Fields this server
 cannot honour are refused with a 400 naming them (code ``not_supported``) rather than ignored:
-a reply must never look as if it did what was asked when it did not. Fields that do not change
+a reply must never look as if it did what was asked when it did not. ``response_format`` is
+validated and compiled here (a malformed or unenforceable one is a 400 naming the field, before
+the request waits in line); whether the model can enforce it is the model's check, when the
+stream opens. Fields that do not change
 the generated text (``user``, ``metadata``, ...) and fields this server does not know are
 ignored, as OpenAI-compatible servers do.
 """
@@ -14,6 +17,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from ..errors import ConfigError
+from ..structured import ResponseFormat, grammar_for, normalize_response_format
 from ..types import MAX_TOP_LOGPROBS, Message, Role
 from ._wire import ServerError, shown
 
@@ -196,9 +201,6 @@ def _refuse_unsupported(body: Mapping[str, Any], *, chat: bool) -> None:
         if body.get("suffix") not in (None, ""):
             raise _unsupported("suffix", "a suffix (insertion)")
         return
-    response_format = body.get("response_format")
-    if response_format is not None and response_format != {"type": "text"}:
-        raise _unsupported("response_format", 'a response_format other than {"type": "text"}')
     for name, what in (("tools", "tool calling"), ("functions", "function calling")):
         if body.get(name) not in (None, []):
             raise _unsupported(name, what)
@@ -214,6 +216,21 @@ def _refuse_unsupported(body: Mapping[str, Any], *, chat: bool) -> None:
     ):
         if body.get(name) is not None:
             raise _unsupported(name, what)
+
+
+def _response_format(value: object) -> ResponseFormat | None:
+    """The validated, compiled ``response_format`` (OpenAI's shapes and goml's regex/choice).
+
+    Compiled here, not when the stream opens, so that a schema no grammar can enforce is a 400
+    before the request waits for a place; the grammar is cached for the model's own check.
+    """
+    try:
+        fmt = normalize_response_format(value)
+        if fmt is not None:
+            grammar_for(fmt, surrounding_whitespace=fmt.is_json)
+    except ConfigError as exc:
+        raise _bad(exc.field, exc.problem) from None
+    return fmt
 
 
 def _logprobs(body: Mapping[str, Any], *, chat: bool) -> int | None:
@@ -293,6 +310,9 @@ def parse_completion_request(body: object, *, chat: bool) -> CompletionRequest:
     if max_tokens is None:
         max_tokens = _optional_int(body, "max_tokens", minimum=0)
     options = _sampling(body)
+    fmt = _response_format(body.get("response_format"))
+    if fmt is not None:
+        options["response_format"] = fmt
     logprobs = _logprobs(body, chat=chat)
     if logprobs is not None:
         options.update(logprobs=True, top_logprobs=logprobs)

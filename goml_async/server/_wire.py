@@ -27,6 +27,7 @@ from ..errors import (
     GenerationTimeout,
     GomlError,
     NotSupported,
+    SchemaViolation,
 )
 from ..types import GenerateMetrics
 
@@ -120,9 +121,14 @@ def param_name(config_field: str) -> str:
 def error_from_exception(exc: BaseException) -> ServerError:
     """The error reply for an exception raised while generating.
 
-    ConfigError -> 400 naming the parameter; NotSupported -> 400; GenerationTimeout -> 504;
-    an upstream server's 400 -> 400 (usually a prompt longer than its context); any other
+    ConfigError -> 400 naming the parameter; NotSupported -> 400; SchemaViolation -> 422
+    naming ``response_format`` (code ``schema_violation``); GenerationTimeout -> 504; an
+    upstream server's 400 -> 400 (usually a prompt longer than its context); any other
     GenerationError, and anything unexpected, -> 500.
+
+    A SchemaViolation is a 4xx, not a 5xx that clients retry: the same request under greedy
+    decoding fails the same way, and the usual cause (a ``max_tokens`` too small for the
+    document) is the request's to change.
     """
     if isinstance(exc, ServerError):
         return exc
@@ -130,6 +136,13 @@ def error_from_exception(exc: BaseException) -> ServerError:
         return ServerError(400, str(exc), param=param_name(exc.field), code="invalid_value")
     if isinstance(exc, NotSupported):
         return ServerError(400, str(exc), code="not_supported")
+    if isinstance(exc, SchemaViolation):
+        return ServerError(
+            422,
+            f"the output did not meet the response_format: {exc}",
+            param="response_format",
+            code="schema_violation",
+        )
     if isinstance(exc, GenerationTimeout):
         return ServerError(
             504,

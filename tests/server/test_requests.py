@@ -72,11 +72,6 @@ def openai_client(app: ServerApp) -> openai.AsyncOpenAI:
 @pytest.mark.parametrize(
     ("body", "param"),
     [
-        ({**CHAT, "response_format": {"type": "json_object"}}, "response_format"),
-        (
-            {**CHAT, "response_format": {"type": "json_schema", "json_schema": {}}},
-            "response_format",
-        ),
         ({**CHAT, "tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
         ({**CHAT, "tool_choice": "required"}, "tool_choice"),
         ({**CHAT, "tool_choice": {"type": "function", "function": {"name": "f"}}}, "tool_choice"),
