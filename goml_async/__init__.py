@@ -60,6 +60,7 @@ from .retry import RetryPolicy
 from .service import Service
 from .settings import GomlSettings
 from .stream import StopSequenceCutter, StreamContext, TokenSource, TokenStream
+from .tools import Tool, ToolCall, ToolCallDelta, ToolChoice
 from .types import (
     BatchResult,
     ClassifyResult,
@@ -128,6 +129,10 @@ __all__ = [
     "TokenCallback",
     "TokenSource",
     "TokenStream",
+    "Tool",
+    "ToolCall",
+    "ToolCallDelta",
+    "ToolChoice",
     "TopLogprob",
     "TransportError",
     "UnknownBackendError",

@@ -18,7 +18,7 @@ from anyio.abc import AsyncResource
 
 from ._validate import string
 from .errors import ConfigError, GenerationError, GomlError, NotSupported
-from .stream import StreamContext, TokenSource, TokenStream
+from .stream import StreamContext, StreamItem, TokenSource, TokenStream
 from .structured import ResponseFormat
 from .types import (
     BatchResult,
@@ -146,6 +146,10 @@ class BaseTextModel(AsyncResource):
     #: constrain its output never streams unconstrained text under a schema. (Every stream
     #: with a format also checks the text, whatever the backend.)
     response_formats: ClassVar[frozenset[str]] = frozenset()
+    #: Whether ``chat`` can offer the model ``tools`` (and take ``tool`` messages and
+    #: assistant messages with ``tool_calls``). The default is no: such a call fails up front
+    #: with a ConfigError naming ``tools`` (or ``messages``), never a reply that ignored them.
+    supports_tools: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -191,11 +195,13 @@ class BaseTextModel(AsyncResource):
     # -- the primitive ----------------------------------------------------------------------------
 
     @abstractmethod
-    def _stream_prompt(self, prompt: str, context: StreamContext) -> AsyncIterator[Token]:
+    def _stream_prompt(self, prompt: str, context: StreamContext) -> AsyncIterator[StreamItem]:
         """Yield the tokens of a completion of ``prompt`` (read the config from ``context``)."""
 
-    def _stream_chat(self, messages: list[Message], context: StreamContext) -> AsyncIterator[Token]:
-        """Yield the tokens of the reply to ``messages``."""
+    def _stream_chat(
+        self, messages: list[Message], context: StreamContext
+    ) -> AsyncIterator[StreamItem]:
+        """Yield the tokens of the reply to ``messages`` (and its tool-call deltas, if any)."""
         raise NotSupported(f"the {self._model_type} model has no chat template")
 
     async def _aclose(self) -> None:
@@ -215,6 +221,12 @@ class BaseTextModel(AsyncResource):
             ```
         """
         string("prompt", prompt)
+        if (
+            "tools" in options
+            or "tool_choice" in options
+            or (isinstance(config, GenerateConfig) and config.tools)
+        ):
+            raise ConfigError("tools", "tool calling needs chat(messages, tools=[...])")
         if self._prompt_as_chat:
             return self.chat([Message("user", prompt)], config, **options)
         return self._open_stream(
@@ -229,6 +241,14 @@ class BaseTextModel(AsyncResource):
     ) -> TokenStream:
         """Stream the assistant's reply to ``messages`` (Messages or role/content dicts)."""
         conversation = coerce_messages(messages)
+        if not self.supports_tools:
+            for message in conversation:
+                if message.role == "tool" or message.tool_calls:
+                    raise ConfigError(
+                        "messages",
+                        f"tool calls and tool results are not supported on the "
+                        f"{self._model_type} backend yet",
+                    )
         return self._open_stream(
             lambda context: self._stream_chat(conversation, context), config, options
         )
@@ -319,10 +339,19 @@ class BaseTextModel(AsyncResource):
             )
         if fmt is not None:
             self._check_response_format(fmt)
+        if resolved.tools:
+            if not self.supports_tools:
+                raise ConfigError(
+                    "tools", f"tool calling is not supported on the {self._model_type} backend yet"
+                )
+            self._check_tools(resolved)
         return TokenStream(source, config=resolved, on_finish=self._record, options=own)
 
     def _check_response_format(self, fmt: ResponseFormat) -> None:
         """Raise ConfigError when this backend cannot enforce ``fmt`` (a type it supports)."""
+
+    def _check_tools(self, config: GenerateConfig) -> None:
+        """Raise ConfigError when this backend cannot offer ``config.tools`` as asked."""
 
     def _check_call_options(self, options: dict[str, Any]) -> dict[str, Any]:
         """Validate the call's own options (those in :attr:`call_options`); return them."""

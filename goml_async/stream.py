@@ -11,6 +11,10 @@ once for every backend:
   the end (:class:`~goml_async.structured.StreamChecker`): the first token that breaks the
   format raises :class:`~goml_async.errors.SchemaViolation` and is not delivered, and a stream
   never ends successfully with text that does not validate;
+- tool calls: the source may yield :class:`~goml_async.tools.ToolCallDelta` events beside its
+  tokens; :meth:`TokenStream.events` delivers both in arrival order (iterating the stream
+  itself yields the text tokens only), one assembler joins the deltas, and the end of the
+  stream checks the calls against the tools and ``tool_choice``;
 - closing the source as soon as the consumer leaves: ``break`` + ``aclose()``, ``async with``,
   cancellation, or reaching a stop. Closing the source is what stops generation at the backend
   (the MLX thread, the HTTP response, the llama-server slot).
@@ -30,11 +34,13 @@ import anyio
 from anyio.abc import AsyncResource
 
 from ._stop_sequences import StopSequenceCutter
+from ._tool_calls import ToolCallAssembler, check_tool_choice
 from .errors import GenerationError, GenerationTimeout, GomlError, SchemaViolation
 from .structured._checker import StreamChecker
+from .tools import ToolCall, ToolCallDelta
 from .types import FinishReason, GenerateConfig, GenerateMetrics, Result, Token
 
-__all__ = ["StopSequenceCutter", "StreamContext", "TokenSource", "TokenStream"]
+__all__ = ["StopSequenceCutter", "StreamContext", "StreamItem", "TokenSource", "TokenStream"]
 
 _DEFAULT_CONFIG = GenerateConfig()
 _NONE: Mapping[str, Any] = MappingProxyType({})
@@ -65,7 +71,9 @@ class StreamContext:
         self.options: Mapping[str, Any] = MappingProxyType(dict(options)) if options else _NONE
 
 
-TokenSource: TypeAlias = Callable[[StreamContext], AsyncIterator[Token]]
+#: What a token source yields: text tokens and, beside them, tool-call deltas.
+StreamItem: TypeAlias = Token | ToolCallDelta
+TokenSource: TypeAlias = Callable[[StreamContext], AsyncIterator[StreamItem]]
 
 
 class TokenStream(AsyncResource):
@@ -80,7 +88,9 @@ class TokenStream(AsyncResource):
         ```
 
     ``await stream.collect()``, or simply ``await stream``, gathers the whole reply as a
-    :class:`~goml_async.types.Result`.
+    :class:`~goml_async.types.Result`. With tools, :meth:`events` yields the text tokens and
+    the :class:`~goml_async.tools.ToolCallDelta` events in arrival order, and after the end
+    :attr:`tool_calls` holds the checked calls (``finish_reason`` ``"tool_calls"``).
     After the end, :attr:`text`, :attr:`finish_reason` (``stop``, ``length``,
     ``stop_sequence``, ``cancelled`` or ``error``), :attr:`metrics` and :attr:`error` are set.
     Leaving early (``break`` then ``aclose()``, leaving ``async with``, or cancellation) closes
@@ -105,12 +115,14 @@ class TokenStream(AsyncResource):
         "_source",
         "_started_at",
         "_stop_ids",
+        "_tool_calls",
+        "_tools",
         "_total_deadline",
     )
 
     def __init__(
         self,
-        source: TokenSource | AsyncIterable[Token],
+        source: TokenSource | AsyncIterable[StreamItem],
         *,
         config: GenerateConfig | None = None,
         on_finish: Callable[[TokenStream], None] | None = None,
@@ -130,7 +142,7 @@ class TokenStream(AsyncResource):
         self._source = source
         self._on_finish = on_finish
         self._context = StreamContext(self._config, options)
-        self._iterator: AsyncIterator[Token] | None = None
+        self._iterator: AsyncIterator[StreamItem] | None = None
         self._cutter = (
             StopSequenceCutter(self._config.stop_sequences) if self._config.stop_sequences else None
         )
@@ -138,6 +150,8 @@ class TokenStream(AsyncResource):
         fmt = self._config.structured
         self._checker = StreamChecker(fmt) if fmt is not None else None
         self._parsed: Any = None
+        self._tools: ToolCallAssembler | None = None
+        self._tool_calls: tuple[ToolCall, ...] | None = None
         self._ready: deque[Token] = deque()
         self._parts: list[str] = []
         self._count = 0
@@ -185,6 +199,12 @@ class TokenStream(AsyncResource):
         return self._parsed
 
     @property
+    def tool_calls(self) -> tuple[ToolCall, ...]:
+        """The calls the model made, checked against the tools, once the stream has ended well
+        (empty while it runs, and when the model made none)."""
+        return self._tool_calls or ()
+
+    @property
     def done(self) -> bool:
         """True once the stream has ended."""
         return self._finish_reason is not None
@@ -195,7 +215,34 @@ class TokenStream(AsyncResource):
         return self
 
     async def __anext__(self) -> Token:
-        token = await self._next_token()
+        while True:
+            item = await self._next_token()
+            if not isinstance(item, ToolCallDelta):
+                return await self._accept(item)
+
+    async def events(self) -> AsyncIterator[StreamItem]:
+        """Yield the text tokens and the tool-call deltas in the order they arrive.
+
+        Example:
+            ```python
+            async with model.chat(messages, tools=tools) as stream:
+                async for event in stream.events():
+                    if isinstance(event, ToolCallDelta):
+                        print("call", event.index, event.name or "", event.arguments)
+                    else:
+                        print(event.text, end="")
+            print(stream.tool_calls)
+            ```
+        """
+        while True:
+            try:
+                item = await self._next_token()
+            except StopAsyncIteration:
+                return
+            yield item if isinstance(item, ToolCallDelta) else await self._accept(item)
+
+    async def _accept(self, token: Token) -> Token:
+        """Check a text token against the format and record it as delivered."""
         if self._checker is not None:
             try:
                 self._checker.feed(token.text)
@@ -206,7 +253,7 @@ class TokenStream(AsyncResource):
         self._parts.append(token.text)
         return token
 
-    async def _next_token(self) -> Token:
+    async def _next_token(self) -> StreamItem:
         if self._ready:
             return self._deliver(self._ready.popleft())
         if self._finish_reason is not None:
@@ -222,6 +269,9 @@ class TokenStream(AsyncResource):
                 return self._deliver(self._ready.popleft())
             except BaseException as exc:
                 raise self._fail(exc)  # noqa: B904 - the cause is kept on the raised error
+            if isinstance(token, ToolCallDelta):
+                await self._tool_delta(token)
+                return token
             if cap and self._count >= cap:
                 # The cap was reached and the source did not stop by itself: cut it off here.
                 # (Backends that honour max_tokens natively end first, after their final
@@ -249,7 +299,7 @@ class TokenStream(AsyncResource):
             if self._finish_reason is not None:
                 self._exhausted()
 
-    async def _next_in_time(self, iterator: AsyncIterator[Token]) -> Token:
+    async def _next_in_time(self, iterator: AsyncIterator[StreamItem]) -> StreamItem:
         """The next token, or GenerationTimeout when the nearest deadline passes first."""
         config = self._config
         deadline, kind, seconds = self._total_deadline, "total", config.total_timeout or 0.0
@@ -269,7 +319,7 @@ class TokenStream(AsyncResource):
             seconds=seconds,
         )
 
-    def _start(self) -> AsyncIterator[Token]:
+    def _start(self) -> AsyncIterator[StreamItem]:
         self._started_at = time.perf_counter()
         if self._config.total_timeout is not None:
             self._total_deadline = anyio.current_time() + self._config.total_timeout
@@ -284,13 +334,33 @@ class TokenStream(AsyncResource):
         # The token goes out through __anext__, which checks it against the format first.
         return token
 
+    async def _tool_delta(self, delta: ToolCallDelta) -> None:
+        """Hand a tool-call delta to the assembler; a hostile one ends the stream."""
+        if self._tools is None:
+            self._tools = ToolCallAssembler(self._config.tool_specs)
+        try:
+            self._tools.add(delta)
+        except GenerationError as exc:
+            await self._close_source()
+            raise self._fail(exc) from None
+
     def _exhausted(self) -> NoReturn:
         checker = self._checker
-        if checker is not None and checker.parsed is None and self._finish_reason in _CHECKED_ENDS:
+        ended_well = self._finish_reason in _CHECKED_ENDS
+        if checker is not None and checker.parsed is None and ended_well:
             try:
                 self._parsed = checker.finish()
             except SchemaViolation as exc:
                 raise self._violation(exc) from None
+        if self._tool_calls is None and ended_well:
+            try:
+                calls = self._tools.finish() if self._tools is not None else ()
+                check_tool_choice(self._config.choice, calls, self.text)
+            except SchemaViolation as exc:
+                raise self._violation(exc) from None
+            self._tool_calls = calls
+            if calls and self._finish_reason == "stop":
+                self._finish_reason = "tool_calls"
         self._notify()
         raise StopAsyncIteration
 
@@ -429,6 +499,7 @@ class TokenStream(AsyncResource):
             metrics=self._metrics,
             finish_reason=self._finish_reason,
             parsed=self._parsed,
+            tool_calls=self.tool_calls,
         )
 
     def __await__(self) -> Generator[Any, None, Result]:

@@ -14,8 +14,18 @@ from typing import Any, Literal, TypeAlias, TypedDict
 
 from ._validate import integer, non_empty_str, number_between, seconds, string
 from .errors import ConfigError, GomlError
+from .messages import Message, MessageLike, Role, coerce_messages
 from .structured._format import ResponseFormat, ResponseFormatLike, normalize_response_format
 from .structured._grammar import grammar_for
+from .tools import (
+    Tool,
+    ToolCall,
+    ToolChoice,
+    ToolChoiceLike,
+    ToolLike,
+    normalize_tool_choice,
+    normalize_tools,
+)
 
 __all__ = [
     "BatchResult",
@@ -38,9 +48,9 @@ __all__ = [
     "resolve_config",
 ]
 
-Role: TypeAlias = Literal["system", "user", "assistant"]
-FinishReason: TypeAlias = Literal["stop", "length", "stop_sequence", "cancelled", "error"]
-_ROLES: frozenset[str] = frozenset(("system", "user", "assistant"))
+FinishReason: TypeAlias = Literal[
+    "stop", "length", "stop_sequence", "tool_calls", "cancelled", "error"
+]
 
 
 # -- validation helpers ---------------------------------------------------------------------------
@@ -102,52 +112,6 @@ class Token:
     top_logprobs: tuple[TopLogprob, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
-class Message:
-    """One chat message. ``role`` is ``"system"``, ``"user"`` or ``"assistant"``."""
-
-    role: Role
-    content: str
-
-    def __post_init__(self) -> None:
-        if self.role not in _ROLES:
-            raise ConfigError("role", f"must be one of system, user, assistant; got {self.role!r}")
-        string("content", self.content)
-
-    @classmethod
-    def coerce(cls, value: MessageLike) -> Message:
-        """Return ``value`` as a Message; a mapping needs ``role`` and ``content`` keys."""
-        if isinstance(value, Message):
-            return value
-        if isinstance(value, Mapping):
-            missing = [key for key in ("role", "content") if key not in value]
-            if missing:
-                raise ConfigError(
-                    "messages", f"a message dict needs the key(s) {missing}: {value!r}"
-                )
-            return cls(role=value["role"], content=value["content"])
-        raise ConfigError(
-            "messages", f"each message must be a Message or a dict, got {type(value).__name__}"
-        )
-
-    def to_dict(self) -> dict[str, str]:
-        """The message as an OpenAI-style ``{"role": ..., "content": ...}`` dict."""
-        return {"role": self.role, "content": self.content}
-
-
-MessageLike: TypeAlias = Message | Mapping[str, Any]
-
-
-def coerce_messages(messages: Iterable[MessageLike]) -> list[Message]:
-    """Validate a chat conversation: a non-empty sequence of Messages or role/content dicts."""
-    if isinstance(messages, str | bytes | Mapping) or not isinstance(messages, Iterable):
-        raise ConfigError("messages", f"must be a list of messages, got {type(messages).__name__}")
-    result = [Message.coerce(message) for message in messages]
-    if not result:
-        raise ConfigError("messages", "must contain at least one message")
-    return result
-
-
 # -- configs --------------------------------------------------------------------------------------
 
 #: The most ``top_logprobs`` one position may ask for (OpenAI's own limit).
@@ -177,6 +141,11 @@ class GenerateConfig:
     arrives and raises :class:`~goml_async.errors.SchemaViolation` at the first byte that
     breaks the format, or at the end when the document is incomplete or invalid.
 
+    ``tools`` (OpenAI's ``{"type": "function", "function": {...}}`` shapes, for ``chat``) are
+    the functions the model may call, and ``tool_choice`` (``"auto"``, the default with tools,
+    ``"none"``, ``"required"`` or ``{"type": "function", "function": {"name": ...}}``) whether
+    it must; both are stored validated (:func:`~goml_async.tools.normalize_tools`).
+
     Example:
         >>> GenerateConfig(max_tokens=32, stop_sequences=["\\n\\n"]).max_tokens
         32
@@ -199,6 +168,8 @@ class GenerateConfig:
     logprobs: bool = False
     top_logprobs: int = 0
     response_format: ResponseFormatLike | None = None
+    tools: Sequence[ToolLike] = ()
+    tool_choice: ToolChoiceLike | None = None
 
     def __post_init__(self) -> None:
         integer("max_tokens", self.max_tokens, minimum=0)
@@ -235,6 +206,28 @@ class GenerateConfig:
             # Compiled (and cached) now, so a format that cannot be enforced fails here.
             grammar_for(fmt, surrounding_whitespace=fmt.is_json)
         set_(self, "response_format", fmt)
+        tools = normalize_tools(self.tools)
+        set_(self, "tools", tools)
+        set_(self, "tool_choice", normalize_tool_choice(self.tool_choice, tools))
+        if tools and fmt is not None:
+            raise ConfigError("tools", "tools and a response_format together are not supported yet")
+
+    @property
+    def tool_specs(self) -> tuple[Tool, ...]:
+        """The validated ``tools`` (empty: none)."""
+        return tuple(tool for tool in self.tools if isinstance(tool, Tool))
+
+    @property
+    def choice(self) -> ToolChoice | None:
+        """The validated ``tool_choice`` (None without tools and without a choice)."""
+        choice = self.tool_choice
+        return choice if isinstance(choice, ToolChoice) else None
+
+    @property
+    def calls_tools(self) -> bool:
+        """True when the model may call tools (tools given, ``tool_choice`` not ``none``)."""
+        choice = self.choice
+        return bool(self.tools) and choice is not None and choice.mode != "none"
 
     @property
     def structured(self) -> ResponseFormat | None:
@@ -292,6 +285,8 @@ class GenerateOptions(TypedDict, total=False):
     logprobs: bool
     top_logprobs: int
     response_format: ResponseFormatLike | None
+    tools: Sequence[ToolLike]
+    tool_choice: ToolChoiceLike | None
 
 
 _CONFIG_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(GenerateConfig))
@@ -482,13 +477,20 @@ class Result:
 
     ``parsed`` is the validated document when the call had a ``response_format``: the
     pydantic instance when a model class was given, the JSON value for the JSON formats, the
-    text for ``regex`` and ``choice``; None without a ``response_format``.
+    text for ``regex`` and ``choice``; None without a ``response_format``. ``tool_calls``
+    are the calls the model made, their arguments validated against the tools' parameters
+    (``finish_reason`` is then ``"tool_calls"``).
     """
 
     text: str
     metrics: GenerateMetrics | None = None
     finish_reason: FinishReason | None = None
     parsed: Any = None
+    tool_calls: Sequence[ToolCall] = ()
+
+    def to_message(self) -> Message:
+        """The reply as an assistant Message (with its tool calls), to extend the chat with."""
+        return Message("assistant", self.text, tool_calls=self.tool_calls)
 
     @property
     def content(self) -> str:

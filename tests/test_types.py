@@ -50,7 +50,7 @@ def test_message_accepts_the_three_roles(role: Any) -> None:
     assert message.to_dict() == {"role": role, "content": "text"}
 
 
-@pytest.mark.parametrize("role", ["robot", "User", "", "tool"])
+@pytest.mark.parametrize("role", ["robot", "User", "", "function"])
 def test_message_rejects_other_roles(role: Any) -> None:
     with pytest.raises(ConfigError, match="must be one of system, user, assistant") as info:
         Message(role, "text")
@@ -161,6 +161,8 @@ def test_generate_config_defaults_match_the_design() -> None:
         "logprobs",
         "top_logprobs",
         "response_format",
+        "tools",
+        "tool_choice",
     ]
     assert config.response_format is None
     assert config.presence_penalty == config.frequency_penalty == 0.0

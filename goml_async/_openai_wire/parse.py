@@ -14,10 +14,12 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from ..errors import GenerationError
+from ..tools import ToolCallDelta
 from ..types import Token
 from .chunks import DONE
 from .errors import stream_error
 from .logprobs import logprob_tokens
+from .tool_calls import tool_call_deltas
 from .usage import NATIVE_STOPS
 
 __all__ = ["StreamState", "parse_event", "parse_native_chunk"]
@@ -31,7 +33,8 @@ class StreamState:
 
     ``pending`` holds the tokens after the first of a chunk that carried several (OpenAI and
     vLLM may batch tokens with their log-probabilities); the reader takes them right after the
-    token :func:`parse_event` returned.
+    token :func:`parse_event` returned. ``tool_deltas`` holds the chunk's tool-call deltas,
+    which the reader takes after those tokens.
     """
 
     finish_reason: str | None = None
@@ -39,6 +42,7 @@ class StreamState:
     timings: dict[str, Any] | None = None
     done: bool = False
     pending: deque[Token] = field(default_factory=deque)
+    tool_deltas: deque[ToolCallDelta] = field(default_factory=deque)
 
 
 def parse_event(data: str, state: StreamState) -> Token | None:
@@ -49,6 +53,7 @@ def parse_event(data: str, state: StreamState) -> Token | None:
     A chunk with log-probabilities gives one token per entry, each with its ID where the server
     sends one (llama.cpp does), even when its text is empty (text the server holds back, an
     end-of-generation token); further tokens of the same chunk go to ``state.pending``.
+    A chat chunk's ``delta.tool_calls`` go to ``state.tool_deltas``.
     Usage, llama.cpp's timings and the finish reason are recorded; ``[DONE]`` (or the native
     ``stop: true``) sets ``state.done``.
 
@@ -97,6 +102,9 @@ def parse_event(data: str, state: StreamState) -> Token | None:
             state.finish_reason = choice["finish_reason"]
         delta = choice.get("delta")
         text = delta.get("content") if delta is not None else choice.get("text")
+        calls = delta.get("tool_calls") if delta is not None else None
+        if calls:
+            state.tool_deltas.extend(tool_call_deltas(calls))
         if text is not None and not isinstance(text, str):
             raise TypeError("the text is not a string")
         logprobs = choice.get("logprobs")

@@ -7,6 +7,7 @@ from typing import Any, Final
 
 from ..errors import NotSupported
 from ..types import GenerateConfig, Message
+from .tool_calls import tools_fields
 
 __all__ = ["chat_body", "completion_body", "sampling_fields", "stream_body"]
 
@@ -94,6 +95,7 @@ def chat_body(
         if config.top_logprobs:
             fields["top_logprobs"] = config.top_logprobs
     _response_format(config, fields)
+    fields.update(tools_fields(config))
     body = stream_body(model, fields, extra_body)
     body["messages"] = [message.to_dict() for message in messages]
     return body

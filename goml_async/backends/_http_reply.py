@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 import httpx
 
+from .._openai_wire.tool_calls import message_tool_calls
 from ..errors import APIStatusError, GenerationError
 from ..retry import parse_retry_after
 from ..types import ModelInfo, Token
@@ -84,8 +85,9 @@ def meta_int(value: object) -> int:
 def whole_reply_token(payload: object, state: _openai.StreamState) -> Token | None:
     """The reply of a server that answered a streamed request with one JSON completion.
 
-    The text becomes one token; usage, llama.cpp's timings and the finish reason go to
-    ``state``, which is then done.
+    The text becomes one token, each of ``message.tool_calls`` one delta in
+    ``state.tool_deltas``; usage, llama.cpp's timings and the finish reason go to ``state``,
+    which is then done.
 
     Raises:
         GenerationError: the JSON is an error, or not a completion.
@@ -105,6 +107,9 @@ def whole_reply_token(payload: object, state: _openai.StreamState) -> Token | No
     text: Any = message.get("content") if isinstance(message, Mapping) else first.get("text")
     if text is not None and not isinstance(text, str):
         raise GenerationError(f"the server's completion text is not a string: {text!r}")
+    calls = message.get("tool_calls") if isinstance(message, Mapping) else None
+    if calls:
+        state.tool_deltas.extend(message_tool_calls(calls))
     usage, timings = payload.get("usage"), payload.get("timings")
     state.usage = dict(usage) if isinstance(usage, Mapping) else None
     state.timings = dict(timings) if isinstance(timings, Mapping) else None

@@ -17,6 +17,7 @@ from .._openai_wire.parse import StreamState, parse_event, parse_native_chunk
 from .._openai_wire.requests import chat_body, completion_body, sampling_fields, stream_body
 from .._openai_wire.usage import finish_reason, metrics_from
 from ..errors import NotSupported
+from ..tools import ToolCallDelta
 from ..types import GenerateConfig, Token
 
 __all__ = [
@@ -36,8 +37,8 @@ __all__ = [
 
 
 async def checked_logprobs(
-    source: AsyncIterator[Token], config: GenerateConfig, server: str
-) -> AsyncIterator[Token]:
+    source: AsyncIterator[Token | ToolCallDelta], config: GenerateConfig, server: str
+) -> AsyncIterator[Token | ToolCallDelta]:
     """``source`` with each token's alternatives cut to ``config.top_logprobs``.
 
     Servers may send more alternatives than asked for (llama.cpp sends 20 for a bare
@@ -50,8 +51,11 @@ async def checked_logprobs(
     """
     top = config.top_logprobs
     first = config.logprobs
-    async with aclosing(cast("AsyncGenerator[Token]", source)) as tokens:
+    async with aclosing(cast("AsyncGenerator[Token | ToolCallDelta]", source)) as tokens:
         async for token in tokens:
+            if isinstance(token, ToolCallDelta):
+                yield token
+                continue
             if first and token.logprob is None:
                 raise NotSupported(
                     f"{server} streamed tokens without log-probabilities although logprobs "

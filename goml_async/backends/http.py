@@ -34,7 +34,7 @@ from ..errors import (
 from ..model import BaseTextModel
 from ..retry import RetryPolicy
 from ..settings import GomlSettings, current_settings
-from ..stream import StreamContext, TokenStream
+from ..stream import StreamContext, StreamItem, TokenStream
 from ..types import (
     GenerateConfig,
     GenerateOptions,
@@ -42,7 +42,6 @@ from ..types import (
     Message,
     MessageLike,
     ModelInfo,
-    Token,
 )
 from . import _http_reply as _reply
 from . import _openai
@@ -238,6 +237,10 @@ class HTTPModel(BaseTextModel):
     #: OpenAI's JSON formats, sent as ``response_format``; goml's ``regex`` and ``choice`` have
     #: no OpenAI field, so they fail up front rather than stream unconstrained text.
     response_formats = frozenset(("json_object", "json_schema"))
+    #: Tools travel in OpenAI's shapes (``tools``, ``tool_choice``, ``tool_calls`` and
+    #: ``tool_call_id`` in the messages); the calls that come back are assembled and checked
+    #: here, so a server that ignores the tools cannot pass for one that honoured them.
+    supports_tools = True
 
     if TYPE_CHECKING:  # the signatures with this backend's own options; the base class runs
 
@@ -273,15 +276,17 @@ class HTTPModel(BaseTextModel):
         merged = {**self._extra_body, **extra_body} if extra_body else self._extra_body
         return options.get("model", self._model_name), merged
 
-    def _stream_prompt(self, prompt: str, context: StreamContext) -> AsyncIterator[Token]:
+    def _stream_prompt(self, prompt: str, context: StreamContext) -> AsyncIterator[StreamItem]:
         return self._completion_source(prompt, context, *self._target(context))
 
-    def _stream_chat(self, messages: list[Message], context: StreamContext) -> AsyncIterator[Token]:
+    def _stream_chat(
+        self, messages: list[Message], context: StreamContext
+    ) -> AsyncIterator[StreamItem]:
         return self._chat_source(messages, context, *self._target(context))
 
     def _completion_source(
         self, prompt: str, context: StreamContext, model: str, extra_body: Mapping[str, Any]
-    ) -> AsyncIterator[Token]:
+    ) -> AsyncIterator[StreamItem]:
         """The tokens of one ``/completions`` request (LlamaModel uses llama.cpp's own route)."""
         body = _openai.completion_body(model, prompt, context.config, extra_body)
         tokens = self._request("/completions", body, context)
@@ -295,7 +300,7 @@ class HTTPModel(BaseTextModel):
         context: StreamContext,
         model: str,
         extra_body: Mapping[str, Any],
-    ) -> AsyncIterator[Token]:
+    ) -> AsyncIterator[StreamItem]:
         """The tokens of one ``/chat/completions`` request."""
         body = _openai.chat_body(model, messages, context.config, extra_body)
         tokens = self._request("/chat/completions", body, context)
@@ -305,7 +310,7 @@ class HTTPModel(BaseTextModel):
 
     async def _request(
         self, path: str, body: dict[str, Any], context: StreamContext
-    ) -> AsyncIterator[Token]:
+    ) -> AsyncIterator[StreamItem]:
         """POST, retrying until the first token; then stream tokens until [DONE]."""
         client = self._client()
         url = self._base_url + path
@@ -338,6 +343,9 @@ class HTTPModel(BaseTextModel):
                         if token is not None:
                             delivered += 1
                             yield token
+                        while reply.tool_deltas:
+                            delivered += 1
+                            yield reply.tool_deltas.popleft()
                         self._report(reply, context)
                         return
                     elif kind == "other":
@@ -357,6 +365,9 @@ class HTTPModel(BaseTextModel):
                                         while reply.pending:  # a chunk of several tokens
                                             delivered += 1
                                             yield reply.pending.popleft()
+                                    while reply.tool_deltas:
+                                        delivered += 1
+                                        yield reply.tool_deltas.popleft()
                                     if reply.done:
                                         break
                         for data in decoder.flush_data() if not reply.done else ():
@@ -367,6 +378,9 @@ class HTTPModel(BaseTextModel):
                                 while reply.pending:
                                     delivered += 1
                                     yield reply.pending.popleft()
+                            while reply.tool_deltas:
+                                delivered += 1
+                                yield reply.tool_deltas.popleft()
                         if not reply.done:
                             raise httpx.RemoteProtocolError("the stream ended before [DONE]")
                         self._report(reply, context)

@@ -38,7 +38,7 @@ from ..convert.gguf_meta import gguf_model_info, read_gguf_metadata
 from ..errors import APIConnectionError, BackendUnavailable, GenerationError, GenerationTimeout
 from ..model import _check_prompts
 from ..settings import GomlSettings, current_settings
-from ..stream import StreamContext
+from ..stream import StreamContext, StreamItem
 from ..structured import ResponseFormat
 from ..types import (
     ClassifyResult,
@@ -46,7 +46,6 @@ from ..types import (
     LoadConfig,
     Message,
     ModelInfo,
-    Token,
 )
 from . import _http_reply, _llama_grammar, _llama_wire, _openai
 from .http import HTTPModel
@@ -111,7 +110,7 @@ class LlamaModel(HTTPModel):
 
     def _completion_source(
         self, prompt: str, context: StreamContext, model: str, extra_body: Mapping[str, Any]
-    ) -> AsyncIterator[Token]:
+    ) -> AsyncIterator[StreamItem]:
         config = context.config
         body = _llama_wire.completion_body(model, prompt, config, extra_body)
         tokens = self._request(_llama_wire.COMPLETION_PATH, body, context)
@@ -123,7 +122,7 @@ class LlamaModel(HTTPModel):
         context: StreamContext,
         model: str,
         extra_body: Mapping[str, Any],
-    ) -> AsyncIterator[Token]:
+    ) -> AsyncIterator[StreamItem]:
         config = context.config
         body = _llama_wire.chat_body(model, messages, config, extra_body)
         tokens = self._request(_llama_wire.CHAT_PATH, body, context)
@@ -133,8 +132,8 @@ class LlamaModel(HTTPModel):
         _llama_grammar.constraint_fields(fmt)
 
     def _trimmed(
-        self, tokens: AsyncIterator[Token], config: GenerateConfig, body: Mapping[str, Any]
-    ) -> AsyncIterator[Token]:
+        self, tokens: AsyncIterator[StreamItem], config: GenerateConfig, body: Mapping[str, Any]
+    ) -> AsyncIterator[StreamItem]:
         """``tokens``, cut to ``top_logprobs`` alternatives when more were asked for."""
         if body.get("n_probs", 0) != config.top_logprobs:
             return _openai.checked_logprobs(tokens, config, self._server.base_url)
