@@ -6,6 +6,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import anyio
+
 __all__ = ["children_of", "gone", "wait_gone", "wait_until"]
 
 
@@ -42,6 +44,17 @@ def wait_until(predicate: Callable[[], bool], seconds: float = 15.0) -> bool:
             return True
         time.sleep(0.02)
     return bool(predicate())
+
+
+async def until(condition: Callable[[], bool], seconds: float = 20.0) -> None:
+    """Poll ``condition`` (a worker's counters, which have no event) from a task until it holds.
+
+    Raises:
+        TimeoutError: it did not hold within ``seconds``.
+    """
+    with anyio.fail_after(seconds):
+        while not condition():  # noqa: ASYNC110 (polling state that has no event to wait on)
+            await anyio.sleep(0.002)
 
 
 def wait_gone(pid: int, seconds: float = 5.0) -> bool:

@@ -19,8 +19,15 @@ from ._mlx_sampling import Decoding, token_at
 
 __all__ = ["BATCH_FALLBACK_FIELDS", "classify_last"]
 
-#: Options a batch cannot honour: with any of them set, the prompts run as ordinary streams.
-BATCH_FALLBACK_FIELDS = ("stop_sequences", "first_token_timeout", "idle_timeout", "total_timeout")
+#: Options a batch cannot honour: with any of them set, the prompts run as ordinary streams
+#: (a ``response_format`` is constrained there, and each reply checked and validated).
+BATCH_FALLBACK_FIELDS = (
+    "stop_sequences",
+    "first_token_timeout",
+    "idle_timeout",
+    "total_timeout",
+    "response_format",
+)
 
 
 def classify_last(

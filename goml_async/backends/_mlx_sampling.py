@@ -25,6 +25,7 @@ from mlx_lm.sample_utils import apply_top_k, apply_top_p, make_logits_processors
 
 from ..errors import NotSupported
 from ..types import GenerateConfig, Token, TopLogprob
+from ._mlx_grammar import GrammarProcessor
 
 __all__ = [
     "REPETITION_CONTEXT",
@@ -147,19 +148,28 @@ class Decoding:
     processors: list[LogitsProcessor]
     raw: RawLogprobs | None
     top_logprobs: int
+    grammar: GrammarProcessor | None = None  # the last processor, with a response_format
 
     def model_logprobs(self, reported: mx.array) -> mx.array:
         """The model's own log-probabilities of the step mlx-lm reported as ``reported``."""
         return self.raw.steps.popleft() if self.raw is not None else reported
 
 
-def decoding(config: GenerateConfig, *, prompt_tokens: int, side: Any) -> Decoding:
+def decoding(
+    config: GenerateConfig,
+    *,
+    prompt_tokens: int,
+    side: Any,
+    grammar: GrammarProcessor | None = None,
+) -> Decoding:
     """The sampler and logits processors for ``config``.
 
     Args:
         config: the request's options.
         prompt_tokens: how many prompt tokens mlx-lm passes to the processors first.
         side: the worker's side stream (see :class:`RawLogprobs`).
+        grammar: the constraint of its ``response_format``; it masks last, after the
+            penalties, and the reported log-probabilities stay the model's own.
     """
     processors: list[LogitsProcessor] = list(
         make_logits_processors(repetition_penalty=config.repeat_penalty or None)
@@ -168,6 +178,8 @@ def decoding(config: GenerateConfig, *, prompt_tokens: int, side: Any) -> Decodi
         processors.append(
             OpenAIPenalties(config.presence_penalty, config.frequency_penalty, prompt_tokens)
         )
+    if grammar is not None:
+        processors.append(grammar)
     raw = None
     if processors:
         raw = RawLogprobs(side)
@@ -175,7 +187,7 @@ def decoding(config: GenerateConfig, *, prompt_tokens: int, side: Any) -> Decodi
     sampler = make_sampler(temp=config.temperature, top_p=config.top_p, top_k=config.top_k)
     if config.seed is not None and config.temperature > 0:
         sampler = SeededSampler(config.seed, config.temperature, config.top_p, config.top_k)
-    return Decoding(sampler, processors, raw, config.top_logprobs)
+    return Decoding(sampler, processors, raw, config.top_logprobs, grammar)
 
 
 def chosen_logprobs(

@@ -38,6 +38,7 @@ from mlx_lm.models.cache import make_prompt_cache
 from ..errors import GenerationError
 from ..types import Token
 from ._mlx_batch import classify_last
+from ._mlx_grammar import GrammarProcessor, GrammarTokenizer
 from ._mlx_prefill import PrefillPacer, prefill_chunk
 from ._mlx_prompt_cache import PromptCache, plain_kv, rewind
 from ._mlx_sampling import SeededSampler, chosen_logprobs, decoding, token_at
@@ -71,6 +72,7 @@ class Scheduler:
         prompt_cache: PromptCache,
         side: Callable[[], Any],
         piece: Callable[[int], str],
+        grammar: GrammarTokenizer,
     ) -> None:
         self._model = model
         self._tokenizer = tokenizer
@@ -79,6 +81,7 @@ class Scheduler:
         self.prompt_cache = prompt_cache
         self._side = side
         self._piece = piece
+        self._grammar = grammar
         self._eos = frozenset(int(t) for t in tokenizer.eos_token_ids)
         self._waiting: deque[Sequence] = deque()
         self._live: list[Sequence] = []  # admitted, in admission order
@@ -91,6 +94,7 @@ class Scheduler:
         self._last_wake = 0.0  # when readers were last woken (perf_counter)
         self.peak_live = 0  # the most sequences live at once (slots in use)
         self.submitted = 0  # sequences added so far
+        self.pauses = 0  # times a stream left the batch to wait for its reader
 
     # -- what the worker calls --------------------------------------------------------------------
 
@@ -100,13 +104,22 @@ class Scheduler:
         config = request.config
         batch = request.kind is Kind.BATCH
         context = len(request.ids) if request.kind is Kind.CLASSIFY else tail_of(request)
+        failed: Exception | None = None
+        grammar = None
+        if not request.ids:
+            failed = GenerationError("the prompt encodes to no tokens: nothing to generate")
+        elif config.structured is not None:
+            try:
+                grammar = GrammarProcessor(config.structured, self._grammar.get())
+            except Exception as exc:  # a format this vocabulary cannot spell
+                failed = exc
         seq = Sequence(
             request,
-            plan=decoding(config, prompt_tokens=context, side=self._side()),
+            plan=decoding(config, prompt_tokens=context, side=self._side(), grammar=grammar),
             stops=self._eos | frozenset(config.stop_tokens) if batch else self._eos,
         )
-        if not request.ids:
-            seq.fail(GenerationError("the prompt encodes to no tokens: nothing to generate"))
+        if failed is not None:
+            seq.fail(failed)
             self._flush(seq)
             return
         self._waiting.append(seq)
@@ -374,6 +387,7 @@ class Scheduler:
         elif seq.kind is Kind.STREAM and seq.sink.backlog() >= READ_AHEAD:
             seq.cache = self._leave_batch(seq)
             seq.state = State.PAUSED
+            self.pauses += 1
             self._flush(seq)  # out of the batch, its held tokens go at once
             seq.sink.wake_on_ask = True  # its reader's next asks let it rejoin
 
@@ -400,6 +414,8 @@ class Scheduler:
             seq.plan.raw.steps.pop()
         if isinstance(seq.plan.sampler, SeededSampler):
             seq.plan.sampler.undo()
+        if seq.plan.grammar is not None:
+            seq.plan.grammar.undo()
 
     # -- leaving ----------------------------------------------------------------------------------
 

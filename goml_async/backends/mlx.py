@@ -32,6 +32,7 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any, cast
 
+import anyio
 import mlx.core as mx
 import mlx_lm
 
@@ -49,6 +50,7 @@ from ..types import (
     Token,
 )
 from ._mlx_batch import BATCH_FALLBACK_FIELDS
+from ._mlx_grammar import GrammarTokenizer
 from ._mlx_prefill import DEFAULT_CHUNK_SECONDS, PrefillPacer
 from ._mlx_prefill import prefill as prefill  # benchmarks/bench_mlx.py wraps it by this name
 from ._mlx_prompt_cache import DEFAULT_PROMPT_CACHE_BYTES, PromptCache
@@ -95,6 +97,9 @@ def _info(folder: Path) -> ModelInfo:
 class MLXModel(BaseTextModel):
     """An mlx-lm model served by its own worker thread. Build it with :func:`load_mlx_model`."""
 
+    #: Every format is constrained token by token (see ``_mlx_grammar``).
+    response_formats = frozenset(("json_object", "json_schema", "regex", "choice"))
+
     def __init__(
         self,
         model: Any,
@@ -115,6 +120,8 @@ class MLXModel(BaseTextModel):
         self._side: Any = None
         self._pacer = PrefillPacer(prefill_chunk_seconds)
         self._pieces: dict[int, str] = {}
+        vocab = self._info.vocab_size or len(tokenizer.vocab)
+        self._grammar = GrammarTokenizer(tokenizer, vocab)
         self._scheduler = Scheduler(
             model,
             tokenizer,
@@ -123,6 +130,7 @@ class MLXModel(BaseTextModel):
             prompt_cache=PromptCache(prompt_cache_bytes),
             side=self._side_stream,
             piece=self._piece,
+            grammar=self._grammar,
         )
         # A batch's prompts all run at once: the scheduler queues what does not fit.
         self.batch_concurrency = parallel_slots
@@ -203,6 +211,9 @@ class MLXModel(BaseTextModel):
             ["return_logits"],
             "logits come back from classify(); generated tokens carry logprob and top_logprobs",
         )
+        if config.structured is not None and not self._grammar.ready:
+            # About a second, once per model: off the worker, which other streams share.
+            await anyio.to_thread.run_sync(self._grammar.get)
         outlet = Outlet(self._worker.wake)
         self._worker.submit(lambda: self._produce(prompt, config, outlet))
         try:
@@ -247,6 +258,9 @@ class MLXModel(BaseTextModel):
             resolved,
             ["stop_tokens", "stop_sequences", *_DEADLINES],
             "classify samples one token (bound the call with anyio.fail_after instead)",
+        )
+        reject_unsupported(
+            resolved, ["response_format"], "classify samples one token: no document to constrain"
         )
         if not checked:
             return []

@@ -38,6 +38,12 @@ _WS = r"/[ \t\n\r]*/"
 # Options of llguidance's JSON compiler: any JSON whitespace between tokens, and \uXXXX
 # escapes in strings (servers and llama.cpp's grammar emit them).
 _JSON_OPTIONS = {"whitespace_flexible": True, "json_allow_general_unicode_escapes": True}
+# A constrained decoder gets bounded whitespace between tokens instead: enough for indented
+# output, but a weak model cannot spend its whole budget on newlines.
+_DECODER_JSON_OPTIONS = {
+    "whitespace_pattern": r"( ?|\n {0,20})",
+    "json_allow_general_unicode_escapes": True,
+}
 _LOCATION = re.compile(r"^at \d+\(\d+\): ")
 _UNIMPLEMENTED = re.compile(r"Unimplemented keys: \[([^\]]*)\]")
 
@@ -75,8 +81,10 @@ def grammar_for(fmt: ResponseFormat, *, surrounding_whitespace: bool = False) ->
 
     Args:
         fmt: the response format.
-        surrounding_whitespace: allow whitespace before and after a JSON document (what the
-            stream checker accepts from servers); a constrained decoder leaves it False.
+        surrounding_whitespace: allow any JSON whitespace, before and after the document too
+            (what the stream checker accepts from servers); a constrained decoder leaves it
+            False and gets at most one space, or a newline and up to 20 spaces, between two
+            tokens (as llama.cpp's grammars allow).
 
     Raises:
         ConfigError: the format cannot be enforced: a schema keyword llguidance does not
@@ -92,7 +100,8 @@ def grammar_for(fmt: ResponseFormat, *, surrounding_whitespace: bool = False) ->
         grammar = llguidance.LLMatcher.grammar_from_lark(f"start: {alternatives}")
         field = f"{_FIELD}.choices"
     else:
-        schema = {**fmt.schema, "x-guidance": _JSON_OPTIONS}
+        options = _JSON_OPTIONS if surrounding_whitespace else _DECODER_JSON_OPTIONS
+        schema = {**fmt.schema, "x-guidance": options}
         field = _SCHEMA_FIELD if fmt.type == "json_schema" else _FIELD
         if surrounding_whitespace:
             lark = f"start: {_WS} doc {_WS}\ndoc: %json {json.dumps(schema)}"

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
+from processes import until
 
 from goml_async import ConfigError, GenerationError, GenerationTimeout, LoadConfig
 from goml_async.backends._mlx_scheduler import READ_AHEAD
@@ -33,13 +34,6 @@ async def tiny(tiny_mlx: Path) -> AsyncIterator[MLXModel]:
     model = await load_mlx_model(tiny_mlx)
     yield model
     await model.aclose()
-
-
-async def wait_until(condition: Callable[[], bool], seconds: float = 20.0) -> None:
-    """Poll ``condition`` (the scheduler's own counters, which have no event) until it holds."""
-    with anyio.fail_after(seconds):
-        while not condition():  # noqa: ASYNC110 (polling state that has no event to wait on)
-            await anyio.sleep(0.002)
 
 
 async def solo_ids(model: MLXModel, prompt: str, **options: Any) -> list[int]:
@@ -173,7 +167,7 @@ async def test_cancelling_one_of_four_leaves_the_others_untouched(tiny: MLXModel
     assert broke.is_set()
     for prompt in prompts[:3]:
         assert texts[prompt] == alone[prompt].text
-    await wait_until(lambda: idle(tiny))  # the unlimited one left the batch
+    await until(lambda: idle(tiny))  # the unlimited one left the batch
 
 
 async def test_a_deadline_on_one_stream_ends_only_that_stream(tiny: MLXModel) -> None:
@@ -196,7 +190,7 @@ async def test_a_deadline_on_one_stream_ends_only_that_stream(tiny: MLXModel) ->
             group.start_soon(reader, prompt)
     assert timed_out[0].deadline == "total"
     assert texts == {p: r.text for p, r in alone.items()}
-    await wait_until(lambda: idle(tiny))
+    await until(lambda: idle(tiny))
 
 
 async def test_closing_the_model_ends_its_streams_and_its_thread(tiny_mlx: Path) -> None:
@@ -204,7 +198,7 @@ async def test_closing_the_model_ends_its_streams_and_its_thread(tiny_mlx: Path)
     streams = [model.generate(prompt, max_tokens=0) for prompt in PROMPTS[:3]]
     for stream in streams:
         await stream.__anext__()
-    await wait_until(lambda: model._scheduler.counts()["live"] == 3)
+    await until(lambda: model._scheduler.counts()["live"] == 3)
     await model.aclose()
     assert not model.worker_thread.is_alive()
     assert idle(model)
@@ -228,7 +222,7 @@ async def test_slots_cap_the_batch_and_the_rest_wait_in_order(tiny_mlx: Path) ->
             for index, run in enumerate(runs):
                 group.start_soon(run.read, model.generate(PROMPTS[index], max_tokens=30))
                 # The next stream is submitted only once this one is queued: a known order.
-                await wait_until(functools.partial(submitted, model, index + 1))
+                await until(functools.partial(submitted, model, index + 1))
         assert model._scheduler.peak_live == 2
         firsts = [run.times[0] for run in runs]
         assert firsts[2:] == sorted(firsts[2:])  # first come, first served
@@ -268,7 +262,7 @@ async def test_a_slow_reader_pauses_only_its_own_sequence(tiny: MLXModel) -> Non
 
     async with anyio.create_task_group() as group:
         group.start_soon(slow_reader)
-        await wait_until(lambda: len(slow_ids) == 1)
+        await until(lambda: len(slow_ids) == 1)
         await fast.read(tiny.generate("def ", max_tokens=200))
         # The fast stream finished while the slow one was not read: it was never held up,
         # and the slow one ran at most READ_AHEAD tokens ahead of its reader, then paused.
@@ -291,7 +285,7 @@ async def test_alone_nothing_is_computed_ahead_of_the_reader(tiny: MLXModel) -> 
                 assert seq.state is State.SOLO
                 assert len(seq.generated) == 3  # the reader has every token computed
                 break
-    await wait_until(lambda: idle(tiny))
+    await until(lambda: idle(tiny))
 
 
 # -- classify and batch_generate share the scheduler ----------------------------------------------

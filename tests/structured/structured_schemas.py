@@ -67,14 +67,16 @@ SCHEMAS: list[tuple[str, str, dict[str, Any]]] = [
     (
         "tuple",
         "Give a point.",
+        # A pair. Not prefixItems: JSON Schema lets more items follow a prefix, which
+        # llama.cpp's grammar does not (it refuses prefixItems beside items), so the set uses
+        # what every backend reads alike.
         obj(
             ["point"],
             point={
                 "type": "array",
-                "prefixItems": [
-                    {"type": "integer", "minimum": 0, "maximum": 99},
-                    {"type": "integer", "minimum": 0, "maximum": 99},
-                ],
+                "items": {"type": "integer", "minimum": 0, "maximum": 99},
+                "minItems": 2,
+                "maxItems": 2,
             },
         ),
     ),
