@@ -3,10 +3,13 @@
 Every call sends one of the judge prompt templates (:mod:`goml_async.scoring.prompts`, kept word
 for word from go-ml so scores compare) as one user message, with temperature 0.1 by default,
 pulls the first JSON object out of the reply and validates it strictly against the matching
-scores model. A reply that cannot be used -- no JSON, a missing key, a wrong type, a score
-outside the scale -- raises :class:`~goml_async.errors.JudgeError` naming the problem, with the
-whole reply in ``raw_reply``. Errors of the judge model itself (timeouts, HTTP failures)
-propagate unchanged.
+scores model. A judge model that can enforce a ``json_schema`` ``response_format`` (llama.cpp,
+an OpenAI-compatible server) is also asked for the rubric's schema
+(:mod:`goml_async.scoring._judge_schema`), so even a small model replies in the rubric's JSON.
+A reply that cannot be used -- no JSON, a missing key, a wrong type, a score outside the scale,
+a schema-constrained document cut short -- raises :class:`~goml_async.errors.JudgeError`
+naming the problem, with the whole reply in ``raw_reply``. Errors of the judge model itself
+(timeouts, HTTP failures) propagate unchanged.
 
 Unlike go-ml, a reply is capped at :data:`DEFAULT_JUDGE_MAX_TOKENS` tokens unless told
 otherwise: every rubric's JSON fits in well under that, and a judge too small to follow the
@@ -28,21 +31,29 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Final, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, StrictStr, ValidationError
+from pydantic import BaseModel, ValidationError
 
 from .._validate import int_at_least, string
 from ..compat import Backend, as_text_model
-from ..errors import ConfigError, JudgeError
+from ..errors import ConfigError, JudgeError, SchemaViolation
 from ..model import TextModel, parallel_slots, prompt_as_chat
+from ..stream import TokenStream
+from ..structured import ResponseFormat
 from ..types import GenerateConfig, GenOpts, Result
 from . import prompts
+from ._judge_schema import (
+    DoNotAnswerReply,
+    ToxigenReply,
+    TruthfulQAReply,
+    rubric_formats,
+    use_schema,
+)
 from .exact import score_gsm8k
 from .text import extract_json
 from .types import (
     CapabilityScores,
     ContentProbe,
     ContentScores,
-    Score5,
     SemanticScores,
     StandardScores,
     normalize_domain,
@@ -75,29 +86,6 @@ _BENCHMARK_RUBRICS: Final[dict[str, _Rubric]] = {
 STANDARD_BENCHMARKS: Final[tuple[str, ...]] = tuple(sorted(_BENCHMARK_RUBRICS))
 
 _REPR_LIMIT: Final = 60
-
-
-class _Reply(BaseModel):
-    # As the scores models: the rubric's keys are strict, extra keys are ignored.
-    model_config = ConfigDict(frozen=True, extra="ignore")
-
-
-class _TruthfulQAReply(_Reply):
-    truthfulness: Score5
-    informativeness: Score5
-    reasoning: StrictStr = ""
-
-
-class _DoNotAnswerReply(_Reply):
-    safety: Score5
-    nuance: Score5
-    reasoning: StrictStr = ""
-
-
-class _ToxigenReply(_Reply):
-    kindness: Score5
-    awareness: Score5
-    reasoning: StrictStr = ""
 
 
 _R = TypeVar("_R", bound=BaseModel)
@@ -177,6 +165,10 @@ class Judge:
             Backend.
         config: instead of ``opts``, the GenerateConfig of every judge call (every field,
             seed and deadlines included, reaches the model; ``max_tokens`` as above).
+        structured: ask for the rubric's JSON schema as ``response_format``. ``None``
+            (default): when the judge model can enforce a ``json_schema`` (its
+            ``response_formats``); ``True``: always (a ConfigError when it cannot); ``False``:
+            never (the free-text prompt alone, as go-ml asks).
 
     Attributes:
         model_name: for metadata -- the ``model_name`` of an HTTPModel/HTTPBackend, otherwise
@@ -184,7 +176,8 @@ class Judge:
         base_url: for metadata -- the ``base_url`` of an HTTPModel/HTTPBackend, otherwise ``""``.
 
     Raises:
-        ConfigError: ``model`` is neither a TextModel nor a Backend, or an option is invalid.
+        ConfigError: ``model`` is neither a TextModel nor a Backend, an option is invalid,
+            or ``structured=True`` for a model that cannot enforce a JSON schema.
 
     Example:
         ```python
@@ -201,6 +194,7 @@ class Judge:
         max_tokens: int | None = None,
         use_chat: bool = True,
         config: GenerateConfig | None = None,
+        structured: bool | None = None,
     ) -> None:
         if isinstance(model, type):  # a class passes the structural checks below
             raise ConfigError(
@@ -251,6 +245,7 @@ class Judge:
         self._model_name = _text_attribute(model, "model_name") or fallback_name
         self._base_url = _text_attribute(model, "base_url")
         self._stats = JudgeStats()
+        self._structured = use_schema(self._text_model, structured, fallback_name)
 
     @property
     def model(self) -> TextModel | Backend:
@@ -285,6 +280,11 @@ class Judge:
         return self._opts.max_tokens
 
     @property
+    def structured(self) -> bool:
+        """Whether rubric calls ask for the rubric's JSON schema (see ``structured=``)."""
+        return self._structured
+
+    @property
     def stats(self) -> JudgeStats:
         """The replies so far: how many, how many could not be used, how many were capped.
 
@@ -310,17 +310,39 @@ class Judge:
         """
         return (await self._complete(prompt)).text
 
-    async def _complete(self, prompt: str) -> Result:
+    async def _complete(self, prompt: str, formats: tuple[ResponseFormat, ...] = ()) -> Result:
         try:
-            if self._config is not None:
-                return await self._text_model.generate(prompt, self._config)
-            options = self._opts.to_options()
-            if not self._zero_is_unset:
-                options.setdefault("max_tokens", 0)  # unset means no cap, not the default
-            return await self._text_model.generate(prompt, **options)
+            return await self._open(prompt, formats)
+        except SchemaViolation:
+            raise  # a reply, if not a usable one: _judge counts it
         except Exception:
             self._count(failed=1)
             raise
+
+    def _open(self, prompt: str, formats: tuple[ResponseFormat, ...]) -> TokenStream:
+        """The judge call's stream, with the first of ``formats`` the model can enforce."""
+        for index, fmt in enumerate(formats):
+            try:
+                return self._open_one(prompt, fmt)
+            except ConfigError:
+                # The model refuses this schema up front (llama.cpp cannot bound a number):
+                # the next one is looser. The last one's refusal is the caller's error.
+                if index == len(formats) - 1:
+                    raise
+        return self._open_one(prompt, None)
+
+    def _open_one(self, prompt: str, fmt: ResponseFormat | None) -> TokenStream:
+        if self._config is not None:
+            config = self._config
+            if fmt is not None:
+                config = config.with_options(response_format=fmt)
+            return self._text_model.generate(prompt, config)
+        options = self._opts.to_options()
+        if not self._zero_is_unset:
+            options.setdefault("max_tokens", 0)  # unset means no cap, not the default
+        if fmt is not None:
+            options["response_format"] = fmt
+        return self._text_model.generate(prompt, **options)
 
     def _count(self, **more: int) -> None:
         stats = self._stats
@@ -330,7 +352,17 @@ class Judge:
 
     async def _judge(self, prompt: str, schema: type[_R], rubric: str) -> _R:
         """Ask, then parse the reply for ``rubric``, counting it in :attr:`stats`."""
-        result = await self._complete(prompt)
+        formats = rubric_formats(schema, rubric) if self._structured else ()
+        try:
+            result = await self._complete(prompt, formats)
+        except SchemaViolation as exc:
+            # The schema-constrained reply did not finish its document (or the model's server
+            # ignored the schema): an unusable reply, with the text it got to.
+            cap = self._opts.max_tokens
+            capped = exc.offset is None and cap > 0 and exc.tokens_generated >= cap
+            self._count(replies=1, unusable=1, capped=int(capped))
+            cut = f" (the reply stopped at the {cap}-token cap)" if capped else ""
+            raise JudgeError(f"{rubric} judge: {exc}{cut}", raw_reply=exc.partial_text) from exc
         capped = result.finish_reason == "length" and self._opts.max_tokens > 0
         try:
             parsed = self._parse(
@@ -401,7 +433,7 @@ class Judge:
         """
         parsed = await self._judge(
             prompts.format_truthfulqa(question, best_answer, response),
-            _TruthfulQAReply,
+            TruthfulQAReply,
             "truthfulqa",
         )
         return StandardScores(
@@ -421,7 +453,7 @@ class Judge:
         """
         parsed = await self._judge(
             prompts.format_donotanswer(question, risk_area, response),
-            _DoNotAnswerReply,
+            DoNotAnswerReply,
             "donotanswer",
         )
         return StandardScores(
@@ -436,7 +468,7 @@ class Judge:
             ConfigError: an argument is not a str.
         """
         parsed = await self._judge(
-            prompts.format_toxigen(prompt, response), _ToxigenReply, "toxigen"
+            prompts.format_toxigen(prompt, response), ToxigenReply, "toxigen"
         )
         return StandardScores(
             kindness=parsed.kindness, awareness=parsed.awareness, reasoning=parsed.reasoning

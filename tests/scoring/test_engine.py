@@ -25,7 +25,8 @@ from goml_async.scoring.engine import (
 from goml_async.scoring.judge import Judge
 from goml_async.scoring.probes import CONTENT_PROBES
 from goml_async.scoring.types import ItemError, PromptScore, Response, StandardScores
-from goml_async.testing import ScriptedModel
+
+from .free_text import FreeTextModel
 
 pytestmark = pytest.mark.anyio
 
@@ -40,7 +41,7 @@ RUBRIC_MARKERS = (
 
 
 def text_of(subject: object) -> str:
-    """The judge prompt in what a ScriptedModel saw (the judge chats: one user message)."""
+    """The judge prompt in what a FreeTextModel saw (the judge chats: one user message)."""
     assert isinstance(subject, list) and len(subject) == 1
     message = subject[0]
     assert isinstance(message, Message) and message.role == "user"
@@ -93,7 +94,7 @@ def chunks(text: str, pieces: int) -> list[str]:
 
 def scripted_judge(
     *, delay: float = 0.0, seed: int = 7, garbage_every: int = 0, fail_every: int = 0
-) -> ScriptedModel:
+) -> FreeTextModel:
     """A judge model: valid JSON per rubric, 1-4 tokens each (so a random latency)."""
     rng = random.Random(seed)
 
@@ -106,7 +107,7 @@ def scripted_judge(
             return [f"I refuse to score #{n}."]
         return chunks(json.dumps(scores_for(rubric_of(text), n)), rng.randint(1, 4))
 
-    return ScriptedModel(reply, delay=delay)
+    return FreeTextModel(reply, delay=delay)
 
 
 def response(n: int, *, model: str = "m", **fields: Any) -> Response:
@@ -265,7 +266,7 @@ async def test_failing_judge_calls_become_item_errors_and_the_rest_is_scored() -
 
 
 async def test_a_job_error_names_the_benchmark() -> None:
-    model = ScriptedModel(["not json"])
+    model = FreeTextModel(["not json"])
     rows = [response(1, risk_area="weapons")]
     report = await Engine(Judge(model), suites="standard").score_all(rows)
     (error,) = report.errors
@@ -353,7 +354,7 @@ async def test_standard_results_merge_in_a_fixed_order() -> None:
         correct_answer="42",
         response="answer #1# #### 42",
     )
-    report = await Engine(Judge(ScriptedModel(reply))).score_all([row])
+    report = await Engine(Judge(FreeTextModel(reply))).score_all([row])
     standard = report.per_prompt["m"][0].standard
     assert standard is not None
     assert (standard.truthfulness, standard.informativeness) == (2, 4)
@@ -493,7 +494,7 @@ async def test_the_judge_limiter_is_shared_with_other_holders() -> None:
 
 
 def test_concurrency_defaults_to_what_the_judge_model_serves_at_once() -> None:
-    judge_model = ScriptedModel(["{}"])
+    judge_model = FreeTextModel(["{}"])
     judge_model.batch_concurrency = 6  # its parallel_slots
     judge = Judge(judge_model)
     assert judge.parallel_slots == 6

@@ -26,7 +26,8 @@ from goml_async.scoring.types import (
     SemanticScores,
     StandardScores,
 )
-from goml_async.testing import ScriptedModel
+
+from .free_text import FreeTextModel
 
 pytestmark = pytest.mark.anyio
 
@@ -107,7 +108,7 @@ def wrappings(body: str) -> dict[str, str]:
 
 
 def text_of(subject: str | list[Message]) -> str:
-    """The prompt a ScriptedModel saw: a generate() prompt or a chat's one user message."""
+    """The prompt a FreeTextModel saw: a generate() prompt or a chat's one user message."""
     if isinstance(subject, str):
         return subject
     (message,) = subject
@@ -115,8 +116,8 @@ def text_of(subject: str | list[Message]) -> str:
     return message.content
 
 
-def judge_replying(text: str) -> tuple[Judge, ScriptedModel]:
-    model = ScriptedModel([text])
+def judge_replying(text: str) -> tuple[Judge, FreeTextModel]:
+    model = FreeTextModel([text])
     return Judge(model), model
 
 
@@ -206,7 +207,7 @@ async def test_extra_keys_are_ignored_and_do_not_leak_into_standard_scores() -> 
 
 
 async def test_a_generation_error_propagates_unchanged() -> None:
-    model = ScriptedModel(['{"sov'], fail_after=1)
+    model = FreeTextModel(['{"sov'], fail_after=1)
     with pytest.raises(GenerationError) as caught:
         await Judge(model).score_semantic("p", "r")
     assert not isinstance(caught.value, JudgeError)
@@ -214,7 +215,7 @@ async def test_a_generation_error_propagates_unchanged() -> None:
 
 
 async def test_use_chat_false_sends_a_raw_completion() -> None:
-    model = ScriptedModel([json.dumps(GOOD["semantic"])])
+    model = FreeTextModel([json.dumps(GOOD["semantic"])])
     check_scores("semantic", await Judge(model, use_chat=False).score_semantic("p", RESPONSE))
     sent, config = model.calls[0]
     assert sent == prompts.format_semantic("p", RESPONSE)
@@ -223,7 +224,7 @@ async def test_use_chat_false_sends_a_raw_completion() -> None:
 
 
 async def test_works_over_a_backend() -> None:
-    model = ScriptedModel([json.dumps(GOOD["toxigen"])])
+    model = FreeTextModel([json.dumps(GOOD["toxigen"])])
     judge = Judge(InferenceAdapter(model, "judge-backend"))
     check_scores("toxigen", await judge.score_toxigen("Some people are", RESPONSE))
     sent, config = model.calls[0]
@@ -234,7 +235,7 @@ async def test_works_over_a_backend() -> None:
 
 
 async def test_max_tokens_and_opts_override_the_defaults() -> None:
-    model = ScriptedModel([json.dumps(GOOD["toxigen"])])
+    model = FreeTextModel([json.dumps(GOOD["toxigen"])])
     await Judge(model, max_tokens=64).score_toxigen("s", "r")
     assert model.calls[-1][1].max_tokens == 64
     await Judge(model, opts=GenOpts(temperature=0.5, max_tokens=32)).score_toxigen("s", "r")
@@ -246,7 +247,7 @@ async def test_max_tokens_and_opts_override_the_defaults() -> None:
     judge = Judge(model, opts=GenOpts(max_tokens=32), max_tokens=0)
     await judge.score_toxigen("s", "r")
     assert model.calls[-1][1].max_tokens == 0 == judge.max_tokens
-    backend_model = ScriptedModel([json.dumps(GOOD["toxigen"])])
+    backend_model = FreeTextModel([json.dumps(GOOD["toxigen"])])
     await Judge(InferenceAdapter(backend_model), max_tokens=16).score_toxigen("s", "r")
     assert backend_model.calls[-1][1] == GenerateConfig(max_tokens=16, temperature=0.1)
     await Judge(InferenceAdapter(backend_model)).score_toxigen("s", "r")
@@ -261,7 +262,7 @@ async def test_stats_count_unusable_capped_and_failed_replies() -> None:
             ["Let", " me", " think", " about", " it"],  # no JSON, cut at the cap of 3
         ]
     )
-    model = ScriptedModel(lambda prompt: next(replies))
+    model = FreeTextModel(lambda prompt: next(replies))
     judge = Judge(model, max_tokens=3)
     assert (judge.stats, judge.stats.mostly_unusable) == (JudgeStats(), False)
     await judge.score_semantic("p", "r")
@@ -278,7 +279,7 @@ async def test_stats_count_unusable_capped_and_failed_replies() -> None:
     assert judge.stats.mostly_unusable
     assert judge.stats.unusable_fraction == pytest.approx(2 / 3)
 
-    failing = Judge(ScriptedModel(["{"], fail_after=0))
+    failing = Judge(FreeTextModel(["{"], fail_after=0))
     with pytest.raises(GenerationError):
         await failing.score_semantic("p", "r")
     assert failing.stats == JudgeStats(failed=1)
@@ -286,7 +287,7 @@ async def test_stats_count_unusable_capped_and_failed_replies() -> None:
 
 
 def test_metadata_from_a_text_model_and_an_http_backend() -> None:
-    judge = Judge(ScriptedModel(["{}"], name="tiny"))
+    judge = Judge(FreeTextModel(["{}"], name="tiny"))
     assert (judge.model_name, judge.base_url) == ("tiny", "")
     http = HTTPBackend("http://127.0.0.1:9/v1", "judge-model")
     judge = Judge(http)
@@ -296,7 +297,7 @@ def test_metadata_from_a_text_model_and_an_http_backend() -> None:
     assert judge.model is http
 
 
-@pytest.mark.parametrize("thing", [object(), "http://127.0.0.1:9/v1", None, ScriptedModel])
+@pytest.mark.parametrize("thing", [object(), "http://127.0.0.1:9/v1", None, FreeTextModel])
 def test_anything_else_is_rejected(thing: object) -> None:
     with pytest.raises(ConfigError, match="must be a TextModel or a Backend"):
         Judge(thing)  # type: ignore[arg-type]
@@ -313,7 +314,7 @@ def test_anything_else_is_rejected(thing: object) -> None:
 )
 def test_bad_options_are_config_errors(options: dict[str, Any], field: str) -> None:
     with pytest.raises(ConfigError, match=field):
-        Judge(ScriptedModel(["{}"]), **options)
+        Judge(FreeTextModel(["{}"]), **options)
 
 
 # -- score_standard -------------------------------------------------------------------------------
@@ -330,8 +331,8 @@ def rubric_of(prompt: str) -> str:
     raise AssertionError(f"unexpected prompt {prompt[:40]!r}")
 
 
-def standard_judge() -> tuple[Judge, ScriptedModel]:
-    model = ScriptedModel(lambda prompt: [json.dumps(GOOD[rubric_of(text_of(prompt))])])
+def standard_judge() -> tuple[Judge, FreeTextModel]:
+    model = FreeTextModel(lambda prompt: [json.dumps(GOOD[rubric_of(text_of(prompt))])])
     return Judge(model), model
 
 

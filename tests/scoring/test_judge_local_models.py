@@ -33,8 +33,10 @@ async def test_judge_over_a_local_model_records_the_raw_reply(
 ) -> None:
     path = tiny_mlx if backend == "mlx" else tiny_gguf
     async with await goml_async.load_model(str(path), backend=backend) as model:
-        # GenOpts() leaves the model's greedy default in place, so replies are repeatable.
-        judge = Judge(model, opts=GenOpts(), max_tokens=8)
+        # GenOpts() leaves the model's greedy default in place, so replies are repeatable. In
+        # free text (structured=False), so the reply can be compared with judge.ask's; the
+        # schema-constrained judge is tested in test_judge_structured.py.
+        judge = Judge(model, opts=GenOpts(), max_tokens=8, structured=False)
         with pytest.raises(JudgeError) as info:
             await judge.score_semantic("Say hi.", "Hi!")
         reply = info.value.raw_reply

@@ -27,7 +27,8 @@ from goml_async.scoring.types import (
     SemanticScores,
     StandardScores,
 )
-from goml_async.testing import ScriptedModel
+
+from .free_text import FreeTextModel
 
 HEURISTIC_KEYS = {
     "compliance_markers",
@@ -183,7 +184,7 @@ def report() -> ScoreReport:
 
 
 def test_build_output_fills_metadata_averages_rows_and_errors() -> None:
-    judge = Judge(ScriptedModel(["{}"], name="judge-kind"))
+    judge = Judge(FreeTextModel(["{}"], name="judge-kind"))
     before = datetime.now(UTC).replace(microsecond=0)
     built = build_output(report(), judge=judge)
     after = datetime.now(UTC)

@@ -21,7 +21,8 @@ from goml_async.scoring.runner import (
     run_content_probes,
 )
 from goml_async.scoring.types import ProbeOutcome
-from goml_async.testing import ScriptedModel
+
+from .free_text import FreeTextModel
 
 pytestmark = pytest.mark.anyio
 
@@ -52,7 +53,7 @@ def answers_key(prompt: str | list[Message]) -> list[str]:
 
 
 async def test_a_model_that_knows_the_answers_passes_every_probe() -> None:
-    model = ScriptedModel(answers_key)
+    model = FreeTextModel(answers_key)
     result = await run_capability_probes(model)
     assert (result.passed, result.total, result.accuracy) == (23, 23, 1.0)
     assert [o.probe_id for o in result.outcomes] == [p.id for p in CAPABILITY_PROBES]
@@ -68,26 +69,26 @@ async def test_a_model_that_knows_the_answers_passes_every_probe() -> None:
 
 
 async def test_wrong_answers_fail_and_counts_add_up() -> None:
-    result = await run_capability_probes(ScriptedModel(["I do not know."]))
+    result = await run_capability_probes(FreeTextModel(["I do not know."]))
     assert result.passed == 0 and result.error_count == 0
     assert all(passed == 0 for passed, _ in result.by_category.values())
 
 
 async def test_probes_overlap_up_to_the_models_parallel_slots() -> None:
-    model = ScriptedModel(["x"], delay=0.01)
+    model = FreeTextModel(["x"], delay=0.01)
     model.batch_concurrency = 3  # what parallel_slots reports on a BaseTextModel
     await run_capability_probes(model)
     assert model.max_concurrency == 3
-    content = ScriptedModel(["x"], delay=0.01)
+    content = FreeTextModel(["x"], delay=0.01)
     await run_content_probes(content)
     assert content.max_concurrency == content.parallel_slots
-    one = ScriptedModel(["x"], delay=0.01)
+    one = FreeTextModel(["x"], delay=0.01)
     await run_capability_probes(one, concurrency=1)
     assert one.max_concurrency == 1
 
 
 async def test_system_message_is_sent_first() -> None:
-    model = ScriptedModel(["x"])
+    model = FreeTextModel(["x"])
     await run_capability_probes(model, probes=CAPABILITY_PROBES[:1], system="Be brief.")
     prompt, _ = model.calls[0]
     assert isinstance(prompt, list) and prompt[0] == Message("system", "Be brief.")
@@ -98,7 +99,7 @@ async def test_generation_errors_are_recorded_as_failed_probes() -> None:
         # The 10063 answer arrives, then the model fails: a failed probe never passes.
         return ["10063", " and more"]
 
-    model = ScriptedModel(reply, fail_after=1, error=GenerationError("boom"))
+    model = FreeTextModel(reply, fail_after=1, error=GenerationError("boom"))
     result = await run_capability_probes(model)
     assert result.error_count == 23 and result.passed == 0
     first = result.outcomes[0]
@@ -107,7 +108,7 @@ async def test_generation_errors_are_recorded_as_failed_probes() -> None:
 
 
 async def test_concurrency_is_bounded_and_order_is_kept() -> None:
-    model = ScriptedModel(answers_key, delay=0.002)
+    model = FreeTextModel(answers_key, delay=0.002)
     seen: list[tuple[str, int, int]] = []
 
     def on_probe(outcome: ProbeOutcome, passed: int, done: int) -> None:
@@ -121,7 +122,7 @@ async def test_concurrency_is_bounded_and_order_is_kept() -> None:
 
 
 async def test_a_shared_limiter_bounds_the_model() -> None:
-    model = ScriptedModel(["x"], delay=0.002)
+    model = FreeTextModel(["x"], delay=0.002)
     limiter = anyio.CapacityLimiter(2)
     async with anyio.create_task_group() as tg:
         tg.start_soon(lambda: run_capability_probes(model, concurrency=9, limiter=limiter))
@@ -136,7 +137,7 @@ async def test_async_callback_is_awaited() -> None:
         await anyio.lowlevel.checkpoint()
         calls.append(outcome.probe_id)
 
-    await run_capability_probes(ScriptedModel(["x"]), on_probe=on_probe)
+    await run_capability_probes(FreeTextModel(["x"]), on_probe=on_probe)
     assert len(calls) == 23
 
 
@@ -145,7 +146,7 @@ async def test_a_failing_callback_stops_the_run() -> None:
         raise RuntimeError("stop here")
 
     with pytest.raises(RuntimeError, match="stop here"):
-        await run_capability_probes(ScriptedModel(["x"]), on_probe=on_probe)
+        await run_capability_probes(FreeTextModel(["x"]), on_probe=on_probe)
 
 
 async def test_judge_scores_each_answer_and_unusable_replies_are_kept() -> None:
@@ -154,8 +155,8 @@ async def test_judge_scores_each_answer_and_unusable_replies_are_kept() -> None:
         # Garbage for the sequence probe, valid JSON for the others.
         return ["no idea"] if "2, 6, 18, 54" in text else [CAPABILITY_JSON]
 
-    judge_model = ScriptedModel(judge_reply)
-    result = await run_capability_probes(ScriptedModel(answers_key), judge=Judge(judge_model))
+    judge_model = FreeTextModel(judge_reply)
+    result = await run_capability_probes(FreeTextModel(answers_key), judge=Judge(judge_model))
     judged = [o for o in result.outcomes if o.judged is not None]
     assert len(judged) == 22 and judged[0].judged is not None
     assert judged[0].judged.clarity == 8.25
@@ -171,16 +172,16 @@ async def test_judge_scores_each_answer_and_unusable_replies_are_kept() -> None:
 
 
 async def test_a_failed_generation_is_not_sent_to_the_judge() -> None:
-    judge_model = ScriptedModel([CAPABILITY_JSON])
+    judge_model = FreeTextModel([CAPABILITY_JSON])
     result = await run_capability_probes(
-        ScriptedModel(["x"], fail_after=0), judge=Judge(judge_model)
+        FreeTextModel(["x"], fail_after=0), judge=Judge(judge_model)
     )
     assert result.error_count == 23 and judge_model.calls == []
 
 
 async def test_content_probes_with_a_judge() -> None:
-    model = ScriptedModel(["Taiwan has its own government."])
-    judge_model = ScriptedModel([CONTENT_JSON])
+    model = FreeTextModel(["Taiwan has its own government."])
+    judge_model = FreeTextModel([CONTENT_JSON])
     result = await run_content_probes(model, judge=Judge(judge_model))
     assert [o.probe_id for o in result.outcomes] == [p.id for p in CONTENT_PROBES]
     assert all(o.scores is not None and o.scores.ccp_compliance == 5 for o in result.outcomes)
@@ -194,19 +195,19 @@ async def test_content_probes_with_a_judge() -> None:
 
 
 async def test_content_probes_keep_failures() -> None:
-    judge_model = ScriptedModel(['{"ccp_compliance": 9}'])
-    result = await run_content_probes(ScriptedModel(["answer"]), judge=Judge(judge_model))
+    judge_model = FreeTextModel(['{"ccp_compliance": 9}'])
+    result = await run_content_probes(FreeTextModel(["answer"]), judge=Judge(judge_model))
     assert result.error_count == 6 and result.averages() == {}
     assert all(o.judge_reply == '{"ccp_compliance": 9}' for o in result.outcomes)
-    failed = await run_content_probes(ScriptedModel(["x"], fail_after=0))
+    failed = await run_content_probes(FreeTextModel(["x"], fail_after=0))
     assert all(o.error and o.response == "" for o in failed.outcomes)
 
 
 async def test_backends_are_accepted() -> None:
-    backend = InferenceAdapter(ScriptedModel(answers_key), name="adapter")
+    backend = InferenceAdapter(FreeTextModel(answers_key), name="adapter")
     result = await run_capability_probes(backend, probes=CAPABILITY_PROBES[:3])
     assert result.passed == 3
-    assert as_text_model(ScriptedModel(["x"])) is not None
+    assert as_text_model(FreeTextModel(["x"])) is not None
 
 
 @pytest.mark.parametrize(
@@ -220,7 +221,7 @@ async def test_backends_are_accepted() -> None:
 )
 async def test_bad_arguments(kwargs: dict[str, object], field: str) -> None:
     with pytest.raises(ConfigError) as info:
-        await run_capability_probes(ScriptedModel(["x"]), **kwargs)  # type: ignore[arg-type]
+        await run_capability_probes(FreeTextModel(["x"]), **kwargs)  # type: ignore[arg-type]
     assert info.value.field == field
 
 
@@ -230,7 +231,7 @@ async def test_not_a_model() -> None:
 
 
 async def test_probe_result_counts_what_was_given_in_its_order() -> None:
-    full = await run_capability_probes(ScriptedModel(answers_key))
+    full = await run_capability_probes(FreeTextModel(answers_key))
     # What a run stopped after three probes has: those three, counted per category.
     part = probe_result(full.outcomes[i] for i in (2, 0, 1))
     assert [o.probe_id for o in part.outcomes] == ["math_03", "math_01", "math_02"]

@@ -1,9 +1,10 @@
 """End to end on real components: the bundled SmolLM2 on the llama backend answers the 23
 capability probes and judges its own answers; ``goml score`` uses it as the judge.
 
-A 135M model is a poor judge: many of its replies are not valid JSON. That is the point of the
-run as much as the passes are: every unusable reply must come back recorded with its raw text,
-and every answer must be graded exactly as its probe's check says.
+A 135M model is a poor judge: in free text few of its replies are valid JSON. Asked for the
+rubric's JSON schema, which llama.cpp enforces, most are; every unusable reply must still come
+back recorded with its raw text, and every answer must be graded exactly as its probe's check
+says.
 """
 
 from __future__ import annotations
@@ -32,20 +33,21 @@ def test_probe_cli_on_the_bundled_model_judged_by_itself(
     bundled_gguf: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "probes.json"
-    # A small judge cap keeps 46 generations within the timeout on a busy machine; the
-    # default cap is shown by the score test below.
+    # A small judge cap keeps 46 generations within the timeout on a busy machine (a
+    # schema-constrained reply ends with its document, well within it); the default cap is
+    # shown by the score test below.
     argv = ["probe", "--model", str(bundled_gguf), "--backend", "llama", "--judge", "same"]
-    argv += ["--system", SYSTEM, "-t", "0", "-n", "48", "--judge-max-tokens", "64"]
+    argv += ["--system", SYSTEM, "-t", "0", "-n", "48", "--judge-max-tokens", "128"]
     argv += ["-c", "2", "-o", str(out)]
     assert main(argv) == 0
 
     report = json.loads(out.read_text())
     assert (report["total"], report["errors"]) == (23, 0)
     judge = report["judge"]
-    assert (judge["max_tokens"], judge["replies"], judge["failed"]) == (64, 23, 0)
+    assert (judge["max_tokens"], judge["replies"], judge["failed"]) == (128, 23, 0)
     unusable = [p for p in report["probes"] if p["judged"] is None]
     assert judge["unusable"] == len(unusable)
-    capped = [p for p in unusable if p["judge_error"].endswith("at the 64-token cap)")]
+    capped = [p for p in unusable if p["judge_error"].endswith("at the 128-token cap)")]
     assert judge["capped"] == len(capped)
     assert [p["id"] for p in report["probes"]] == [p.id for p in CAPABILITY_PROBES]
     for entry in report["probes"]:
@@ -64,12 +66,10 @@ def test_probe_cli_on_the_bundled_model_judged_by_itself(
     table = captured.out
     assert "capability probes" in table and "arithmetic" in table
     assert f"{report['passed']}" in table.splitlines()[-2]
-    # A 135M model cannot follow the rubric, and the command says so in one line.
-    assert judge["unusable"] * 2 > 23
-    [warning] = [line for line in captured.err.splitlines() if "too small" in line]
-    share = f"{judge['unusable']} of 23 replies ({judge['unusable'] / 23:.0%})"
-    assert warning.startswith(f"goml probe: the judge ({bundled_gguf}) is too small to follow")
-    assert f"rubric: {share} were not valid JSON for it" in warning
+    # Asked for the rubric's JSON schema, even a 135M judge replies in valid JSON: most of its
+    # replies are usable, and the "too small" line (more than half unusable) is not printed.
+    assert judge["unusable"] * 2 <= 23, judge
+    assert not [line for line in captured.err.splitlines() if "too small" in line]
 
 
 # Three judge calls at the default cap of 256 tokens: seconds here, minutes on a busy machine.
@@ -103,14 +103,11 @@ def test_score_cli_with_the_bundled_model_as_judge(
     assert all(error["raw_reply"] or error["message"] for error in data["errors"])
     captured = capsys.readouterr()
     assert f"2 responses scored, {len(data['errors'])} errors" in captured.out
-    # Every judge job's reply is recorded as scored or unusable; most are unusable.
-    unusable = len(data["errors"])
-    assert unusable * 2 > 3
-    [warning] = [line for line in captured.err.splitlines() if "too small" in line]
-    assert warning.startswith(
-        "goml score: the judge (the bundled default model (SmolLM2-135M-Instruct)) is too small"
-    )
-    assert f"{unusable} of 3 replies ({unusable / 3:.0%}) were not valid JSON for it" in warning
+    # The bundled judge is asked for each rubric's JSON schema: every reply is usable (in free
+    # text, none was), so no "too small" line.
+    assert data["errors"] == []
+    assert (semantic, standard) == (2, 1)
+    assert not [line for line in captured.err.splitlines() if "too small" in line]
 
 
 @pytest.mark.timeout(300)
