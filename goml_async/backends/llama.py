@@ -35,7 +35,13 @@ import httpx
 
 from ..compat import InferenceAdapter
 from ..convert.gguf_meta import gguf_model_info, read_gguf_metadata
-from ..errors import APIConnectionError, BackendUnavailable, GenerationError, GenerationTimeout
+from ..errors import (
+    APIConnectionError,
+    BackendUnavailable,
+    ConfigError,
+    GenerationError,
+    GenerationTimeout,
+)
 from ..model import _check_prompts
 from ..settings import GomlSettings, current_settings
 from ..stream import StreamContext, StreamItem
@@ -47,7 +53,7 @@ from ..types import (
     Message,
     ModelInfo,
 )
-from . import _http_reply, _llama_grammar, _llama_wire, _openai
+from . import _http_reply, _llama_grammar, _llama_tools, _llama_wire, _openai
 from .http import HTTPModel
 from .llama_launcher import INSTALL_HINT
 from .llama_server import LlamaServer, cached_llama_server
@@ -74,6 +80,10 @@ class LlamaModel(HTTPModel):
     #: Every format: JSON through llama-server's own ``json_schema`` (after checking that its
     #: converter enforces every keyword), ``regex`` and ``choice`` through a GBNF grammar.
     response_formats = frozenset(("json_object", "json_schema", "regex", "choice"))
+    #: Tools are described in the prompt and the reply held to a JSON schema that the server
+    #: enforces (see ``_llama_tools``): llama-server itself drops tools that a model's chat
+    #: template cannot render.
+    supports_tools = True
 
     def __init__(self, server: LlamaServer, info: ModelInfo, **http_options: Any) -> None:
         http_options.setdefault("generate_endpoint", "completions")
@@ -124,12 +134,25 @@ class LlamaModel(HTTPModel):
         extra_body: Mapping[str, Any],
     ) -> AsyncIterator[StreamItem]:
         config = context.config
+        fmt = _llama_tools.reply_format(config)
+        if config.tools or any(m.role == "tool" or m.tool_calls for m in messages):
+            messages = _llama_tools.prompt_messages(messages, config)
         body = _llama_wire.chat_body(model, messages, config, extra_body)
-        tokens = self._request(_llama_wire.CHAT_PATH, body, context)
-        return self._trimmed(tokens, config, body)
+        if fmt is not None:
+            body.update(_llama_grammar.constraint_fields(fmt))
+        tokens = self._trimmed(self._request(_llama_wire.CHAT_PATH, body, context), config, body)
+        return _llama_tools.decoded_reply(tokens, config) if fmt is not None else tokens
 
     def _check_response_format(self, fmt: ResponseFormat) -> None:
         _llama_grammar.constraint_fields(fmt)
+
+    def _check_tools(self, config: GenerateConfig) -> None:
+        fmt = _llama_tools.reply_format(config)
+        if fmt is not None:
+            try:
+                _llama_grammar.constraint_fields(fmt)
+            except ConfigError as exc:
+                raise ConfigError("tools", f"llama.cpp cannot enforce them: {exc}") from None
 
     def _trimmed(
         self, tokens: AsyncIterator[StreamItem], config: GenerateConfig, body: Mapping[str, Any]

@@ -126,6 +126,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="one KV buffer per slot (what keeps greedy output independent of other requests)",
     )
     add(
+        "--jinja",
+        dest="jinja",
+        action="store_true",
+        default=None,
+        help="render chat templates with Jinja (llama.cpp's default)",
+    )
+    add("--no-jinja", dest="jinja", action="store_false")
+    add(
         "--no-webui",
         "--no-ui",
         action="store_true",
@@ -159,6 +167,8 @@ def _params(xlc: Any, args: argparse.Namespace) -> Any:
         params.cont_batching = args.cont_batching
     if args.kv_unified is not None:
         params.kv_unified = args.kv_unified
+    if args.jinja is not None:
+        params.use_jinja = args.jinja
     adapters = [item for value in args.lora for item in value.split(",") if item]
     if adapters:
         params.lora_adapters = [xlc.CommonAdapterLoraInfo(path, 1.0) for path in adapters]

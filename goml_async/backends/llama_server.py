@@ -152,7 +152,7 @@ def llama_server_args(
 
     Example:
         >>> " ".join(llama_server_args("m.gguf", LoadConfig(context_len=512), port=8080)[6:])
-        '-c 2048 --parallel 4 --cont-batching --no-kv-unified -ngl 999'
+        '-c 2048 --parallel 4 --cont-batching --no-kv-unified -ngl 999 --jinja'
     """
     config = config or LoadConfig()
     args = ["-m", os.fspath(model_path), "--host", host, "--port", str(port)]
@@ -161,6 +161,8 @@ def llama_server_args(
     args += ["--parallel", str(slots), "--cont-batching", "--no-kv-unified"]
     gpu_layers = ALL_GPU_LAYERS if config.gpu_layers < 0 else config.gpu_layers
     args += ["-ngl", str(gpu_layers)]
+    # Jinja chat templates (the pinned build's default, named so that it stays so).
+    args += ["--jinja"]
     if config.adapter_path:
         args += ["--lora", config.adapter_path]
     if threads is not None:

@@ -48,7 +48,7 @@ def test_default_args() -> None:
     args = llama_server_args("m.gguf", host="127.0.0.1", port=8080)
     assert args == [
         *("-m", "m.gguf", "--host", "127.0.0.1", "--port", "8080", "-c", "16384"),
-        *("--parallel", "4", "--cont-batching", "--no-kv-unified", "-ngl", "999"),
+        *("--parallel", "4", "--cont-batching", "--no-kv-unified", "-ngl", "999", "--jinja"),
     ]
 
 
