@@ -36,8 +36,8 @@ class Message:
     Example:
         >>> from goml_async import ToolCall
         >>> call = ToolCall("call_1", "get_weather", '{"city": "Paris"}')
-        >>> Message("assistant", "", tool_calls=[call]).to_dict()["tool_calls"][0]["id"]
-        'call_1'
+        >>> Message("assistant", "", tool_calls=[call]).tool_calls == (call,)
+        True
         >>> Message("tool", "18 C, sunny", tool_call_id="call_1").to_dict()["tool_call_id"]
         'call_1'
     """
