@@ -85,6 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
     add("-c", "--ctx-size", type=int, default=0, help="context size; 0 = from the model")
     add("-t", "--threads", type=int, default=-1, help="CPU threads; -1 = llama.cpp's default")
     add(
+        "-tb",
+        "--threads-batch",
+        type=int,
+        default=None,
+        help="CPU threads for prompts and batched steps (default: --threads)",
+    )
+    add(
         "-ngl",
         "--gpu-layers",
         "--n-gpu-layers",
@@ -156,7 +163,9 @@ def _params(xlc: Any, args: argparse.Namespace) -> Any:
     params.hostnames = [args.host]
     params.port = args.port
     params.cpuparams.n_threads = args.threads
-    params.cpuparams_batch.n_threads = args.threads
+    params.cpuparams_batch.n_threads = (
+        args.threads if args.threads_batch is None else args.threads_batch
+    )
     params.warmup = False  # like a real server started for tests: answer /health at once
     params.ui = False
     if args.gpu_layers is not None:

@@ -89,6 +89,12 @@ ALL_GPU_LAYERS = 999
 LOG_TAIL_LINES = 200
 #: Server slots (``--parallel``) when ``LoadConfig.parallel_slots`` is 0: streams decoded together.
 DEFAULT_SLOTS = 4
+#: CPU threads for a step that decodes one token (``-t``; other steps get ``-tb``). llama.cpp's
+#: CPU flash attention splits the cache of a lone one-token query among the threads once it
+#: holds 512 cells and merges the parts, in another order than when several sequences decode in
+#: one step; a greedy reply then changes after ~250 tokens with what else the server runs. On
+#: one thread the split is one part, the same sums. It costs speed only when one stream decodes.
+DECODE_THREADS = 1
 #: Tokens of context each slot gets when ``LoadConfig.context_len`` is 0 (cut to the model's
 #: trained context): llama-server's long-standing default ``-c``, now per slot.
 DEFAULT_SLOT_CONTEXT = 4096
@@ -142,17 +148,21 @@ def llama_server_args(
     batching and one KV cache stream per slot (``--no-kv-unified``); ``-c`` is the slots times
     :func:`slot_context`, because llama-server divides ``-c`` among its slots: every request
     gets ``context_len`` tokens whatever else runs. ``gpu_layers`` -> ``-ngl`` (when >= 0; -1,
-    "all", becomes ``-ngl 999``), ``adapter_path`` -> ``--lora``; ``threads`` -> ``-t``.
-    ``extra_args`` follow verbatim, so they can override.
+    "all", becomes ``-ngl 999``), ``adapter_path`` -> ``--lora``; ``threads`` -> ``-tb``
+    (default: the CPUs this process may use), with ``-t 1`` (:data:`DECODE_THREADS`).
+    ``extra_args`` follow verbatim, so they can override (``-t N`` puts the threads back on
+    one-token steps, and gives up the guarantee below).
 
     One KV stream per slot is what keeps greedy output the same whatever else the server
     runs: in a unified cache (llama-server's choice when it picks the slot count itself) a
     sequence's cells sit among other sequences' cells, and its attention sums come out in
-    another order, which can change a temperature-0 answer.
+    another order, which can change a temperature-0 answer. One thread for a step of one
+    token keeps it so once a reply is long: see :data:`DECODE_THREADS`.
 
     Example:
-        >>> " ".join(llama_server_args("m.gguf", LoadConfig(context_len=512), port=8080)[6:])
-        '-c 2048 --parallel 4 --cont-batching --no-kv-unified -ngl 999 --jinja'
+        >>> args = llama_server_args("m.gguf", LoadConfig(context_len=512), port=8080, threads=2)
+        >>> " ".join(args[6:])
+        '-c 2048 --parallel 4 --cont-batching --no-kv-unified -ngl 999 --jinja -t 1 -tb 2'
     """
     config = config or LoadConfig()
     args = ["-m", os.fspath(model_path), "--host", host, "--port", str(port)]
@@ -165,9 +175,16 @@ def llama_server_args(
     args += ["--jinja"]
     if config.adapter_path:
         args += ["--lora", config.adapter_path]
-    if threads is not None:
-        args += ["-t", str(threads)]
+    # One thread for one-token steps, the threads for the rest: see DECODE_THREADS.
+    args += ["-t", str(DECODE_THREADS), "-tb", str(threads or _cpu_count())]
     return [*args, *extra_args]
+
+
+def _cpu_count() -> int:
+    """The CPUs this process may run on (llama.cpp's own ``-tb`` default counts them all)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def _train_context(path: Path) -> int | None:
@@ -245,7 +262,8 @@ class LlamaServer(AsyncResource):
             found); None (default) uses it only when no binary is found.
         host: the address to listen on.
         port: the port; 0 picks a free one when the server starts.
-        threads: CPU threads (``-t``); None keeps llama.cpp's default.
+        threads: CPU threads for prompts and batched steps (``-tb``; one-token steps run on
+            one, :data:`DECODE_THREADS`); None: the CPUs this process may use.
         extra_args: more llama-server flags, passed verbatim after the ones above.
         startup_timeout: seconds to wait for ``/health``; None takes
             ``settings.llama_startup_timeout`` (``GOML_LLAMA_STARTUP_TIMEOUT``, default 120).

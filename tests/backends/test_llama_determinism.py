@@ -77,3 +77,44 @@ async def test_greedy_output_is_the_same_solo_batched_and_after_a_burst(
             for index in range(3):
                 group.start_soon(other, index)
     assert answers + mixed == [idle] * 7
+
+
+# Long greedy replies (the capability probes' logic_01 and two more): on two threads a reply
+# decoded alone took other sums than the same reply decoded beside three others once its
+# sequence held more than 256 cells (llama.cpp's CPU flash attention splits a lone one-token
+# query's cache among the threads from 512 cells on), and diverged after ~250 tokens.
+LONG_PROMPTS = (
+    "All cats are animals. All animals need water. Does a cat need water? Explain your reasoning.",
+    "Explain photosynthesis step by step, in detail.",
+    "Write a long essay about the ocean.",
+    "Write a long story about a lighthouse keeper.",
+)
+LONG: dict[str, Any] = {"temperature": 0, "max_tokens": 320, "logprobs": True}
+
+
+async def _tokens(model: LlamaModel, prompt: str) -> list[tuple[int, float | None]]:
+    stream = model.chat([{"role": "user", "content": prompt}], **LONG)
+    return [(token.id, token.logprob) async for token in stream]
+
+
+async def test_long_greedy_replies_are_the_same_token_for_token_alone_and_four_at_once(
+    bundled_gguf: Path, llama_binary: dict[str, Any]
+) -> None:
+    if llama_binary.get("use_launcher"):
+        # Known gap: the xllamacpp launcher's build still differs on these replies with the
+        # same flags (docs/concepts/concurrency-llama.md); the guarantee is the binary's.
+        pytest.skip("long replies are batch-invariant on the built llama-server only")
+    async with await load_model(str(bundled_gguf), threads=2, **llama_binary) as model:
+        assert isinstance(model, LlamaModel)
+        alone = [await _tokens(model, prompt) for prompt in LONG_PROMPTS]
+        together: list[list[tuple[int, float | None]]] = [[] for _ in LONG_PROMPTS]
+
+        async def one(index: int) -> None:
+            together[index] = await _tokens(model, LONG_PROMPTS[index])
+
+        async with anyio.create_task_group() as group:
+            for index in range(len(LONG_PROMPTS)):
+                group.start_soon(one, index)
+    assert min(len(reply) for reply in alone) > 250  # past the 256 cells where it diverged
+    # The IDs and their log-probabilities, bit for bit.
+    assert together == alone

@@ -44,11 +44,13 @@ NO_ENV = GomlSettings(llama_server=None, cache_dir=Path("/nonexistent/goml-test-
 
 
 def test_default_args() -> None:
-    # 4 slots of 4096 tokens each (llama-server divides -c among its slots), one KV stream each.
+    # 4 slots of 4096 tokens each (llama-server divides -c among its slots), one KV stream each;
+    # one-token steps on one thread, the rest on every CPU.
     args = llama_server_args("m.gguf", host="127.0.0.1", port=8080)
     assert args == [
         *("-m", "m.gguf", "--host", "127.0.0.1", "--port", "8080", "-c", "16384"),
         *("--parallel", "4", "--cont-batching", "--no-kv-unified", "-ngl", "999", "--jinja"),
+        *("-t", "1", "-tb", str(llama_server._cpu_count())),
     ]
 
 
@@ -62,7 +64,7 @@ def test_default_args() -> None:
         (LoadConfig(gpu_layers=-1), None, ["-ngl", "999"]),
         (LoadConfig(parallel_slots=3), None, ["--parallel", "3"]),
         (LoadConfig(adapter_path="/a/lora.gguf"), None, ["--lora", "/a/lora.gguf"]),
-        (LoadConfig(), 3, ["-t", "3"]),
+        (LoadConfig(), 3, ["-t", "1", "-tb", "3"]),
     ],
 )
 def test_load_config_flags(
@@ -75,12 +77,22 @@ def test_load_config_flags(
     assert command[:1] == [str(fake_servers["ok"])]
     assert command[1:7] == ["-m", "m.gguf", "--host", "127.0.0.1", "--port", "9000"]
     pairs = list(itertools.pairwise(command[7:]))
-    assert tuple(expected) in pairs
+    assert all(pair in pairs for pair in itertools.pairwise(expected))
 
 
 def test_unset_config_fields_add_no_flags() -> None:
     args = llama_server_args("m.gguf", LoadConfig(context_len=0, parallel_slots=0))
-    assert not {"--lora", "-t"} & set(args)
+    assert "--lora" not in args
+
+
+def test_one_token_steps_run_on_one_thread_and_the_rest_on_every_cpu() -> None:
+    # Batch-invariant greedy output (tests/backends/test_llama_determinism.py); -tb is
+    # llama.cpp's count of every CPU this process may use when no threads are given.
+    args = llama_server_args("m.gguf", LoadConfig())
+    assert args[args.index("-t") + 1] == "1"
+    assert int(args[args.index("-tb") + 1]) == llama_server._cpu_count()
+    override = llama_server_args("m.gguf", LoadConfig(), threads=2, extra_args=["-t", "2"])
+    assert override[-2:] == ["-t", "2"]  # extra_args come last: llama-server keeps the last
 
 
 def test_each_slot_gets_the_context_cut_to_the_trained_one() -> None:
@@ -227,6 +239,8 @@ def test_launcher_parses_llama_server_flags() -> None:
     assert (args.model, args.ctx_size, args.threads, args.gpu_layers) == ("m.gguf", 64, 2, -2)
     assert (args.lora, args.parallel, args.host, args.port) == (["a", "b,c"], 3, "0.0.0.0", 1234)
     assert (args.cont_batching, args.kv_unified) == (True, False)
+    assert args.threads_batch is None
+    assert llama_launcher.build_parser().parse_args(["-m", "m", "-tb", "3"]).threads_batch == 3
     unset = llama_launcher.build_parser().parse_args(["-m", "m.gguf"])
     assert (unset.cont_batching, unset.kv_unified) == (None, None)  # xllamacpp's own defaults
     assert llama_launcher.build_parser().parse_args(["-m", "m", "-kvu", "-nocb"]).kv_unified
@@ -244,6 +258,9 @@ def test_the_launcher_maps_slots_batching_and_kv_layout_onto_xllamacpp(
     argv = ["-m", "m.gguf", "-kvu", "-nocb"]
     params = llama_launcher._params(xllamacpp, llama_launcher.build_parser().parse_args(argv))
     assert (params.kv_unified, params.cont_batching) == (True, False)
+    argv = ["-m", "m.gguf", "-t", "1", "-tb", "3"]
+    params = llama_launcher._params(xllamacpp, llama_launcher.build_parser().parse_args(argv))
+    assert (params.cpuparams.n_threads, params.cpuparams_batch.n_threads) == (1, 3)
 
 
 def test_launcher_without_xllamacpp(
