@@ -364,6 +364,6 @@ def test_a_closed_mlx_worker_refuses_work_as_a_closed_model_does() -> None:
 
     worker = MLXWorker("goml-test-worker")
     worker.close()
-    worker.thread.join(timeout=10)
+    assert worker.wait_stopped(10)
     with pytest.raises(GenerationError, match="the MLX model is closed"):
         worker.submit(lambda: None)

@@ -1,7 +1,8 @@
-"""The MLX worker: one long-lived thread per model, and the hand-over of tokens to the loop.
+"""The MLX worker: one thread per model, and the hand-over of tokens to the loop.
 
 MLX streams are bound to the thread that created them, so every MLX call of a model (load,
-generate, classify, batch) runs on that model's own thread. The thread runs queued jobs (a
+generate, classify, batch) runs on that model's own thread (which, once the model is closed,
+waits for the next model instead of ending: see :class:`_Carrier`). The thread runs queued jobs (a
 load, a submission to the scheduler, a wake-up) and, between jobs, one step of the model's
 scheduler at a time while it has work that can go on (see ``_mlx_scheduler``).
 
@@ -21,7 +22,7 @@ import queue
 import sys
 import threading
 from collections.abc import Callable, Iterable
-from typing import Any, Protocol, TypeVar
+from typing import Any, ClassVar, Protocol, TypeVar
 
 import anyio
 import anyio.lowlevel
@@ -156,20 +157,68 @@ def _nothing() -> None:
     """A job that only wakes the worker up."""
 
 
+class _Carrier:
+    """A daemon thread that runs one worker's loop after another, for the whole process.
+
+    MLX keeps per-thread state (its compile cache among it) that holds Python objects, and
+    frees it when the thread ends. A thread that ended as the interpreter shut down would free
+    it after Python is gone, and the process would abort ("terminate called without an active
+    exception"). So a worker's thread never ends: when its model closes it goes back to the
+    idle carriers and the next model's worker takes it; at exit the idle ones are simply
+    stopped with the process, as daemon threads are.
+    """
+
+    _idle: ClassVar[list[_Carrier]] = []
+    _lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(self) -> None:
+        self._inbox: queue.SimpleQueue[MLXWorker] = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._run, name="goml-mlx-idle", daemon=True)
+        self.thread.start()
+
+    @classmethod
+    def take(cls, worker: MLXWorker, name: str) -> threading.Thread:
+        """Run ``worker``'s loop on an idle carrier (or a new one); return its thread."""
+        with cls._lock:
+            carrier = cls._idle.pop() if cls._idle else None
+        if carrier is None:
+            carrier = cls()
+        carrier.thread.name = name
+        carrier._inbox.put(worker)
+        return carrier.thread
+
+    def _run(self) -> None:
+        while True:
+            worker = self._inbox.get()
+            try:
+                worker._main()
+            finally:
+                self.thread.name = "goml-mlx-idle"
+                with self._lock:
+                    self._idle.append(self)
+                worker._stopped.set()
+                del worker  # an idle carrier keeps nothing of the model it served
+
+
 class MLXWorker:
-    """A daemon thread that runs jobs in submission order, and its stepper in between."""
+    """Runs jobs in submission order, and its stepper in between, on a thread of its own."""
 
     def __init__(self, name: str) -> None:
         self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._main, name=name, daemon=True)
         self._closed = False
+        self._stopped = threading.Event()
         self.stepper: Stepper | None = None
-        self._thread.start()
+        self._thread = _Carrier.take(self, name)
 
     @property
     def thread(self) -> threading.Thread:
-        """The worker thread (MLX state lives on it)."""
+        """The thread every job of this worker runs on (MLX state lives on it)."""
         return self._thread
+
+    @property
+    def stopped(self) -> bool:
+        """Its loop has ended (after :meth:`close`); its thread serves no model of it now."""
+        return self._stopped.is_set()
 
     def _main(self) -> None:
         try:
@@ -188,6 +237,7 @@ class MLXWorker:
         finally:
             if self.stepper is not None:
                 self.stepper.shutdown()
+                self.stepper = None
 
     def submit(self, job: Callable[[], None]) -> None:
         """Queue a job that reports its own outcome."""
@@ -237,12 +287,16 @@ class MLXWorker:
         raise value
 
     def close(self) -> None:
-        """Stop the thread after the jobs already queued. Idempotent."""
+        """Stop the loop after the jobs already queued. Idempotent."""
         if not self._closed:
             self._closed = True
             self._jobs.put(None)
 
+    def wait_stopped(self, timeout: float | None = None) -> bool:
+        """Block until its loop has ended (True), or ``timeout`` seconds have passed."""
+        return self._stopped.wait(timeout)
+
     async def aclose(self) -> None:
-        """Stop the thread and wait for it to finish its current job."""
+        """Stop the loop and wait for it to finish its current job."""
         self.close()
-        await anyio.to_thread.run_sync(self._thread.join, 30.0, abandon_on_cancel=True)
+        await anyio.to_thread.run_sync(self._stopped.wait, 30.0, abandon_on_cancel=True)

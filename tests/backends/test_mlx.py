@@ -43,7 +43,7 @@ async def test_a_model_folder_routes_to_mlx(tiny_mlx: Path) -> None:
         info = model.info()
         assert (info.architecture, info.num_layers, info.hidden_size) == ("llama", 2, 64)
         assert info.vocab_size == 512
-    assert not model.worker_thread.is_alive()  # aclose stopped the worker
+    assert model._worker.stopped  # aclose stopped the worker
 
 
 async def test_bad_folders_name_the_path(tmp_path: Path) -> None:

@@ -10,6 +10,8 @@ in a batch and from the cache: each test compares with the model decoding alone.
 from __future__ import annotations
 
 import functools
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -200,7 +202,7 @@ async def test_closing_the_model_ends_its_streams_and_its_thread(tiny_mlx: Path)
         await stream.__anext__()
     await until(lambda: model._scheduler.counts()["live"] == 3)
     await model.aclose()
-    assert not model.worker_thread.is_alive()
+    assert model._worker.stopped
     assert idle(model)
     for stream in streams:
         with pytest.raises(GenerationError, match="closed"):
@@ -392,3 +394,48 @@ async def test_smollm2_is_the_same_alone_batched_and_from_the_cache(smollm2_mlx:
         warm = await model.chat(second, max_tokens=12).collect()
     assert warm.metrics is not None and warm.metrics.cached_tokens > 0
     assert warm.text == second_cold.text
+
+
+_EXIT_SCRIPT = """
+import sys, anyio
+from goml_async.backends.mlx import load_mlx_model
+
+async def main():
+    async with await load_mlx_model(sys.argv[1]) as model:
+        async def ask(prompt):
+            await model.chat([{"role": "user", "content": prompt}], max_tokens=8)
+
+        async with anyio.create_task_group() as group:
+            for prompt in ("Hi", "Name a colour.", "Count to three."):
+                group.start_soon(ask, prompt)
+    print("done", flush=True)
+
+anyio.run(main)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # one subprocess run is enough
+async def test_a_program_that_batched_exits_cleanly(smollm2_mlx: Path, tmp_path: Path) -> None:
+    """MLX frees per-thread state that holds Python objects when a thread ends; a worker
+    thread that ended as the interpreter shut down made the process abort ("terminate called
+    without an active exception", exit status 134) after every program that had batched."""
+    script = tmp_path / "batched.py"
+    script.write_text(_EXIT_SCRIPT, encoding="utf-8")
+    done = await anyio.run_process(
+        [sys.executable, str(script), str(smollm2_mlx)], check=False, stderr=subprocess.PIPE
+    )
+    assert done.stdout.decode().strip() == "done"
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert b"terminate called" not in done.stderr
+
+
+async def test_a_closed_models_thread_serves_the_next_model(tiny_mlx: Path) -> None:
+    first = await load_mlx_model(tiny_mlx)
+    thread = first.worker_thread
+    await first.generate("def ", max_tokens=2)
+    await first.aclose()
+    assert first._worker.stopped and thread.is_alive()  # idle, waiting for the next model
+    async with await load_mlx_model(tiny_mlx) as second:
+        assert second.worker_thread is thread
+        assert (await second.generate("def ", max_tokens=2)).text
