@@ -53,7 +53,7 @@ import httpx
 from anyio.abc import AsyncResource
 
 from .._validate import integer, is_int, non_empty_str
-from ..convert.gguf_meta import read_gguf_metadata
+from ..convert.gguf_meta import kv_bytes_per_token
 from ..errors import BackendUnavailable, ConfigError, LifecycleError, ModelLoadError
 from ..settings import GomlSettings, current_settings
 from ..types import LoadConfig
@@ -66,6 +66,17 @@ from ._llama_process import (
     kill_group,
     reserve_port,
     wait_exit,
+)
+from ._llama_sizing import (
+    DECODE_THREADS,
+    DEFAULT_SLOT_CONTEXT,
+    DEFAULT_SLOTS,
+    cpu_count,
+    kv_cache_warning,
+    memory_bytes,
+    read_meta,
+    slot_context,
+    train_context,
 )
 from .llama_launcher import INSTALL_HINT
 
@@ -87,18 +98,6 @@ __all__ = [
 ALL_GPU_LAYERS = 999
 #: Log lines kept from the server's stdout and stderr together.
 LOG_TAIL_LINES = 200
-#: Server slots (``--parallel``) when ``LoadConfig.parallel_slots`` is 0: streams decoded together.
-DEFAULT_SLOTS = 4
-#: CPU threads for a step that decodes one token (``-t``; other steps get ``-tb``). llama.cpp's
-#: CPU flash attention splits the cache of a lone one-token query among the threads once it
-#: holds 512 cells and merges the parts, in another order than when several sequences decode in
-#: one step; a greedy reply then changes after ~250 tokens with what else the server runs. On
-#: one thread the split is one part, the same sums. It costs speed only when one stream decodes.
-DECODE_THREADS = 1
-#: Tokens of context each slot gets when ``LoadConfig.context_len`` is 0 (cut to the model's
-#: trained context): llama-server's long-standing default ``-c``, now per slot.
-DEFAULT_SLOT_CONTEXT = 4096
-
 _LAUNCHER_MODULE = "goml_async.backends.llama_launcher"
 _POLL_INTERVAL = 0.05  # seconds between /health polls and exit checks during startup
 _TERM_GRACE = 5.0  # seconds between SIGTERM and SIGKILL
@@ -119,17 +118,6 @@ logger = logging.getLogger(__name__)
 def launcher_command() -> list[str]:
     """The argv prefix that runs the xllamacpp launcher with this interpreter."""
     return [sys.executable, "-m", _LAUNCHER_MODULE]
-
-
-def slot_context(config: LoadConfig, train_context: int | None = None) -> int:
-    """The context, in tokens, that each slot of a server for ``config`` holds.
-
-    ``context_len``, or :data:`DEFAULT_SLOT_CONTEXT` when it is 0, cut to ``train_context``
-    (the GGUF's ``context_length``) when that is known: positions past it are ones the model
-    never saw.
-    """
-    wanted = config.context_len or DEFAULT_SLOT_CONTEXT
-    return min(wanted, train_context) if train_context and train_context > 0 else wanted
 
 
 def llama_server_args(
@@ -176,26 +164,8 @@ def llama_server_args(
     if config.adapter_path:
         args += ["--lora", config.adapter_path]
     # One thread for one-token steps, the threads for the rest: see DECODE_THREADS.
-    args += ["-t", str(DECODE_THREADS), "-tb", str(threads or _cpu_count())]
+    args += ["-t", str(DECODE_THREADS), "-tb", str(threads or cpu_count())]
     return [*args, *extra_args]
-
-
-def _cpu_count() -> int:
-    """The CPUs this process may run on (llama.cpp's own ``-tb`` default counts them all)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
-def _train_context(path: Path) -> int | None:
-    """The GGUF's trained context length, or None when the file does not say (or is no GGUF:
-    llama-server reports that itself)."""
-    try:
-        meta = read_gguf_metadata(path)
-    except ModelLoadError:
-        return None
-    value = meta.values.get(f"{meta.architecture}.context_length")
-    return value if is_int(value) and value > 0 else None
 
 
 def cached_llama_server(settings: GomlSettings | None = None) -> Path | None:
@@ -309,6 +279,7 @@ class LlamaServer(AsyncResource):
         self._startup_timeout = float(timeout)
         self._prefix, self._uses_launcher = _resolve_command(binary, use_launcher, settings)
         self._train_context: int | None = None  # read from the GGUF on start()
+        self._kv_bytes = 0  # estimated on start()
         self._process: subprocess.Popen[bytes] | None = None
         self._finalizer: weakref.finalize[[int, int], LlamaServer] | None = None
         self._logs = LogTail(LOG_TAIL_LINES)
@@ -354,6 +325,11 @@ class LlamaServer(AsyncResource):
                 train_context=self._train_context,
             ),
         ]
+
+    @property
+    def kv_cache_bytes(self) -> int:
+        """The f16 KV cache all slots take, estimated from the GGUF on start (0: unknown)."""
+        return self._kv_bytes
 
     @property
     def slots(self) -> int:
@@ -407,7 +383,14 @@ class LlamaServer(AsyncResource):
         self._started = True
         try:
             await anyio.to_thread.run_sync(check_model, self._model_path, self._config)
-            self._train_context = await anyio.to_thread.run_sync(_train_context, self._model_path)
+            meta = await anyio.to_thread.run_sync(read_meta, self._model_path)
+            self._train_context = train_context(meta)
+            self._kv_bytes = (
+                kv_bytes_per_token(meta) * self.slots * self.slot_context if meta else 0
+            )
+            warning = kv_cache_warning(self._kv_bytes, memory_bytes())
+            if warning is not None:
+                logger.warning("%s", warning)
             self._port = await anyio.to_thread.run_sync(reserve_port, self._host, self._port)
             self._spawn()
             await self._wait_ready()

@@ -175,3 +175,24 @@ def gguf_model_info(meta: GGUFMetadata) -> ModelInfo:
         quant_bits=bits,
         quant_group=group,
     )
+
+
+def kv_bytes_per_token(meta: GGUFMetadata) -> int:
+    """Bytes of f16 KV cache one token of context takes (K and V, every layer); 0: unknown.
+
+    Example: SmolLM2-135M (30 layers, 3 KV heads of 64) takes 23,040 bytes (22.5 KiB) a token.
+    """
+    arch = meta.architecture
+    values = meta.values
+
+    def number(key: str) -> int:
+        value = values.get(key)
+        return int(value) if isinstance(value, int) and not isinstance(value, bool) else 0
+
+    layers = number(f"{arch}.block_count")
+    heads = number(f"{arch}.attention.head_count")
+    kv_heads = number(f"{arch}.attention.head_count_kv") or heads
+    head_size = number(f"{arch}.attention.key_length") or (
+        number(f"{arch}.embedding_length") // heads if heads else 0
+    )
+    return 2 * layers * kv_heads * head_size * 2

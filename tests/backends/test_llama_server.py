@@ -24,6 +24,7 @@ import pytest
 from processes import gone, wait_gone
 
 from goml_async.backends import llama_launcher, llama_server
+from goml_async.backends._llama_sizing import cpu_count, kv_cache_warning
 from goml_async.backends.llama_server import (
     LlamaServer,
     launcher_command,
@@ -50,7 +51,7 @@ def test_default_args() -> None:
     assert args == [
         *("-m", "m.gguf", "--host", "127.0.0.1", "--port", "8080", "-c", "16384"),
         *("--parallel", "4", "--cont-batching", "--no-kv-unified", "-ngl", "999", "--jinja"),
-        *("-t", "1", "-tb", str(llama_server._cpu_count())),
+        *("-t", "1", "-tb", str(cpu_count())),
     ]
 
 
@@ -90,7 +91,7 @@ def test_one_token_steps_run_on_one_thread_and_the_rest_on_every_cpu() -> None:
     # llama.cpp's count of every CPU this process may use when no threads are given.
     args = llama_server_args("m.gguf", LoadConfig())
     assert args[args.index("-t") + 1] == "1"
-    assert int(args[args.index("-tb") + 1]) == llama_server._cpu_count()
+    assert int(args[args.index("-tb") + 1]) == cpu_count()
     override = llama_server_args("m.gguf", LoadConfig(), threads=2, extra_args=["-t", "2"])
     assert override[-2:] == ["-t", "2"]  # extra_args come last: llama-server keeps the last
 
@@ -522,3 +523,13 @@ def test_ctrl_c_leaves_no_server_behind(tiny_gguf: Path, child_backend: str) -> 
 def test_module_surface() -> None:
     assert sorted(llama_server.__all__) == llama_server.__all__
     assert all(hasattr(llama_server, name) for name in llama_server.__all__)
+
+
+def test_a_kv_cache_past_half_the_memory_is_named_with_the_way_out() -> None:
+    gib = 2**30
+    assert kv_cache_warning(4 * gib, 24 * gib) is None
+    assert kv_cache_warning(0, 24 * gib) is None  # unknown size: nothing to say
+    assert kv_cache_warning(4 * gib, 0) is None  # unknown memory
+    warning = kv_cache_warning(13 * gib, 24 * gib)
+    assert warning is not None
+    assert "13.0 GiB" in warning and "24.0 GiB" in warning and "parallel_slots" in warning

@@ -10,7 +10,7 @@ from typing import Any
 import anyio
 import httpx
 import pytest
-from model_fixtures import StartLlama, busy_slots
+from model_fixtures import _TINY, StartLlama, busy_slots
 
 from goml_async import GenerationTimeout
 from goml_async.backends.llama import LlamaModel
@@ -90,6 +90,10 @@ async def test_the_client_lets_through_as_many_streams_as_there_are_slots(
         assert model.parallel_slots == model.server.slots == model.batch_concurrency == 2
         assert model.concurrency_statistics().total_tokens == 2
         assert "--parallel" in model.server.command and "--no-kv-unified" in model.server.command
+        # K and V, each layer, each KV head, f16: the tiny model's own numbers.
+        per_token = 2 * _TINY["num_hidden_layers"] * _TINY["num_key_value_heads"]
+        per_token *= _TINY["head_dim"] * 2
+        assert model.server.kv_cache_bytes == per_token * 2 * model.server.slot_context
         waited = 0
         texts: list[str] = []
 
