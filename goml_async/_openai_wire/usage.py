@@ -32,8 +32,9 @@ _STOPPED: Final = ("stop", "eos", "stop_sequence", "tool_calls", "content_filter
 
 
 def wire_finish_reason(reason: str | None) -> str:
-    """OpenAI's finish_reason for a stream's: ``length`` stays, anything else is ``stop``."""
-    return "length" if reason == "length" else "stop"
+    """OpenAI's finish_reason for a stream's: ``length`` and ``tool_calls`` stay, anything else
+    is ``stop``."""
+    return reason if reason in ("length", "tool_calls") else "stop"
 
 
 def finish_reason(value: object) -> FinishReason | None:

@@ -6,7 +6,9 @@ cannot honour are refused with a 400 naming them (code ``not_supported``) rather
 a reply must never look as if it did what was asked when it did not. ``response_format`` is
 validated and compiled here (a malformed or unenforceable one is a 400 naming the field, before
 the request waits in line); whether the model can enforce it is the model's check, when the
-stream opens. Fields that do not change
+stream opens. ``tools`` and ``tool_choice`` (chat only) are checked by the same validation as
+``chat(tools=...)`` (:func:`~goml_async.tools.normalize_tools`), and messages may be ``tool``
+results and assistant messages with ``tool_calls``. Fields that do not change
 the generated text (``user``, ``metadata``, ...) and fields this server does not know are
 ignored, as OpenAI-compatible servers do.
 """
@@ -19,6 +21,7 @@ from typing import Any, Final
 
 from ..errors import ConfigError
 from ..structured import ResponseFormat, grammar_for, normalize_response_format
+from ..tools import normalize_tool_choice, normalize_tools
 from ..types import MAX_TOP_LOGPROBS, Message, Role
 from ._wire import ServerError, shown
 
@@ -45,6 +48,7 @@ _ROLES: Final[dict[str, Role]] = {
     "developer": "system",
     "user": "user",
     "assistant": "assistant",
+    "tool": "tool",
 }
 
 
@@ -62,7 +66,8 @@ class CompletionRequest:
         max_tokens: ``max_tokens`` (or ``max_completion_tokens``); None when not given.
         logprobs: None when no log-probabilities were asked for; else how many alternatives
             per token (``top_logprobs``, or the completions API's ``logprobs``).
-        options: the other sampling fields as GenerateConfig keyword options.
+        options: the other sampling fields as GenerateConfig keyword options (with ``tools``
+            and ``tool_choice``, validated, when tools were offered).
     """
 
     chat: bool
@@ -168,12 +173,21 @@ def _messages(value: object) -> tuple[Message, ...]:
         if not isinstance(role, str) or role not in _ROLES:
             raise _bad(
                 f"messages[{index}].role",
-                f"must be one of system, developer, user, assistant; got {shown(role)}",
+                f"must be one of system, developer, user, assistant, tool; got {shown(role)}",
             )
         content = item.get("content")
         if content is None and role == "assistant":
             content = ""
-        messages.append(Message(_ROLES[role], _content(content, index)))
+        try:
+            message = Message(
+                _ROLES[role],
+                _content(content, index),
+                tool_calls=item.get("tool_calls") or (),
+                tool_call_id=item.get("tool_call_id"),
+            )
+        except ConfigError as exc:
+            raise _bad(f"messages[{index}].{exc.field}", exc.problem) from None
+        messages.append(message)
     return tuple(messages)
 
 
@@ -200,13 +214,16 @@ def _refuse_unsupported(body: Mapping[str, Any], *, chat: bool) -> None:
             raise _unsupported("best_of", "best_of other than 1")
         if body.get("suffix") not in (None, ""):
             raise _unsupported("suffix", "a suffix (insertion)")
+        if body.get("tools") not in (None, []):
+            raise _unsupported("tools", "tool calling on /v1/completions (use chat completions)")
+        if body.get("tool_choice") not in (None, "none", "auto"):
+            raise _unsupported("tool_choice", "a tool_choice on /v1/completions")
         return
-    for name, what in (("tools", "tool calling"), ("functions", "function calling")):
-        if body.get(name) not in (None, []):
-            raise _unsupported(name, what)
-    for name in ("tool_choice", "function_call"):
-        if body.get(name) not in (None, "none", "auto"):
-            raise _unsupported(name, f'a {name} other than "none" or "auto" (no tools)')
+    # The legacy function-calling fields, which OpenAI replaced with tools.
+    if body.get("functions") not in (None, []):
+        raise _unsupported("functions", "function calling (send tools)")
+    if body.get("function_call") not in (None, "none", "auto"):
+        raise _unsupported("function_call", 'a function_call other than "none" or "auto"')
     if body.get("modalities") not in (None, ["text"]):
         raise _unsupported("modalities", "output other than text")
     for name, what in (
@@ -231,6 +248,22 @@ def _response_format(value: object) -> ResponseFormat | None:
     except ConfigError as exc:
         raise _bad(exc.field, exc.problem) from None
     return fmt
+
+
+def _tools(body: Mapping[str, Any]) -> dict[str, Any]:
+    """``tools`` and ``tool_choice`` as GenerateConfig options, validated as ``chat()`` does.
+
+    Without tools, a ``tool_choice`` of ``none`` or ``auto`` asks for nothing and is dropped;
+    ``required`` or a named function is a 400 (they need tools).
+    """
+    try:
+        tools = normalize_tools(body.get("tools"))
+        choice = normalize_tool_choice(body.get("tool_choice"), tools)
+    except ConfigError as exc:
+        raise _bad(exc.field, exc.problem) from None
+    if not tools:
+        return {}
+    return {"tools": tools, "tool_choice": choice}
 
 
 def _logprobs(body: Mapping[str, Any], *, chat: bool) -> int | None:
@@ -313,6 +346,8 @@ def parse_completion_request(body: object, *, chat: bool) -> CompletionRequest:
     fmt = _response_format(body.get("response_format"))
     if fmt is not None:
         options["response_format"] = fmt
+    if chat:
+        options.update(_tools(body))
     logprobs = _logprobs(body, chat=chat)
     if logprobs is not None:
         options.update(logprobs=True, top_logprobs=logprobs)

@@ -11,7 +11,7 @@ called, and :func:`param_name` maps its field names back to the request's.
 from __future__ import annotations
 
 import reprlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 from .._openai_wire.chunks import completion_object, new_completion_id
@@ -29,6 +29,7 @@ from ..errors import (
     NotSupported,
     SchemaViolation,
 )
+from ..tools import ToolCall
 from ..types import GenerateMetrics
 
 __all__ = [
@@ -122,7 +123,8 @@ def error_from_exception(exc: BaseException) -> ServerError:
     """The error reply for an exception raised while generating.
 
     ConfigError -> 400 naming the parameter; NotSupported -> 400; SchemaViolation -> 422
-    naming ``response_format`` (code ``schema_violation``); GenerationTimeout -> 504; an
+    naming ``response_format``, or ``tools`` for a reply that broke the tools or
+    ``tool_choice`` (code ``schema_violation``); GenerationTimeout -> 504; an
     upstream server's 400 -> 400 (usually a prompt longer than its context); any other
     GenerationError, and anything unexpected, -> 500.
 
@@ -137,12 +139,12 @@ def error_from_exception(exc: BaseException) -> ServerError:
     if isinstance(exc, NotSupported):
         return ServerError(400, str(exc), code="not_supported")
     if isinstance(exc, SchemaViolation):
-        return ServerError(
-            422,
-            f"the output did not meet the response_format: {exc}",
-            param="response_format",
-            code="schema_violation",
-        )
+        if exc.format_type == "tools":
+            message, param = f"the reply did not meet the tools or tool_choice: {exc}", "tools"
+        else:
+            message = f"the output did not meet the response_format: {exc}"
+            param = "response_format"
+        return ServerError(422, message, param=param, code="schema_violation")
     if isinstance(exc, GenerationTimeout):
         return ServerError(
             504,
@@ -171,13 +173,16 @@ def completion_reply(
     finish_reason: str | None,
     metrics: GenerateMetrics | None,
     logprobs: dict[str, Any] | None = None,
+    tool_calls: Sequence[ToolCall] = (),
 ) -> dict[str, Any]:
     """The whole non-streamed reply: ``chat.completion`` or ``text_completion``.
 
     ``finish_reason`` and ``metrics`` are the stream's; ``logprobs`` is the choice's
-    ``logprobs`` object (``LogprobsCollector.render()``), when they were asked for.
+    ``logprobs`` object (``LogprobsCollector.render()``), when they were asked for. A chat
+    reply with ``tool_calls`` carries them in the message in OpenAI's shape, its ``content``
+    null when the model wrote no text (as OpenAI's).
     """
-    return completion_object(
+    reply = completion_object(
         chat=chat,
         completion_id=completion_id,
         created=created,
@@ -188,3 +193,8 @@ def completion_reply(
         timings=timings(metrics),
         logprobs=logprobs,
     )
+    if chat and tool_calls:
+        message = reply["choices"][0]["message"]
+        message["content"] = text or None
+        message["tool_calls"] = [call.to_openai() for call in tool_calls]
+    return reply

@@ -147,6 +147,15 @@ class Completions:
         if config.timeout is not None:
             options["total_timeout"] = config.timeout
         model = self._app.model
+        if options.get("tools") and not getattr(model, "supports_tools", False):
+            # Also a TextModel outside BaseTextModel, which might ignore the tools: refused
+            # here rather than answered with text that looks as if no tool was wanted.
+            raise ServerError(
+                400,
+                f"tools: tool calling is not supported by the {model.model_type} backend",
+                param="tools",
+                code="not_supported",
+            )
         if parsed.chat:
             return model.chat(window_messages(parsed.messages, config.max_context), **options)
         return model.generate(parsed.prompt, **options)
@@ -198,7 +207,10 @@ class Completions:
                         if logprobs is not None:
                             logprobs.add(token)
                 return Result(
-                    text=stream.text, metrics=stream.metrics, finish_reason=stream.finish_reason
+                    text=stream.text,
+                    metrics=stream.metrics,
+                    finish_reason=stream.finish_reason,
+                    tool_calls=stream.tool_calls,
                 )
             return None
 
@@ -226,6 +238,7 @@ class Completions:
             finish_reason=result.finish_reason,
             metrics=result.metrics,
             logprobs=logprobs.render() if logprobs is not None else None,
+            tool_calls=result.tool_calls,
         )
         app.stats.completed += 1
         await JSONResponse(reply)(scope, receive, send)

@@ -119,7 +119,9 @@ def clamp_max_tokens(requested: int | None, cap: int) -> int:
 def window_messages(messages: Sequence[Message], max_context: int) -> list[Message]:
     """The sliding window: the first message if it is a system message, plus the last
     ``max_context`` of the others; everything when there are no more than ``max_context`` or
-    ``max_context`` is 0.
+    ``max_context`` is 0. A window never starts with ``tool`` results: the assistant message
+    whose calls they answer fell out of it, and a result without its call means nothing to the
+    model, so they go too.
 
     Example:
         >>> chat = [Message("system", "s")] + [Message("user", str(n)) for n in range(5)]
@@ -129,8 +131,10 @@ def window_messages(messages: Sequence[Message], max_context: int) -> list[Messa
     if max_context <= 0 or len(messages) <= max_context:
         return list(messages)
     head = list(messages[:1]) if messages[0].role == "system" else []
-    rest = messages[len(head) :]
-    return head + list(rest[-max_context:])
+    rest = list(messages[len(head) :])[-max_context:]
+    while rest and rest[0].role == "tool":
+        rest.pop(0)
+    return head + rest
 
 
 class BodyTooLarge(Exception):

@@ -14,12 +14,14 @@ Only anyio is needed here (no Starlette), so this runs under asyncio and trio.
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
+from contextlib import asynccontextmanager
 from typing import Any, Final, Literal, TypeAlias, TypeVar
 
 import anyio
 
-from ..stream import TokenStream
+from ..stream import StreamItem, TokenStream
+from ..tools import ToolCallDelta
 from ._wire import ServerError, error_from_exception
 from .events import EventEncoder
 
@@ -185,6 +187,18 @@ class TokenStreamSender:
             {"type": "http.response.start", "status": self._status, "headers": self._headers}
         )
 
+    async def _send_item(self, item: StreamItem, send: ASGISend) -> None:
+        encoder = self._encoder
+        if isinstance(item, ToolCallDelta):
+            data = encoder.encode_tool_call(item)
+        else:
+            data = encoder.encode_token(item)
+        if not self._started:
+            await self._start(send)
+            data = encoder.start() + data
+        if data:
+            await send({"type": "http.response.body", "body": data, "more_body": True})
+
     async def _send(self, send: ASGISend) -> None:
         stream, encoder = self._stream, self._encoder
         if self._scope is None:
@@ -193,18 +207,11 @@ class TokenStreamSender:
         failure: ServerError | None = None
         with self._scope:
             try:
-                async with stream:
-                    # The headers wait for the first token: an error before any output still
-                    # gets its own HTTP status and a JSON body, as a non-streamed request would.
-                    async for token in stream:
-                        data = encoder.encode_token(token)
-                        if not self._started:
-                            await self._start(send)
-                            data = encoder.start() + data
-                        if data:
-                            await send(
-                                {"type": "http.response.body", "body": data, "more_body": True}
-                            )
+                # The headers wait for the first token: an error before any output still
+                # gets its own HTTP status and a JSON body, as a non-streamed request would.
+                async with stream, _items(stream) as items:
+                    async for item in items:
+                        await self._send_item(item, send)
                 tail = encoder.end(stream.finish_reason, stream.metrics)
                 self.outcome = "completed"
             except OSError:
@@ -227,6 +234,25 @@ class TokenStreamSender:
             await self._start(send)
             tail = encoder.start() + tail
         await send({"type": "http.response.body", "body": tail, "more_body": False})
+
+
+@asynccontextmanager
+async def _items(stream: TokenStream) -> AsyncIterator[AsyncIterator[StreamItem]]:
+    """The stream's tokens, and its tool-call deltas in arrival order when tools were offered.
+
+    Without tools the stream itself is read: no generator between it and the sender on the
+    path every token takes. The events generator is closed on the way out, however it ends.
+    """
+    if not stream.config.tools:
+        yield stream
+        return
+    events = stream.events()
+    try:
+        yield events
+    finally:
+        aclose = getattr(events, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
 
 async def send_json_error(send: ASGISend, error: ServerError) -> None:

@@ -72,9 +72,6 @@ def openai_client(app: ServerApp) -> openai.AsyncOpenAI:
 @pytest.mark.parametrize(
     ("body", "param"),
     [
-        ({**CHAT, "tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
-        ({**CHAT, "tool_choice": "required"}, "tool_choice"),
-        ({**CHAT, "tool_choice": {"type": "function", "function": {"name": "f"}}}, "tool_choice"),
         ({**CHAT, "functions": [{"name": "f"}]}, "functions"),
         ({**CHAT, "function_call": {"name": "f"}}, "function_call"),
         ({**CHAT, "logit_bias": {"50256": -100}}, "logit_bias"),
@@ -92,6 +89,20 @@ def test_a_chat_field_this_server_cannot_honour_is_400_naming_it(
     error = caught.value
     assert (error.status, error.param, error.code) == (400, param, "not_supported")
     assert error.message.startswith(f"{param}: ")
+
+
+def test_tools_are_validated_and_become_options() -> None:
+    tool = {"type": "function", "function": {"name": "f"}}
+    parsed = parse_completion_request({**CHAT, "tools": [tool], "tool_choice": "none"}, chat=True)
+    assert [t.name for t in parsed.options["tools"]] == ["f"]
+    assert parsed.options["tool_choice"].mode == "none"
+    for choice in ("required", {"type": "function", "function": {"name": "f"}}):
+        with pytest.raises(ServerError) as caught:
+            parse_completion_request({**CHAT, "tool_choice": choice}, chat=True)
+        assert (caught.value.status, caught.value.param) == (400, "tool_choice")
+    with pytest.raises(ServerError) as caught:
+        parse_completion_request({**PROMPT, "tools": [tool]}, chat=False)
+    assert (caught.value.param, caught.value.code) == ("tools", "not_supported")
 
 
 @pytest.mark.parametrize(
@@ -131,9 +142,9 @@ def test_values_that_ask_for_nothing_special_are_accepted(extra: dict[str, Any])
 async def test_the_app_answers_a_refused_field_with_400_and_counts_it() -> None:
     model = ScriptedModel(TOKENS)
     app = create_app(model)
-    response = await post(app, {**CHAT, "tools": [{"type": "function"}]})
+    response = await post(app, {**CHAT, "functions": [{"name": "f"}]})
     assert response.status_code == 400
-    assert response.json()["error"]["param"] == "tools"
+    assert response.json()["error"]["param"] == "functions"
     assert model.calls == []
     assert app.health()["errors_by_status"] == {"400": 1}
 

@@ -260,18 +260,18 @@ async def test_a_malformed_response_format_is_400_naming_the_field(
     assert model.calls == []
 
 
-async def test_tools_are_still_refused_by_name() -> None:
-    model = ScriptedModel(["{}"])
+async def test_tools_are_refused_by_name_where_they_cannot_be_honoured() -> None:
+    model = ScriptedModel(["{}"])  # a backend without tool support
     refused: dict[str, Any] = {
-        "tools": [{"type": "function", "function": {"name": "f"}}],
-        "tool_choice": "required",
+        "tools": ([{"type": "function", "function": {"name": "f"}}], "not_supported"),
+        "tool_choice": ("required", "invalid_value"),  # needs tools
     }
     async with client(create_app(model)) as http:
-        for field, value in refused.items():
+        for field, (value, code) in refused.items():
             body = {"messages": MESSAGES, field: value, "response_format": PERSON_FORMAT}
             response = await http.post("/v1/chat/completions", json=body)
             error = error_of(response)
             assert (response.status_code, error["param"]) == (400, field)
-            assert error["code"] == "not_supported"
+            assert error["code"] == code
             assert error["message"].startswith(f"{field}: ")
     assert model.calls == []
