@@ -1,11 +1,12 @@
-"""Tool calling on llama.cpp: tools described in the prompt, the reply held to a JSON schema.
+"""Tools described in the prompt, the reply held to a JSON schema: any model, any template.
 
-llama-server hands ``tools`` to the model's chat template, and where the template has no tool
-format (SmolLM2's, and most small models') it drops them without a word, answering in plain
-text; even with one, ``tool_choice: "required"`` lets the model write free text first. So
-:class:`~goml_async.backends.llama.LlamaModel` does not send ``tools`` at all. It describes
-the tools in a system message and asks the server for a reply that fits one JSON schema,
-which llama-server enforces with its grammar:
+Most small models' chat templates (SmolLM2's among them) have no tool format: handed
+``tools``, llama-server drops them without a word and mlx-lm's template renders none. And
+even a template with one lets the model write free text under ``tool_choice: "required"``.
+So the llama.cpp backend always, and the MLX backend where the template has no tool format
+(or a call is required), describe the tools in a system message and hold the reply to one
+JSON schema, which the backend enforces token by token (llama-server's grammar, MLX's
+llguidance matcher):
 
 - ``required`` (or a named function): ``{"name": <a tool>, "arguments": <its parameters>}``;
 - ``auto``: that, or ``{"content": <text>}`` to answer without a call;
@@ -34,9 +35,14 @@ from ..structured import ResponseFormat, normalize_response_format
 from ..tools import Tool, ToolCallDelta
 from ..types import GenerateConfig, Token
 
-__all__ = ["decoded_reply", "prompt_messages", "reply_format"]
+__all__ = ["decoded_reply", "has_tool_history", "prompt_messages", "reply_format"]
 
 _CONTENT_START = re.compile(r'\s*\{\s*"content"\s*:\s*"')
+
+
+def has_tool_history(messages: Sequence[Message]) -> bool:
+    """True when the chat holds tool results or assistant messages with tool calls."""
+    return any(message.role == "tool" or message.tool_calls for message in messages)
 
 
 def reply_format(config: GenerateConfig) -> ResponseFormat | None:
@@ -153,7 +159,7 @@ async def decoded_reply(
     async with aclosing(cast("AsyncGenerator[StreamItem]", source)) as items:
         async for item in items:
             if not isinstance(item, Token):
-                continue  # llama-server got no tools, so it sends no calls of its own
+                continue  # the backend got no tools, so it sends no calls of its own
             raw += item.text
             if content_at < 0:
                 match = _CONTENT_START.match(raw)

@@ -10,7 +10,10 @@ computed; in a batch it runs at most a few tokens ahead of its reader and then p
 a slow reader never holds up the others. Prompts are prefilled on their own in chunks paced by
 time (leaving during a long prefill stops it within one chunk), starting from the longest
 prefix a per-model LRU of KV caches holds (``prompt_cache_bytes``); greedy output is the same
-alone, in a batch and from the cache. Works on Linux with ``mlx[cpu]`` (use float32 weights
+alone, in a batch and from the cache. A ``response_format`` is enforced token by token
+(``_mlx_grammar``); ``chat(tools=...)`` goes through the chat template's own tool format and
+mlx-lm's parser where it has one (``_mlx_tools``), else through a reply held to a call schema
+(``_tool_reply``). Works on Linux with ``mlx[cpu]`` (use float32 weights
 there) and on Apple silicon.
 
 Example:
@@ -25,6 +28,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -39,7 +43,8 @@ import mlx_lm
 from ..errors import ConfigError, GenerationError, ModelLoadError
 from ..model import BaseTextModel, _check_prompts
 from ..settings import GomlSettings, current_settings
-from ..stream import StreamContext
+from ..stream import StreamContext, StreamItem
+from ..structured._grammar import grammar_for
 from ..types import (
     BatchResult,
     ClassifyResult,
@@ -57,7 +62,15 @@ from ._mlx_prompt_cache import DEFAULT_PROMPT_CACHE_BYTES, PromptCache
 from ._mlx_sampling import fields_set, reject_unsupported
 from ._mlx_scheduler import DEFAULT_SLOTS, Scheduler
 from ._mlx_sequence import End, Kind, Request
+from ._mlx_tools import (
+    ChatPrompt,
+    has_template_tools,
+    parsed_reply,
+    template_messages,
+    template_tools,
+)
 from ._mlx_worker import MLXWorker, Outlet
+from ._tool_reply import decoded_reply, has_tool_history, prompt_messages, reply_format
 
 __all__ = ["MLXModel", "MLXModelBackend", "load_mlx_model", "set_memory_limits"]
 
@@ -99,6 +112,10 @@ class MLXModel(BaseTextModel):
 
     #: Every format is constrained token by token (see ``_mlx_grammar``).
     response_formats = frozenset(("json_object", "json_schema", "regex", "choice"))
+    #: A chat template with a tool format gets the tools and its calls are read by mlx-lm's
+    #: parser (``_mlx_tools``); otherwise, and whenever a call is required, the tools are
+    #: described in the prompt and the reply held to a call schema (``_tool_reply``).
+    supports_tools = True
 
     def __init__(
         self,
@@ -165,12 +182,49 @@ class MLXModel(BaseTextModel):
     def _stream_prompt(self, prompt: str, context: StreamContext) -> AsyncIterator[Token]:
         return self._generate(prompt, context)
 
-    def _stream_chat(self, messages: list[Message], context: StreamContext) -> AsyncIterator[Token]:
-        return self._generate([message.to_dict() for message in messages], context)
+    @property
+    def template_tools(self) -> bool:
+        """Whether the chat template has a tool format that mlx-lm can parse."""
+        return has_template_tools(self._tokenizer)
 
-    def _produce(
-        self, prompt: str | list[dict[str, str]], config: GenerateConfig, out: Outlet
-    ) -> None:
+    def _stream_chat(
+        self, messages: list[Message], context: StreamContext
+    ) -> AsyncIterator[StreamItem]:
+        config = context.config
+        if not config.tools and not has_tool_history(messages):
+            return self._generate(ChatPrompt([m.to_dict() for m in messages]), context)
+        choice = config.choice
+        required = config.calls_tools and choice is not None and choice.mode == "required"
+        if self.template_tools:
+            tools = template_tools(config.tool_specs) if config.calls_tools else None
+            prompt = ChatPrompt(template_messages(messages), tools)
+            if required:
+                return self._held_reply(prompt, context)
+            tokens = self._generate(prompt, context)
+            if not config.calls_tools:
+                return tokens
+            return parsed_reply(tokens, self._tokenizer, config.tool_specs)
+        prompt = ChatPrompt([m.to_dict() for m in prompt_messages(messages, config)], None)
+        if config.calls_tools:
+            return self._held_reply(prompt, context)
+        return self._generate(prompt, context)
+
+    def _held_reply(self, prompt: ChatPrompt, context: StreamContext) -> AsyncIterator[StreamItem]:
+        """The reply held to the call schema (``_tool_reply``) by the grammar, decoded."""
+        config = context.config
+        fmt = reply_format(config)
+        held = dataclasses.replace(config, tools=(), tool_choice=None, response_format=fmt)
+        return decoded_reply(self._generate(prompt, context, held), config)
+
+    def _check_tools(self, config: GenerateConfig) -> None:
+        fmt = reply_format(config)
+        if fmt is not None:
+            try:
+                grammar_for(fmt)
+            except ConfigError as exc:
+                raise ConfigError("tools", f"MLX cannot enforce them: {exc}") from None
+
+    def _produce(self, prompt: str | ChatPrompt, config: GenerateConfig, out: Outlet) -> None:
         """On the worker: encode the prompt and hand the stream to the scheduler."""
         try:
             ids = self._prompt_ids(prompt)
@@ -193,19 +247,26 @@ class MLXModel(BaseTextModel):
             text = self._pieces[token_id] = cast(str, self._tokenizer.decode([token_id]))
         return text
 
-    def _prompt_ids(self, prompt: str | list[dict[str, str]]) -> list[int]:
+    def _prompt_ids(self, prompt: str | ChatPrompt) -> list[int]:
         """The prompt's token IDs, encoded as ``mlx_lm.stream_generate`` encodes them."""
-        if not isinstance(prompt, str):
-            ids = self._tokenizer.apply_chat_template(prompt, add_generation_prompt=True)
+        if isinstance(prompt, ChatPrompt):
+            extra = {} if prompt.tools is None else {"tools": prompt.tools}
+            ids = self._tokenizer.apply_chat_template(
+                prompt.messages, add_generation_prompt=True, **extra
+            )
             return list(ids)
         bos = self._tokenizer.bos_token
         add_special_tokens = bos is None or not prompt.startswith(bos)
         return list(self._tokenizer.encode(prompt, add_special_tokens=add_special_tokens))
 
     async def _generate(
-        self, prompt: str | list[dict[str, str]], context: StreamContext
+        self,
+        prompt: str | ChatPrompt,
+        context: StreamContext,
+        config: GenerateConfig | None = None,
     ) -> AsyncIterator[Token]:
-        config = context.config
+        """The tokens of ``prompt`` under ``config`` (default: the stream's own)."""
+        config = config or context.config
         reject_unsupported(
             config,
             ["return_logits"],
