@@ -23,6 +23,7 @@ SCRIPTS = [
     "agent_local.py",
     "fastapi_app.py",
     "structured_output.py",
+    "tool_calling.py",
 ]
 #: One reply that is valid for the semantic, TruthfulQA, DoNotAnswer and Toxigen rubrics.
 JUDGE_REPLY = json.dumps(
@@ -110,6 +111,20 @@ def test_structured_output(bundled_gguf: Path) -> None:
     assert re.search(r"^parsed: \{'title': ", output, re.MULTILINE)
     assert re.search(r"^(yes|no)$", output, re.MULTILINE)
     assert "SchemaViolation: partial_text=" in output
+    assert "\ndone" in output
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_tool_calling(bundled_gguf: Path) -> None:
+    output = run_example("tool_calling.py", timeout=400)
+    assert re.findall(r"^== ", output, re.MULTILINE) == ["== "] * 3, output
+    assert re.search(r'^tool_calls: get_weather\(\{"city": ', output, re.MULTILINE)
+    assert re.search(r"^tool: \d+ degrees ", output, re.MULTILINE)
+    assert re.search(r"^answer: \S", output, re.MULTILINE)
+    assert re.search(r"^delta 0: name=get_weather ", output, re.MULTILINE)
+    assert '"type": "function"' in output
+    assert "SchemaViolation: the reply ended before a complete tool call" in output
     assert "\ndone" in output
 
 
