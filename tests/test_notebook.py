@@ -90,3 +90,5 @@ def test_the_notebook_runs(
     assert "this cell runs in a running event loop: True" in blocking
     assert len(blocking.strip().splitlines()) >= 3
     assert "lek_score = " in _stdout(by_source["from goml_async.scoring import score_heuristic"])
+    parsed = _stdout(by_source["import pydantic"])
+    assert parsed.startswith("City(name='") and "country='" in parsed
