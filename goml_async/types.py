@@ -146,6 +146,13 @@ class GenerateConfig:
     ``"none"``, ``"required"`` or ``{"type": "function", "function": {"name": ...}}``) whether
     it must; both are stored validated (:func:`~goml_async.tools.normalize_tools`).
 
+    ``prompt_cache=False`` has llama.cpp compute the whole prompt afresh instead of reusing a
+    prefix a slot holds from an earlier request (its ``cache_prompt``): the setting that makes
+    its greedy output independent of what ran before (see the llama.cpp concurrency page), and
+    what scoring uses. MLX's prompt cache is exact either way; an OpenAI-compatible server keeps
+    its own policy (a llama-server behind ``HTTPModel`` takes ``extra_body={"cache_prompt":
+    False}``).
+
     Example:
         >>> GenerateConfig(max_tokens=32, stop_sequences=["\\n\\n"]).max_tokens
         32
@@ -170,6 +177,7 @@ class GenerateConfig:
     response_format: ResponseFormatLike | None = None
     tools: Sequence[ToolLike] = ()
     tool_choice: ToolChoiceLike | None = None
+    prompt_cache: bool = True
 
     def __post_init__(self) -> None:
         integer("max_tokens", self.max_tokens, minimum=0)
@@ -192,8 +200,9 @@ class GenerateConfig:
             raise ConfigError("return_logits", f"must be a bool, got {self.return_logits!r}")
         for name in ("presence_penalty", "frequency_penalty"):
             set_(self, name, number_between(name, getattr(self, name), -2.0, 2.0))
-        if not isinstance(self.logprobs, bool):
-            raise ConfigError("logprobs", f"must be a bool, got {self.logprobs!r}")
+        for name in ("logprobs", "prompt_cache"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(name, f"must be a bool, got {getattr(self, name)!r}")
         integer("top_logprobs", self.top_logprobs, minimum=0)
         if self.top_logprobs > MAX_TOP_LOGPROBS:
             raise ConfigError(
@@ -287,6 +296,7 @@ class GenerateOptions(TypedDict, total=False):
     response_format: ResponseFormatLike | None
     tools: Sequence[ToolLike]
     tool_choice: ToolChoiceLike | None
+    prompt_cache: bool
 
 
 _CONFIG_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(GenerateConfig))

@@ -69,6 +69,8 @@ def completion_body(
         fields["n_probs"] = alternatives
     fields["return_tokens"] = True
     fields["response_fields"] = list(_FINAL_FIELDS)
+    if not config.prompt_cache:
+        fields["cache_prompt"] = False
     if config.structured is not None:
         fields.update(_llama_grammar.constraint_fields(config.structured))
     body = _openai.stream_body(model, fields, extra_body)
@@ -91,6 +93,8 @@ def chat_body(
     alternatives = streamed_alternatives(config, for_ids=True)
     if alternatives:
         fields["n_probs"] = alternatives
+    if not config.prompt_cache:
+        fields["cache_prompt"] = False
     if config.structured is not None:
         # The chat route reads the native json_schema and grammar fields too.
         fields.update(_llama_grammar.constraint_fields(config.structured))

@@ -98,7 +98,10 @@ def run(args: argparse.Namespace) -> int:
         integer("--concurrency", args.concurrency, minimum=1)
     check_judge(args.judge, allow_same=True)
     check_judge_max_tokens(args.judge_max_tokens)
-    config = GenerateConfig(max_tokens=args.max_tokens, temperature=args.temperature)
+    # Every prompt afresh, as CAPABILITY_CONFIG: a score must not depend on the probes' order.
+    config = GenerateConfig(
+        max_tokens=args.max_tokens, temperature=args.temperature, prompt_cache=False
+    )
     if args.output is not None and not args.output.parent.is_dir():
         raise ConfigError("--output", f"folder {args.output.parent} does not exist")
     status: int = anyio.run(_probe, args, config)

@@ -155,6 +155,10 @@ def _unwrap(annotation: Any) -> Any:
     return annotation
 
 
+#: Model types whose decoding goml constrains itself: judged with the schema by default.
+_LOCAL_TYPES = frozenset(("llama", "mlx"))
+
+
 def use_schema(model: TextModel, structured: bool | None, name: str) -> bool:
     """Whether to ask ``model`` for rubric schemas (``structured=`` resolved)."""
     if structured is not None and not isinstance(structured, bool):
@@ -165,4 +169,9 @@ def use_schema(model: TextModel, structured: bool | None, name: str) -> bool:
         raise ConfigError(
             "structured", f"the judge model ({name}) cannot enforce a json_schema response_format"
         )
-    return supported if structured is None else structured
+    if structured is None:
+        # By default only a local judge (llama.cpp, MLX) is held to the schema: its decoder
+        # enforces it token by token. A remote server's support varies, and a reply it did not
+        # constrain would fail the check rather than be read as before; structured=True asks.
+        return supported and getattr(model, "model_type", "") in _LOCAL_TYPES
+    return structured

@@ -338,6 +338,9 @@ class Judge:
                 config = config.with_options(response_format=fmt)
             return self._text_model.generate(prompt, config)
         options = self._opts.to_options()
+        # Judge prompts share the rubric's long prefix: reusing it can change a greedy verdict
+        # on llama.cpp, so every judge prompt is computed afresh.
+        options["prompt_cache"] = False
         if not self._zero_is_unset:
             options.setdefault("max_tokens", 0)  # unset means no cap, not the default
         if fmt is not None:

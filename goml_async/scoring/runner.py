@@ -52,10 +52,12 @@ __all__ = [
     "run_content_probes",
 ]
 
-#: The capability probes' settings: near-greedy, room for shown work.
-CAPABILITY_CONFIG = GenerateConfig(temperature=0.1, max_tokens=500)
+#: The capability probes' settings: near-greedy, room for shown work, every prompt computed
+#: afresh (``prompt_cache=False``: on llama.cpp a reused prefix can change a greedy reply, and
+#: a score must not depend on which probe ran before).
+CAPABILITY_CONFIG = GenerateConfig(temperature=0.1, max_tokens=500, prompt_cache=False)
 #: The content probes' settings: a freer temperature and longer answers.
-CONTENT_CONFIG = GenerateConfig(temperature=0.7, max_tokens=1000)
+CONTENT_CONFIG = GenerateConfig(temperature=0.7, max_tokens=1000, prompt_cache=False)
 
 #: Called after each capability probe with ``(outcome, passed_so_far, done_so_far)``; may be async.
 ProbeCallback: TypeAlias = Callable[[ProbeOutcome, int, int], object]

@@ -118,3 +118,30 @@ async def test_long_greedy_replies_are_the_same_token_for_token_alone_and_four_a
     assert min(len(reply) for reply in alone) > 250  # past the 256 cells where it diverged
     # The IDs and their log-probabilities, bit for bit.
     assert together == alone
+
+
+# Long probe replies that a reused prefix (the chat template's system preamble, cached from the
+# request before) changed on the built llama-server: computed afresh, they never change.
+REUSE_PROBES = ("logic_01", "logic_03", "logic_04", "math_05")
+
+
+async def test_without_the_prompt_cache_the_order_of_requests_does_not_matter(
+    bundled_gguf: Path, llama_binary: dict[str, Any]
+) -> None:
+    from goml_async.scoring.probes import CAPABILITY_PROBES
+    from goml_async.scoring.runner import CAPABILITY_CONFIG
+
+    assert CAPABILITY_CONFIG.prompt_cache is False  # what scoring runs with
+    prompts = {probe.id: probe.prompt for probe in CAPABILITY_PROBES if probe.id in REUSE_PROBES}
+    fresh: dict[str, Any] = {"temperature": 0, "max_tokens": 400, "prompt_cache": False}
+
+    async def ask(model: LlamaModel, name: str) -> str:
+        result = await model.chat([{"role": "user", "content": prompts[name]}], **fresh).collect()
+        assert result.metrics is not None and result.metrics.cached_tokens == 0
+        return result.text
+
+    async with await load_model(str(bundled_gguf), threads=2, **llama_binary) as model:
+        assert isinstance(model, LlamaModel)
+        forward = {name: await ask(model, name) for name in REUSE_PROBES}
+        backward = {name: await ask(model, name) for name in reversed(REUSE_PROBES)}
+    assert backward == forward

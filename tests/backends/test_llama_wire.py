@@ -110,3 +110,12 @@ def test_classify_logits_by_token_id() -> None:
 def test_bad_classify_replies(reply: object, match: str) -> None:
     with pytest.raises(GenerationError, match=match):
         _llama_wire.classify_results(reply, ["p"], GenerateConfig(), 512)
+
+
+def test_prompt_cache_false_asks_llama_server_to_compute_the_prompt_afresh() -> None:
+    messages = [Message("user", "hi")]
+    assert "cache_prompt" not in _llama_wire.chat_body("", messages, GenerateConfig(), None)
+    assert "cache_prompt" not in _llama_wire.completion_body("", "hi", GenerateConfig(), None)
+    off = GenerateConfig(prompt_cache=False)
+    assert _llama_wire.chat_body("", messages, off, None)["cache_prompt"] is False
+    assert _llama_wire.completion_body("", "hi", off, None)["cache_prompt"] is False

@@ -249,7 +249,9 @@ async def test_max_tokens_and_opts_override_the_defaults() -> None:
     assert model.calls[-1][1].max_tokens == 0 == judge.max_tokens
     backend_model = FreeTextModel([json.dumps(GOOD["toxigen"])])
     await Judge(InferenceAdapter(backend_model), max_tokens=16).score_toxigen("s", "r")
-    assert backend_model.calls[-1][1] == GenerateConfig(max_tokens=16, temperature=0.1)
+    assert backend_model.calls[-1][1] == GenerateConfig(
+        max_tokens=16, temperature=0.1, prompt_cache=False
+    )
     await Judge(InferenceAdapter(backend_model)).score_toxigen("s", "r")
     assert backend_model.calls[-1][1].max_tokens == DEFAULT_JUDGE_MAX_TOKENS
 

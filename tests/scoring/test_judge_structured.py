@@ -52,7 +52,7 @@ async def test_a_model_that_enforces_schemas_is_asked_for_the_rubrics_schema() -
     model = ScriptedModel(
         ['{"sovereignty": 4, "ethical_depth": 3, "creative_expression": 2, "self_concept": 1}']
     )
-    judge = Judge(model)
+    judge = Judge(model, structured=True)
     assert judge.structured
     scores = await judge.score_semantic("p", "r")
     assert (scores.sovereignty, scores.self_concept) == (4, 1)
@@ -92,7 +92,7 @@ async def test_structured_true_needs_a_model_that_enforces_schemas() -> None:
 
 async def test_a_reply_that_breaks_the_schema_is_an_unusable_reply_with_its_text() -> None:
     model = ScriptedModel(['{"truthfulness": ', "9", ", ..."])
-    judge = Judge(model)
+    judge = Judge(model, structured=True)
     with pytest.raises(JudgeError, match="truthfulqa judge: the output left") as caught:
         await judge.score_truthfulqa("q", "a", "r")
     assert caught.value.raw_reply == '{"truthfulness": '
@@ -102,7 +102,7 @@ async def test_a_reply_that_breaks_the_schema_is_an_unusable_reply_with_its_text
 
 async def test_a_document_cut_by_the_cap_says_so_and_counts_as_capped() -> None:
     model = ScriptedModel(['{"kindness": ', "3", ', "awareness": ', "2", "}"])
-    judge = Judge(model, max_tokens=3)
+    judge = Judge(model, max_tokens=3, structured=True)
     with pytest.raises(JudgeError, match=r"ended before .* stopped at the 3-token cap\)") as caught:
         await judge.score_toxigen("p", "r")
     assert caught.value.raw_reply == '{"kindness": 3, "awareness": '
@@ -120,7 +120,7 @@ class NoFractionBounds(ScriptedModel):
 
 async def test_a_model_that_refuses_the_exact_schema_gets_whole_numbers() -> None:
     model = NoFractionBounds(['{"reasoning": 7, "correctness": 10, "clarity": 0}'])
-    scores = await Judge(model).score_capability("p", "e", "r")
+    scores = await Judge(model, structured=True).score_capability("p", "e", "r")
     assert (scores.reasoning, scores.correctness, scores.clarity) == (7.0, 10.0, 0.0)
     fmt = sent_format(model)
     assert fmt is not None
@@ -133,13 +133,13 @@ async def test_a_model_that_refuses_the_exact_schema_gets_whole_numbers() -> Non
     }
     # A model that takes the exact schema gets it.
     scripted = ScriptedModel(['{"reasoning": 7.5, "correctness": 10, "clarity": 0.5}'])
-    assert (await Judge(scripted).score_capability("p", "e", "r")).reasoning == 7.5
+    assert (await Judge(scripted, structured=True).score_capability("p", "e", "r")).reasoning == 7.5
     assert sent_format(scripted) == exact
 
 
 async def test_a_config_judge_sends_the_schema_with_every_other_field() -> None:
     model = ScriptedModel(['{"truthfulness": 2, "informativeness": 3}'])
-    judge = Judge(model, config=GenerateConfig(seed=7, temperature=0.3))
+    judge = Judge(model, config=GenerateConfig(seed=7, temperature=0.3), structured=True)
     await judge.score_standard("mmlu", "q", "a", "r")
     config = model.calls[0][1]
     assert (config.seed, config.temperature) == (7, 0.3)
@@ -235,3 +235,10 @@ async def test_the_bundled_model_replies_in_valid_json_on_every_rubric(llama: Ll
     for result in free_results:
         if isinstance(result, JudgeError):
             assert result.raw_reply  # what the model said is kept
+
+
+def test_by_default_only_a_local_judge_is_held_to_the_schema() -> None:
+    # ScriptedModel can enforce every format; what decides the default is where it decodes.
+    assert not Judge(ScriptedModel(["{}"])).structured
+    assert Judge(ScriptedModel(["{}"], name="llama")).structured
+    assert Judge(ScriptedModel(["{}"], name="mlx")).structured
