@@ -59,7 +59,7 @@ from .registry import (
 from .retry import RetryPolicy
 from .service import Service
 from .settings import GomlSettings
-from .stream import StopSequenceCutter, StreamContext, TokenSource, TokenStream
+from .stream import StopSequenceCutter, StreamContext, StreamItem, TokenSource, TokenStream
 from .tools import Tool, ToolCall, ToolCallDelta, ToolChoice
 from .types import (
     BatchResult,
@@ -123,6 +123,7 @@ __all__ = [
     "StopSequenceCutter",
     "StreamContext",
     "StreamInterrupted",
+    "StreamItem",
     "StreamingBackend",
     "TextModel",
     "Token",

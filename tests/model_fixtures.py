@@ -18,14 +18,16 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterator
 from pathlib import Path
 from typing import Any, Protocol, TypedDict
 
+import anyio
 import httpx
 import pytest
 
 from goml_async.backends.llama import LlamaModel
+from goml_async.backends.llama_server import LlamaServer
 from goml_async.errors import ModelLoadError
 from goml_async.registry import bundled_model_path, load_model
 
@@ -388,3 +390,47 @@ def smollm2_mlx(bundled_gguf: Path) -> Path:
     from goml_async.backends.mlx_convert import default_mlx_model
 
     return default_mlx_model()
+
+
+# -- one llama-server per test module -------------------------------------------------------------
+
+
+class SharedLlama(LlamaModel):
+    """A LlamaModel on a module's shared server that leaves the server running when closed."""
+
+    async def _aclose(self) -> None:
+        from goml_async.backends.http import HTTPModel
+
+        await HTTPModel._aclose(self)
+
+
+def module_llama_server(
+    request: pytest.FixtureRequest, gguf: Path, slots: int
+) -> Iterator[LlamaServer]:
+    """Start one server for a whole module (on its own event loop) and stop it afterwards.
+
+    Use it from a module-scoped fixture parametrized ``["llama-server", "launcher"]``: the
+    built llama-server, or the xllamacpp launcher.
+    """
+    from goml_async.types import LoadConfig
+
+    if request.param == "launcher":
+        request.getfixturevalue("launcher_available")
+        where: dict[str, Any] = {"use_launcher": True}
+    else:
+        where = {"binary": request.getfixturevalue("real_llama_server"), "use_launcher": False}
+    process = LlamaServer(
+        gguf, LoadConfig(context_len=4096, parallel_slots=slots), threads=2, **where
+    )
+    anyio.run(process.start)
+    try:
+        yield process
+    finally:
+        anyio.run(process.aclose)
+
+
+async def shared_llama(server: LlamaServer, gguf: Path) -> SharedLlama:
+    """A LlamaModel on ``server`` (closing it leaves the server running)."""
+    from goml_async.backends.gguf_meta import gguf_model_info, read_gguf_metadata
+
+    return SharedLlama(server, gguf_model_info(read_gguf_metadata(gguf)))

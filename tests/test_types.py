@@ -163,8 +163,10 @@ def test_generate_config_defaults_match_the_design() -> None:
         "response_format",
         "tools",
         "tool_choice",
+        "prompt_cache",
     ]
     assert config.response_format is None
+    assert config.prompt_cache is True
     assert config.presence_penalty == config.frequency_penalty == 0.0
     assert config.logprobs is False
     assert config.top_logprobs == 0

@@ -9,8 +9,13 @@ from __future__ import annotations
 import sys
 
 from ..convert import gguf_meta as _moved
-from ..convert.gguf_meta import GGUFMetadata, gguf_model_info, read_gguf_metadata
+from ..convert.gguf_meta import (
+    GGUFMetadata,
+    gguf_model_info,
+    kv_bytes_per_token,
+    read_gguf_metadata,
+)
 
-__all__ = ["GGUFMetadata", "gguf_model_info", "read_gguf_metadata"]
+__all__ = ["GGUFMetadata", "gguf_model_info", "kv_bytes_per_token", "read_gguf_metadata"]
 
 sys.modules[__name__] = _moved

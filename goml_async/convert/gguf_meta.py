@@ -16,7 +16,7 @@ from typing import Any, BinaryIO
 from ..errors import ModelLoadError
 from ..types import ModelInfo
 
-__all__ = ["GGUFMetadata", "gguf_model_info", "read_gguf_metadata"]
+__all__ = ["GGUFMetadata", "gguf_model_info", "kv_bytes_per_token", "read_gguf_metadata"]
 
 _MAGIC = b"GGUF"
 # value type -> struct format of one scalar

@@ -2,7 +2,8 @@
 server's own json_schema and GBNF grammar) and through HTTPModel on the same server's /v1.
 
 One server serves the whole module (started once, on a thread of its own), so the schema set
-runs on both anyio backends without a server start per test.
+runs on both anyio backends without a server start per test; the module runs twice, on the
+built llama-server and on the xllamacpp launcher.
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ import anyio
 import jsonschema
 import pydantic
 import pytest
+from model_fixtures import module_llama_server, shared_llama
 from structured_schemas import SCHEMAS
 
-from goml_async import ConfigError, LoadConfig, SchemaViolation
-from goml_async.backends.gguf_meta import gguf_model_info, read_gguf_metadata
+from goml_async import ConfigError, SchemaViolation
 from goml_async.backends.http import HTTPModel
 from goml_async.backends.llama import LlamaModel
 from goml_async.backends.llama_server import LlamaServer
@@ -31,33 +32,15 @@ pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 SLOTS = 4
 
 
-class SharedLlama(LlamaModel):
-    """A LlamaModel on the module's server that leaves the server running when closed."""
-
-    async def _aclose(self) -> None:
-        await HTTPModel._aclose(self)
-
-
-@pytest.fixture(scope="module")
-def server(bundled_gguf: Path, real_llama_server: Path) -> Iterator[LlamaServer]:
-    process = LlamaServer(
-        bundled_gguf,
-        LoadConfig(context_len=4096, parallel_slots=SLOTS),
-        binary=real_llama_server,
-        use_launcher=False,
-        threads=2,
-    )
-    anyio.run(process.start)
-    try:
-        yield process
-    finally:
-        anyio.run(process.aclose)
+@pytest.fixture(scope="module", params=["llama-server", "launcher"])
+def server(request: pytest.FixtureRequest, bundled_gguf: Path) -> Iterator[LlamaServer]:
+    """The module's server: the built llama-server, then the xllamacpp launcher."""
+    yield from module_llama_server(request, bundled_gguf, SLOTS)
 
 
 @pytest.fixture
 async def llama(server: LlamaServer, bundled_gguf: Path) -> AsyncIterator[LlamaModel]:
-    info = gguf_model_info(read_gguf_metadata(bundled_gguf))
-    async with SharedLlama(server, info) as model:
+    async with await shared_llama(server, bundled_gguf) as model:
         yield model
 
 
