@@ -13,11 +13,12 @@ import json
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import jsonschema
 import openai
 import pytest
+import tool_data
 from openai.types.chat import ChatCompletionMessageParam, ChatCompletionToolParam
 
 from goml_async import Message, ToolCall
@@ -27,41 +28,10 @@ from .test_serve_llama import Serving, start_serve, stop_serve
 
 pytestmark = pytest.mark.slow
 
-WEATHER_PARAMETERS: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "city": {"type": "string", "maxLength": 40},
-        "unit": {"enum": ["celsius", "fahrenheit"]},
-    },
-    "required": ["city", "unit"],
-    "additionalProperties": False,
-}
-TOOLS: list[ChatCompletionToolParam] = [
-    {
-        "type": "function",
-        "function": {
-            "name": "get_weather",
-            "description": "The current weather in a city.",
-            "parameters": WEATHER_PARAMETERS,
-        },
-    },
-    {
-        "type": "function",
-        "function": {
-            "name": "get_time",
-            "description": "The local time in a city.",
-            "parameters": {
-                "type": "object",
-                "properties": {"city": {"type": "string", "maxLength": 40}},
-                "required": ["city"],
-                "additionalProperties": False,
-            },
-        },
-    },
-]
-ASK: list[ChatCompletionMessageParam] = [
-    {"role": "user", "content": "What is the weather in Paris?"}
-]
+# The shared tools, in openai-python's parameter types.
+TOOLS = cast(list[ChatCompletionToolParam], tool_data.TOOLS)
+ASK = cast(list[ChatCompletionMessageParam], tool_data.ASK)
+WEATHER_PARAMETERS = tool_data.WEATHER_PARAMETERS
 GET_WEATHER: Any = {"type": "function", "function": {"name": "get_weather"}}
 
 

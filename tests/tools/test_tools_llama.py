@@ -17,6 +17,7 @@ import anyio
 import jsonschema
 import pytest
 from model_fixtures import module_llama_server, shared_llama
+from tool_data import ASK, TOOLS, WEATHER_PARAMETERS
 
 from goml_async import ConfigError, Message, SchemaViolation, Token, ToolCallDelta
 from goml_async.backends.http import HTTPModel
@@ -26,39 +27,6 @@ from goml_async.backends.llama_server import LlamaServer
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
 SLOTS = 4
-WEATHER_PARAMETERS = {
-    "type": "object",
-    "properties": {
-        "city": {"type": "string", "maxLength": 40},
-        "unit": {"enum": ["celsius", "fahrenheit"]},
-    },
-    "required": ["city", "unit"],
-    "additionalProperties": False,
-}
-TOOLS: list[dict[str, Any]] = [
-    {
-        "type": "function",
-        "function": {
-            "name": "get_weather",
-            "description": "The current weather in a city.",
-            "parameters": WEATHER_PARAMETERS,
-        },
-    },
-    {
-        "type": "function",
-        "function": {
-            "name": "get_time",
-            "description": "The local time in a city.",
-            "parameters": {
-                "type": "object",
-                "properties": {"city": {"type": "string", "maxLength": 40}},
-                "required": ["city"],
-                "additionalProperties": False,
-            },
-        },
-    },
-]
-ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
 
 
 @pytest.fixture(scope="module", params=["llama-server", "launcher"])

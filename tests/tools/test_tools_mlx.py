@@ -20,45 +20,13 @@ from typing import Any
 import anyio
 import jsonschema
 import pytest
+from tool_data import ASK, TOOLS, WEATHER_PARAMETERS
 
 from goml_async import ConfigError, Message, SchemaViolation, Token, ToolCall, ToolCallDelta
 from goml_async.backends.mlx import MLXModel, load_mlx_model
 
 pytestmark = [pytest.mark.anyio]
 
-WEATHER_PARAMETERS = {
-    "type": "object",
-    "properties": {
-        "city": {"type": "string", "maxLength": 40},
-        "unit": {"enum": ["celsius", "fahrenheit"]},
-    },
-    "required": ["city", "unit"],
-    "additionalProperties": False,
-}
-TOOLS: list[dict[str, Any]] = [
-    {
-        "type": "function",
-        "function": {
-            "name": "get_weather",
-            "description": "The current weather in a city.",
-            "parameters": WEATHER_PARAMETERS,
-        },
-    },
-    {
-        "type": "function",
-        "function": {
-            "name": "get_time",
-            "description": "The local time in a city.",
-            "parameters": {
-                "type": "object",
-                "properties": {"city": {"type": "string", "maxLength": 40}},
-                "required": ["city"],
-                "additionalProperties": False,
-            },
-        },
-    },
-]
-ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
 
 # A Qwen2.5-style tool template, cut down: mlx-lm picks its json_tools parser for it.
 HERMES_TEMPLATE = """
