@@ -98,12 +98,14 @@ async def _tokens(model: LlamaModel, prompt: str) -> list[tuple[int, float | Non
 
 
 async def test_long_greedy_replies_are_the_same_token_for_token_alone_and_four_at_once(
-    bundled_gguf: Path, llama_binary: dict[str, Any]
+    bundled_gguf: Path, llama_binary: dict[str, Any], request: pytest.FixtureRequest
 ) -> None:
     if llama_binary.get("use_launcher"):
         # Known gap: the xllamacpp launcher's build still differs on these replies with the
-        # same flags (docs/concepts/concurrency-llama.md); the guarantee is the binary's.
-        pytest.skip("long replies are batch-invariant on the built llama-server only")
+        # same flags (docs/concepts/concurrency-llama.md). It runs, and tells when it is fixed.
+        request.applymarker(
+            pytest.mark.xfail(strict=True, reason="xllamacpp's build still differs batched")
+        )
     async with await load_model(str(bundled_gguf), threads=2, **llama_binary) as model:
         assert isinstance(model, LlamaModel)
         alone = [await _tokens(model, prompt) for prompt in LONG_PROMPTS]
