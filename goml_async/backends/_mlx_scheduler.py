@@ -7,9 +7,11 @@ Streams, batch prompts and classify prompts are all sequences here. The worker r
    the batch at the next step, and the KV of what it fed the model goes to the prompt cache;
 2. admits waiting sequences, first come first served, while fewer than ``slots`` are live; a
    new one starts from the longest prefix the prompt cache holds;
-3. runs one paced prefill chunk of the oldest sequence still in its prompt. Each prompt is
-   prefilled on its own, into its own KV cache, never padded against others, so its numbers
-   are those it would get alone;
+3. runs paced prefill chunks of the sequences still in their prompts, oldest first, for at most
+   one chunk's time. Each prompt is prefilled on its own, into its own KV cache, never padded
+   against others, so its numbers are those it would get alone; the sequences whose prompts
+   are in by the end of it (and paused ones whose readers caught up) join the batch together,
+   in one insertion: the batch's KV arrays are merged once, not once per sequence;
 4. runs one decoding step. A sequence that is alone decodes on ``mlx_lm.stream_generate``
    (the fastest path for one sequence), one token per request of its reader: nothing is
    computed ahead of it. As soon as a second sequence is ready to decode, both move into
@@ -95,6 +97,7 @@ class Scheduler:
         self.peak_live = 0  # the most sequences live at once (slots in use)
         self.submitted = 0  # sequences added so far
         self.pauses = 0  # times a stream left the batch to wait for its reader
+        self.insertions = 0  # times sequences were inserted into the batch (each may hold many)
 
     # -- what the worker calls --------------------------------------------------------------------
 
@@ -136,15 +139,14 @@ class Scheduler:
         return bool(self._batch) or (self._solo is not None and self._solo.wants_token())
 
     def step(self) -> None:
-        """One round: drop, admit, resume, one prefill chunk, one decoding step."""
+        """One round: drop, admit, prefill, join, one decoding step."""
         try:
             self._reap()
             self._admit()
-            self._resume()
-            pending = next((s for s in self._live if s.state is State.PREFILL), None)
-            if pending is not None:
-                decoding_now = self._solo is not None or bool(self._batch)
-                self._prefill(pending, _SHARE_WHILE_DECODING if decoding_now else 1)
+            joining = self._resumable()
+            decoding_now = self._solo is not None or bool(self._batch)
+            joining += self._prefill_pending(_SHARE_WHILE_DECODING if decoding_now else 1)
+            self._join(joining)
             if self._solo is not None and self._solo.wants_token():
                 self._solo_step(self._solo)
             elif self._batch:
@@ -200,7 +202,27 @@ class Scheduler:
             seq.cache = cache if cache is not None else make_prompt_cache(self._model)
             seq.prefilled = seq.cached_tokens = length
 
-    def _prefill(self, seq: Sequence, share: int) -> None:
+    def _prefill_pending(self, share: int) -> list[Sequence]:
+        """Prefill chunks, oldest prompt first, for one chunk's time; those ready to decode.
+
+        Short prompts all go in within one step, so a burst of streams joins the batch
+        together; a long one takes a chunk per step, and the decoding steps of the others run
+        in between.
+        """
+        pending = [seq for seq in self._live if seq.state is State.PREFILL]
+        if not pending:
+            return []
+        until = time.perf_counter() + self._pacer.chunk_seconds / share
+        ready = []
+        for seq in pending:
+            if self._prefill(seq, share):
+                ready.append(seq)
+            if time.perf_counter() >= until:
+                break
+        return ready
+
+    def _prefill(self, seq: Sequence, share: int) -> bool:
+        """One chunk of its prompt; True when the prompt is in and it is ready to decode."""
         target = len(seq.ids) - seq.tail
         try:
             if seq.prefilled < target:
@@ -208,13 +230,13 @@ class Scheduler:
                 seq.prefilled += prefill_chunk(
                     self._model, seq.cache, seq.ids[seq.prefilled : target], self._pacer, share
                 )
-            if seq.prefilled >= target:
-                self._start(seq)
+            return seq.prefilled >= target and self._start(seq)
         except Exception as exc:
             self._drop(seq, exc)
+            return False
 
-    def _start(self, seq: Sequence) -> None:
-        """Its prompt is in: sample (classify), or decode alone or in the batch."""
+    def _start(self, seq: Sequence) -> bool:
+        """Its prompt is in: sample (classify, False), or it is ready to decode (True)."""
         assert seq.cache is not None
         if seq.kind is Kind.CLASSIFY:
             result = classify_last(
@@ -230,15 +252,22 @@ class Scheduler:
             seq.sink.put((seq.request.index, result))
             self._flush(seq)
             self._release(seq, seq.ids)
-        elif self._solo is None and not self._batch:
-            seq.state = State.SOLO
-            self._solo = seq
-        else:
-            alone = self._solo
-            if alone is not None:
-                self._leave_solo(alone)
-                self._to_batch(alone)
-            self._to_batch(seq)
+            return False
+        return True
+
+    def _join(self, ready: list[Sequence]) -> None:
+        """Start ``ready`` decoding: one new sequence alone decodes solo, else all in the batch."""
+        if not ready:
+            return
+        if len(ready) == 1 and not ready[0].generated and self._solo is None and not self._batch:
+            ready[0].state = State.SOLO
+            self._solo = ready[0]
+            return
+        alone = self._solo
+        if alone is not None:
+            self._leave_solo(alone)
+            ready.insert(0, alone)
+        self._to_batch(ready)
 
     # -- decoding alone ---------------------------------------------------------------------------
 
@@ -295,45 +324,63 @@ class Scheduler:
             )
         return self._generator
 
-    def _to_batch(self, seq: Sequence) -> None:
-        """Insert it into the batch with its own cache; it feeds its last token next."""
-        assert seq.cache is not None
+    def _to_batch(self, seqs: list[Sequence]) -> None:
+        """Insert them into the batch with their own caches; each feeds its last token next."""
+        joining: list[tuple[Sequence, int]] = []
+        for seq in seqs:
+            try:
+                joining.append((seq, self._last_token(seq)))
+            except Exception as exc:
+                self._drop(seq, exc)
+        if not joining:
+            return
         try:
-            if seq.generated:
-                rewind(seq.cache, len(seq.ids) + len(seq.generated) - 1)
-                last = seq.generated[-1]
-            else:
-                rest = seq.ids[len(seq.ids) - seq.tail : -1]
-                if rest:  # the tail a repetition penalty needs: run it in as stream_generate would
-                    with mx.stream(generation_stream):
-                        self._model(mx.array(rest)[None], cache=seq.cache)
-                        mx.eval([layer.state for layer in seq.cache])
-                last = seq.ids[-1]
-            if seq.kind is Kind.STREAM:
-                seq.detokenizer = self._tokenizer.detokenizer
-                for token_id in seq.generated:  # catch up with the text already handed over
-                    seq.detokenizer.add_token(token_id)
-                _ = seq.detokenizer.last_segment
-            left = seq.cap - len(seq.generated) if seq.cap else _NO_CAP
-            [uid] = self._gen().insert(
-                [[last]],
-                max_tokens=[left],
-                caches=[seq.cache],
-                all_tokens=[seq.context()],
-                samplers=[seq.plan.sampler],
-                logits_processors=[seq.plan.processors],
-                stop_sequences=[StopSequences([[t] for t in sorted(seq.stops)])],
+            uids = self._gen().insert(
+                [[last] for _, last in joining],
+                max_tokens=[
+                    seq.cap - len(seq.generated) if seq.cap else _NO_CAP for seq, _ in joining
+                ],
+                caches=[seq.cache for seq, _ in joining],
+                all_tokens=[seq.context() for seq, _ in joining],
+                samplers=[seq.plan.sampler for seq, _ in joining],
+                logits_processors=[seq.plan.processors for seq, _ in joining],
+                stop_sequences=[
+                    StopSequences([[t] for t in sorted(seq.stops)]) for seq, _ in joining
+                ],
             )
         except Exception as exc:
-            self._drop(seq, exc)
+            for seq, _ in joining:
+                self._drop(seq, exc)
             return
-        seq.uid = uid
-        seq.cache = None
-        seq.state = State.BATCH
-        # In the batch it decodes ahead of its reader: the reader's asks need not wake the
-        # worker (which is busy stepping the batch anyway).
-        seq.sink.wake_on_ask = False
-        self._batch[uid] = seq
+        self.insertions += 1
+        for (seq, _), uid in zip(joining, uids, strict=True):
+            seq.uid = uid
+            seq.cache = None
+            seq.state = State.BATCH
+            # In the batch it decodes ahead of its reader: the reader's asks need not wake
+            # the worker (which is busy stepping the batch anyway).
+            seq.sink.wake_on_ask = False
+            self._batch[uid] = seq
+
+    def _last_token(self, seq: Sequence) -> int:
+        """Bring its cache to all but its last token, which it feeds the batch; return that."""
+        assert seq.cache is not None
+        if seq.generated:
+            rewind(seq.cache, len(seq.ids) + len(seq.generated) - 1)
+            last = seq.generated[-1]
+        else:
+            rest = seq.ids[len(seq.ids) - seq.tail : -1]
+            if rest:  # the tail a repetition penalty needs: run it in as stream_generate would
+                with mx.stream(generation_stream):
+                    self._model(mx.array(rest)[None], cache=seq.cache)
+                    mx.eval([layer.state for layer in seq.cache])
+            last = seq.ids[-1]
+        if seq.kind is Kind.STREAM:
+            seq.detokenizer = self._tokenizer.detokenizer
+            for token_id in seq.generated:  # catch up with the text already handed over
+                seq.detokenizer.add_token(token_id)
+            _ = seq.detokenizer.last_segment
+        return last
 
     def _batch_step(self) -> None:
         try:
@@ -399,11 +446,15 @@ class Scheduler:
         cache, _ = caches[seq.uid]
         return list(cache)
 
-    def _resume(self) -> None:
-        for seq in self._live:
-            paused = seq.state is State.PAUSED and not seq.gone()
-            if paused and seq.sink.backlog() <= READ_AHEAD // 2:
-                self._to_batch(seq)
+    def _resumable(self) -> list[Sequence]:
+        """The paused sequences whose readers have taken half of what was ahead of them."""
+        return [
+            seq
+            for seq in self._live
+            if seq.state is State.PAUSED
+            and not seq.gone()
+            and seq.sink.backlog() <= READ_AHEAD // 2
+        ]
 
     @staticmethod
     def _discard_pending(seq: Sequence) -> None:

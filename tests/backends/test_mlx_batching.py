@@ -290,6 +290,19 @@ async def test_alone_nothing_is_computed_ahead_of_the_reader(tiny: MLXModel) -> 
     await until(lambda: idle(tiny))
 
 
+async def test_prompts_that_arrive_together_join_the_batch_in_one_insertion(
+    tiny: MLXModel,
+) -> None:
+    # Their short prompts are all prefilled within one step and enter the batch together, so
+    # its KV arrays are merged once; each still gives the tokens it gives alone.
+    alone = [await solo_ids(tiny, prompt, max_tokens=16) for prompt in PROMPTS]
+    before = tiny._scheduler.insertions
+    results = await tiny.batch_generate(PROMPTS, max_tokens=16)
+    assert [[t.id for t in r.tokens] for r in results] == alone
+    assert tiny._scheduler.insertions - before == 1
+    assert tiny._scheduler.peak_live == len(PROMPTS)
+
+
 # -- classify and batch_generate share the scheduler ----------------------------------------------
 
 
